@@ -1,0 +1,125 @@
+"""Command line: parse arguments, hand off, turn known errors into one clear line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+DEFAULT_EXPERIMENT = "whitening"
+
+
+def find_experiment(name: str | None) -> Path:
+    """A path, or a name looked up in ./experiments/ and then in the source checkout's experiments/."""
+    name = name or DEFAULT_EXPERIMENT
+    candidates = [Path(name), Path("experiments") / f"{name}.toml",
+                  Path(__file__).resolve().parent.parent / "experiments" / f"{name}.toml"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise HarnessError(f"experiment not found: {name} (give a .toml path or a name in experiments/)")
+
+
+def add_experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", nargs="?", help=f"experiment .toml file or name (default: {DEFAULT_EXPERIMENT})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, read as TOML (e.g. --set train.seeds=[1,2])")
+    p.add_argument("--results", type=Path, default=Path("results"), help="reports and default stores (default: results/)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sweep = sub.add_parser("sweep", help="train every variant x seed, track in MLflow, write the report")
+    add_experiment_args(sweep)
+    sweep.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<results>/optuna.db)")
+    sweep.add_argument("--strict", action="store_true", help="exit 1 if any grid point crashed")
+    report = sub.add_parser("report", help="write the report from the runs in MLflow")
+    add_experiment_args(report)
+    ui = sub.add_parser("ui", help="serve the MLflow UI on the results store")
+    ui.add_argument("--results", type=Path, default=Path("results"))
+    ui.add_argument("--tracking-uri")
+    ui.add_argument("--port", type=int, default=5000)
+    return parser
+
+
+def load(args):
+    from harness.config import load_config
+    return load_config(find_experiment(args.experiment), args.overrides)
+
+
+def check_writable(results: Path) -> None:
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        probe = results / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise HarnessError(f"results folder {results} cannot be written: {e.strerror}") from None
+
+
+def cmd_sweep(args, command: str) -> int:
+    from harness.grid import run_sweep
+    from harness.report import write_report
+    from harness.tracking import default_tracking_uri
+    cfg = load(args)
+    check_writable(args.results)
+    outcomes = run_sweep(cfg, args.results, args.storage, args.tracking_uri, command=command)
+    report = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
+    print(f"report: {report}")
+    print((report.parent / "summary.csv").read_text() if (report.parent / "summary.csv").exists() else "")
+    crashed = [o for o in outcomes if o.verdict == "crashed"]
+    return 1 if (args.strict and crashed) else 0
+
+
+def cmd_report(args, command: str) -> int:
+    from harness.report import write_report
+    from harness.tracking import default_tracking_uri
+    cfg = load(args)
+    check_writable(args.results)
+    report = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from harness.tracking import default_tracking_uri
+    uri = args.tracking_uri or default_tracking_uri(args.results)
+    if uri.startswith("sqlite:") and not (args.results / "mlflow.db").exists():
+        raise HarnessError(f"no MLflow store at {args.results / 'mlflow.db'}: run `harness sweep` first")
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C to stop)", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", (args.results / "mlartifacts").resolve().as_uri()]
+    os.execv(sys.executable, cmd)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # keep TensorFlow's C++ start-up chatter out
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    command = "harness " + shlex.join(argv)
+    try:
+        if args.command == "sweep":
+            return cmd_sweep(args, command)
+        if args.command == "report":
+            return cmd_report(args, command)
+        if args.command == "ui":
+            return cmd_ui(args)
+    except HarnessError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted; finished runs are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

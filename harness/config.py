@@ -1,0 +1,322 @@
+"""Experiment file (TOML) + `--set key=value` overrides -> one validated, frozen config.
+
+Everything the rest of the harness reads comes from here as plain data. Unknown keys, unknown
+variants and values of the wrong type fail at once, with the list of what is valid.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError
+
+# The axes a variant is made of. Each value is looked up in one registry: transforms in data.py,
+# heads and losses in losses.py. Kept here as names so that the config can be checked before
+# TensorFlow is imported.
+AXES: dict[str, tuple[str, ...]] = {
+    # How training images are fed: "featurewise" = ImageDataGenerator's featurewise_center +
+    # featurewise_std_normalization; "scaled" = divided by 255.
+    "images": ("featurewise", "scaled"),
+    # How training masks (the targets) are fed: "featurewise" = whitened like the images, as in the
+    # case; "binary" = {0, 1}; "signed" = {-1, +1}.
+    "masks": ("featurewise", "binary", "signed"),
+    # Output activation of the 1x1 head.
+    "head": ("sigmoid", "tanh"),
+    # Loss; see losses.py for each one's valid targets and lower bound.
+    "loss": ("bce", "modified_bce_posted", "modified_bce_signed", "modified_bce_corrected", "dice"),
+    # Validation inputs: "raw" = images and masks as loaded (the case); "like_training" = the same
+    # transform as training (no augmentation).
+    "validation": ("raw", "like_training"),
+}
+
+# The variants of the case (DEVELOPERS.md). A new variant is one line: a name and its axes.
+BUILTIN_VARIANTS: dict[str, dict[str, str]] = {
+    "seed": dict(images="featurewise", masks="featurewise", head="sigmoid", loss="bce", validation="raw"),
+    "no_featurewise": dict(images="scaled", masks="binary", head="sigmoid", loss="bce", validation="like_training"),
+    "image_only": dict(images="featurewise", masks="binary", head="sigmoid", loss="bce", validation="like_training"),
+    "tanh_posted": dict(images="featurewise", masks="featurewise", head="tanh", loss="modified_bce_posted", validation="raw"),
+    "tanh_corrected": dict(images="featurewise", masks="signed", head="tanh", loss="modified_bce_corrected", validation="like_training"),
+}
+
+# Defaults of every section; an experiment file or --set may change values, never add keys.
+DEFAULTS: dict[str, Any] = {
+    "name": "experiment",
+    "description": "",
+    "variants": list(BUILTIN_VARIANTS),
+    # Extra variants defined in the file: {name: {axis: value}}; missing axes come from "seed".
+    "define": {},
+    # Full factorial grid over the axes instead of named variants: {axis: [values]}, plus
+    # "exclude": [{axis: value, ...}] dropping every combination that matches one entry.
+    "factorial": {},
+    "pipeline": "tfdata",
+    "data": {
+        "source": "synthetic",       # "synthetic" or "folder"
+        "path": "",                  # folder with images/ and masks/ (source = "folder")
+        "n_images": 384,             # synthetic: images made; folder: at most this many samples (0 = all)
+        "image_size": 64,            # model input is image_size x image_size x channels
+        "channels": 3,
+        "foreground_fraction": 0.15, # synthetic only: mean share of foreground pixels (0.05-0.25)
+        "fit": "tile",               # folder images larger than the input: "tile" or "resize"
+        "mask_threshold": 0.5,       # folder masks: foreground where value >= threshold * max level
+        "val_fraction": 0.2,
+        "split_seed": 0,             # the train/validation split depends on this only
+        "data_seed": 0,              # synthetic images depend on this only
+    },
+    "augment": {
+        # The case's ImageDataGenerator arguments.
+        "rotation_range": 30.0,      # degrees
+        "width_shift_range": 0.2,    # fraction of width
+        "height_shift_range": 0.2,
+        "zoom_range": 0.2,           # zoom in [1 - z, 1 + z]
+        "horizontal_flip": True,
+        "fill_mode": "nearest",
+        "stats_rounds": 2,           # fit(..., augment=True, rounds=2): stats over augmented copies
+        # "affine": one combined transform, one resampling (as ImageDataGenerator); "layers": Keras'
+        # RandomRotation -> RandomTranslation -> RandomZoom -> RandomFlip, one resampling each.
+        "engine": "affine",
+    },
+    "model": {
+        "start_depth": 16,
+        "levels": 4,
+        # Keras' default; a short run with few steps per epoch needs a faster moving average
+        # (e.g. 0.9), or validation, which uses the moving statistics, lags training.
+        "bn_momentum": 0.99,
+    },
+    "train": {
+        "epochs": 15,
+        "batch_size": 32,
+        "learning_rate": 1e-3,
+        "seeds": [1],
+        "deterministic": True,       # TensorFlow op determinism: same seed, same metrics on the CPU
+    },
+    "verdict": {
+        # converged: mean val_miou over the last `window` epochs >= trivial + margin, and it exceeds
+        # the mean of the `window` epochs before by less than `tolerance` (mIoU is noisy per epoch).
+        "margin": 0.1,
+        "window": 3,
+        "tolerance": 0.05,
+        # negative_loss: some epoch's training loss < the loss's lower bound - this much.
+        "bound_slack": 1e-3,
+    },
+}
+
+PIPELINES = ("tfdata", "imagedatagenerator")
+DATA_SOURCES = ("synthetic", "folder")
+FIT_MODES = ("tile", "resize")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    images: str
+    masks: str
+    head: str
+    loss: str
+    validation: str
+
+    def axes(self) -> dict[str, str]:
+        return {axis: getattr(self, axis) for axis in AXES}
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    raw: dict = field(repr=False)           # the resolved experiment, plain data (logged as params)
+    variants: tuple[Variant, ...] = ()
+
+    def __getitem__(self, section: str) -> Any:
+        return self.raw[section]
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.raw["train"]["seeds"])
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read an experiment file (or the defaults) and apply `key=value` overrides."""
+    raw = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"experiment file not found: {path}")
+        try:
+            from_file = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: malformed TOML: {e}") from None
+        merge(raw, from_file, where=str(path))
+        if "name" not in from_file:
+            raw["name"] = path.stem
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    return validate(raw)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`train.seeds=[1,2]` -> ("train.seeds", [1, 2]); a bare word is read as a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # data.path=/some/folder reads naturally without quotes
+    return key, value
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        if part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
+        node = node[part]
+    last = parts[-1]
+    if last not in node and parts[0] not in ("define", "factorial"):
+        raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
+    node[last] = merged_value(node.get(last), value, key)
+
+
+def merge(base: dict, update: dict, where: str, prefix: str = "") -> None:
+    """Merge `update` into `base`, refusing keys that `base` does not have."""
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"{where}: unknown key {dotted!r}; valid keys: {', '.join(valid_keys())}")
+        if isinstance(base[key], dict) and base[key] and isinstance(value, dict):
+            merge(base[key], value, where, prefix=dotted + ".")
+        else:
+            base[key] = merged_value(base[key], value, dotted)
+
+
+def merged_value(old: Any, new: Any, key: str) -> Any:
+    """Keep types stable: an int may stand for a float, nothing else changes type."""
+    if old is None or key.split(".")[0] in ("define", "factorial"):
+        return new
+    if isinstance(old, bool) or isinstance(new, bool):
+        if not (isinstance(old, bool) and isinstance(new, bool)):
+            raise ConfigError(f"{key}: expected a boolean (true/false), got {new!r}")
+        return new
+    if isinstance(old, float) and isinstance(new, int):
+        return float(new)
+    if type(old) is not type(new):
+        raise ConfigError(f"{key}: expected {type(old).__name__}, got {type(new).__name__} {new!r}")
+    return new
+
+
+def valid_keys() -> list[str]:
+    keys = []
+    for key, value in DEFAULTS.items():
+        if isinstance(value, dict) and value:
+            keys += [f"{key}.{sub}" for sub in value]
+        else:
+            keys.append(key)
+    return keys
+
+
+def validate(raw: dict) -> Config:
+    data, train = raw["data"], raw["train"]
+    choose("pipeline", raw["pipeline"], PIPELINES)
+    choose("data.source", data["source"], DATA_SOURCES)
+    choose("data.fit", data["fit"], FIT_MODES)
+    if data["source"] == "folder" and not data["path"]:
+        raise ConfigError("data.source = 'folder' needs data.path (a folder holding images/ and masks/)")
+    positive("data.image_size", data["image_size"], minimum=16)
+    if data["image_size"] % 2 ** raw["model"]["levels"]:
+        raise ConfigError(f"data.image_size must be divisible by 2**model.levels = {2 ** raw['model']['levels']}")
+    if data["channels"] not in (1, 3):
+        raise ConfigError("data.channels must be 1 or 3")
+    if not 0.01 <= data["foreground_fraction"] <= 0.5:
+        raise ConfigError("data.foreground_fraction must be between 0.01 and 0.5")
+    if not 0.0 < data["val_fraction"] < 1.0:
+        raise ConfigError("data.val_fraction must be between 0 and 1")
+    if data["n_images"] < 0:
+        raise ConfigError("data.n_images must be >= 0")
+    positive("model.start_depth", raw["model"]["start_depth"])
+    positive("model.levels", raw["model"]["levels"])
+    if not 0.0 < raw["model"]["bn_momentum"] < 1.0:
+        raise ConfigError("model.bn_momentum must be between 0 and 1")
+    positive("train.epochs", train["epochs"])
+    positive("train.batch_size", train["batch_size"])
+    if not train["learning_rate"] > 0:
+        raise ConfigError("train.learning_rate must be > 0")
+    if not train["seeds"] or not all(isinstance(s, int) and not isinstance(s, bool) for s in train["seeds"]):
+        raise ConfigError("train.seeds must be a non-empty list of integers, e.g. [1, 2]")
+    if len(set(train["seeds"])) != len(train["seeds"]):
+        raise ConfigError("train.seeds has duplicates")
+    choose("augment.engine", raw["augment"]["engine"], ("affine", "layers"))
+    if raw["augment"]["fill_mode"] not in ("nearest", "reflect", "wrap", "constant"):
+        raise ConfigError("augment.fill_mode must be one of nearest, reflect, wrap, constant")
+    variants = resolve_variants(raw)
+    return Config(name=str(raw["name"]), raw=raw, variants=variants)
+
+
+def resolve_variants(raw: dict) -> tuple[Variant, ...]:
+    catalog = dict(BUILTIN_VARIANTS)
+    for name, axes in raw["define"].items():
+        if not isinstance(axes, dict):
+            raise ConfigError(f"define.{name} must be a table of axes, e.g. {{images = 'scaled'}}")
+        catalog[name] = {**BUILTIN_VARIANTS["seed"], **check_axes(axes, f"define.{name}")}
+    if raw["factorial"]:
+        variants = factorial_variants(raw["factorial"])
+    else:
+        names = raw["variants"]
+        if not isinstance(names, list) or not names:
+            raise ConfigError("variants must be a non-empty list of variant names")
+        for name in names:
+            if name not in catalog:
+                raise ConfigError(f"unknown variant {name!r}; valid variants: {', '.join(catalog)}")
+        if len(set(names)) != len(names):
+            raise ConfigError("variants has duplicates")
+        variants = [Variant(name=name, **catalog[name]) for name in names]
+    return tuple(variants)
+
+
+def check_axes(axes: dict, where: str) -> dict:
+    for axis, value in axes.items():
+        if axis not in AXES:
+            raise ConfigError(f"{where}: unknown axis {axis!r}; valid axes: {', '.join(AXES)}")
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v not in AXES[axis]:
+                raise ConfigError(f"{where}: unknown value {v!r} for axis {axis!r}; valid: {', '.join(AXES[axis])}")
+    return axes
+
+
+def factorial_variants(spec: dict) -> list[Variant]:
+    """Every combination of the listed axis values (others fixed at the `seed` variant's), less excludes."""
+    spec = dict(spec)
+    excludes = spec.pop("exclude", [])
+    check_axes(spec, "factorial")
+    for rule in excludes:
+        if not isinstance(rule, dict):
+            raise ConfigError("factorial.exclude must be a list of tables, e.g. [{head = 'tanh', loss = 'bce'}]")
+        check_axes(rule, "factorial.exclude")
+    axes = {axis: spec.get(axis, [BUILTIN_VARIANTS["seed"][axis]]) for axis in AXES}
+    axes = {axis: v if isinstance(v, list) else [v] for axis, v in axes.items()}
+    variants = []
+    for combo in itertools.product(*axes.values()):
+        chosen = dict(zip(axes, combo))
+        if any(all(chosen[a] == v for a, v in rule.items()) for rule in excludes):
+            continue
+        varying = [chosen[a] for a in AXES if len(axes[a]) > 1]
+        name = "-".join(varying) if varying else "base"
+        variants.append(Variant(name=name, **chosen))
+    if not variants:
+        raise ConfigError("factorial: every combination is excluded")
+    return variants
+
+
+def choose(key: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}: unknown value {value!r}; valid: {', '.join(valid)}")
+
+
+def positive(key: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,425 @@
+"""Datasets (synthetic, folder) -> in-memory arrays -> tf.data pipelines with the case's augmentation.
+
+Images are kept raw (float32, 0..255, shape (N, H, W, C)) and masks binary (float32 {0, 1},
+shape (N, H, W, 1)) until a variant's transform is applied, so every variant sees the same pixels.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+EPSILON = 1e-6  # ImageDataGenerator divides by std + 1e-6
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train_images: np.ndarray
+    train_masks: np.ndarray
+    val_images: np.ndarray
+    val_masks: np.ndarray
+    description: str
+
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of every pixel and the split: equal fingerprints, equal data."""
+        h = hashlib.sha256()
+        for a in (self.train_images, self.train_masks, self.val_images, self.val_masks):
+            h.update(str(a.shape).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:12]
+
+    @property
+    def foreground_fraction(self) -> float:
+        return float(self.train_masks.mean())
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Featurewise statistics, per channel, shape (C,)."""
+    mean: np.ndarray
+    std: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+def load_dataset(data: dict) -> Dataset:
+    if data["source"] == "synthetic":
+        images, masks = make_synthetic(data["n_images"], data["image_size"], data["foreground_fraction"],
+                                       data["data_seed"], data["channels"])
+        groups = np.arange(len(images))
+        description = (f"synthetic: {len(images)} images {data['image_size']}x{data['image_size']}x"
+                       f"{data['channels']}, foreground {data['foreground_fraction']:.0%}, seed {data['data_seed']}")
+    else:
+        images, masks, groups = load_folder(Path(data["path"]), data["image_size"], data["channels"],
+                                            data["fit"], data["mask_threshold"], data["n_images"],
+                                            data["split_seed"])
+        description = (f"folder {data['path']}: {len(images)} samples {data['image_size']}x{data['image_size']}x"
+                       f"{data['channels']} ({data['fit']}) from {len(np.unique(groups))} files")
+    train, val = split_groups(groups, data["val_fraction"], data["split_seed"])
+    return Dataset(images[train], masks[train], images[val], masks[val], description)
+
+
+def split_groups(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split by source file, so tiles of one image never sit on both sides."""
+    unique = np.unique(groups)
+    if len(unique) < 2:
+        raise DataError(f"need at least 2 source images for a train/validation split, got {len(unique)}")
+    rng = np.random.default_rng(seed)
+    n_val = min(len(unique) - 1, max(1, round(len(unique) * val_fraction)))
+    val_groups = rng.permutation(unique)[:n_val]
+    is_val = np.isin(groups, val_groups)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def make_synthetic(n: int, size: int, foreground: float, seed: int, channels: int = 3
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Textured ellipses on a textured, noisy background; about `foreground` of pixels are objects.
+
+    Objects differ from the background by a weak colour shift and a striped texture, both below the
+    pixel noise, so a model needs several epochs and spatial context to find them. Raw values sit
+    around 150 +- 35 with a per-channel offset: fed raw to a model trained on standardized inputs,
+    they are far off its training distribution.
+    """
+    if n < 2:
+        raise DataError("data.n_images must be at least 2 for the synthetic dataset")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    images = np.empty((n, size, size, 3), np.float32)
+    masks = np.empty((n, size, size, 1), np.float32)
+    base = np.array([160.0, 140.0, 120.0], np.float32)
+    object_shift = np.array([-24.0, 8.0, 18.0], np.float32)   # objects: a little bluer, less red
+    for i in range(n):
+        mask = draw_ellipses(rng, xx, yy, target=foreground * rng.uniform(0.6, 1.4))
+        background = base + rng.normal(0, 12, 3) + 25 * smooth_noise(rng, size, 3)
+        angle, freq = rng.uniform(0, math.pi), rng.uniform(10, 18)
+        stripes = 18 * np.sin(2 * math.pi * freq * (xx * math.cos(angle) + yy * math.sin(angle)))
+        objects = object_shift + stripes[..., None] + 10 * smooth_noise(rng, size, 3)
+        img = background + mask[..., None] * objects + rng.normal(0, 6, (size, size, 3))
+        images[i] = np.clip(img, 0, 255)
+        masks[i, ..., 0] = mask
+    if channels == 1:
+        images = images.mean(axis=-1, keepdims=True)
+    return images, masks
+
+
+def draw_ellipses(rng, xx, yy, target: float) -> np.ndarray:
+    mask = np.zeros(xx.shape, np.float32)
+    while mask.mean() < target:
+        cx, cy = rng.uniform(0.1, 0.9, 2)
+        rx, ry = rng.uniform(0.05, 0.16, 2)
+        t = rng.uniform(0, math.pi)
+        dx, dy = xx - cx, yy - cy
+        u = (dx * math.cos(t) + dy * math.sin(t)) / rx
+        v = (-dx * math.sin(t) + dy * math.cos(t)) / ry
+        mask[u * u + v * v <= 1.0] = 1.0
+    return mask
+
+
+def smooth_noise(rng, size: int, channels: int) -> np.ndarray:
+    """Low-frequency noise in [-1, 1]: a coarse random grid upsampled bilinearly."""
+    coarse = rng.uniform(-1, 1, (5, 5, channels)).astype(np.float32)
+    pos = np.linspace(0, 4, size)
+    i0 = np.minimum(pos.astype(int), 3)
+    w = (pos - i0)[:, None, None]
+    rows = coarse[i0] * (1 - w) + coarse[i0 + 1] * w                 # (size, 5, C)
+    wc = (pos - i0)[None, :, None]
+    return rows[:, i0] * (1 - wc) + rows[:, i0 + 1] * wc              # (size, size, C)
+
+
+def load_folder(root: Path, size: int, channels: int, fit: str, threshold: float, limit: int, seed: int = 0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read images/ and masks/ paired by file stem; tile or resize each to size x size.
+
+    With `limit`, at most that many samples, taken evenly from every file (a seeded choice of
+    tiles), so the train/validation split still spans all files."""
+    pairs = pair_files(root)
+    per_file = math.ceil(limit / len(pairs)) if limit else None
+    rng = np.random.default_rng(seed)
+    images, masks, groups = [], [], []
+    for index, (image_path, mask_path) in enumerate(pairs):
+        image = read_image(image_path, channels)
+        mask = read_mask(mask_path, threshold)
+        if image.shape[:2] != mask.shape[:2]:
+            raise DataError(f"{image_path.name}: image is {image.shape[1]}x{image.shape[0]} but its mask "
+                            f"is {mask.shape[1]}x{mask.shape[0]}")
+        tiles = fit_to_size(image, mask, size, fit, image_path.name)
+        if per_file and len(tiles) > per_file:
+            tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), per_file, replace=False))]
+        for img, msk in tiles:
+            images.append(img)
+            masks.append(msk)
+            groups.append(index)
+    if limit:
+        images, masks, groups = images[:limit], masks[:limit], groups[:limit]
+    return np.stack(images), np.stack(masks), np.array(groups)
+
+
+def pair_files(root: Path) -> list[tuple[Path, Path]]:
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    image_dir, mask_dir = root / "images", root / "masks"
+    if not image_dir.is_dir() and (root / "image").is_dir():   # the ISBI layout: image/ and label/
+        image_dir, mask_dir = root / "image", root / "label"
+    for d in (image_dir, mask_dir):
+        if not d.is_dir():
+            raise DataError(f"{root} must hold images/ and masks/ (missing {d.name}/)")
+    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not images:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
+    unpaired = sorted(set(images) ^ set(masks))
+    if unpaired:
+        shown = ", ".join(unpaired[:5]) + (" ..." if len(unpaired) > 5 else "")
+        raise DataError(f"{len(unpaired)} unpaired file stem(s) between {image_dir.name}/ and "
+                        f"{mask_dir.name}/: {shown}")
+    return [(images[s], masks[s]) for s in sorted(images, key=natural_key)]
+
+
+def natural_key(stem: str):
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+
+
+def open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def to_array(img) -> np.ndarray:
+    """PIL image -> float32 (H, W, C) scaled to 0..255 whatever the bit depth or mode."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if a.max() > 255 else 255.0
+        return (a * (255.0 / top))[..., None]
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode == "F":
+        return np.asarray(img, dtype=np.float32)[..., None]
+    if img.mode in ("1", "L", "LA"):
+        img = img.convert("L")
+    elif img.mode != "RGB":
+        img = img.convert("RGB")   # RGBA, CMYK, YCbCr: drop alpha, go to RGB
+    a = np.asarray(img, dtype=np.float32)
+    return a[..., None] if a.ndim == 2 else a
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    a = to_array(open_image(path))
+    if channels == 3 and a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)     # gray slices into a 3-channel model
+    elif channels == 1 and a.shape[-1] == 3:
+        a = a.mean(axis=-1, keepdims=True)
+    return a
+
+
+def read_mask(path: Path, threshold: float) -> np.ndarray:
+    """Binarize at `threshold` of the mask's scale (0/1, 0/255 or 0/65535); refuse grey-level images."""
+    a = to_array(open_image(path)).mean(axis=-1)
+    raw_max = float(a.max())
+    scale = 1.0 if raw_max <= 1.0 else 255.0
+    a = a / scale
+    # JPEG noise leaves a few values near the two levels; a grey-level image has many in between.
+    between = np.mean((a > 0.1) & (a < 0.9))
+    if between > 0.01:
+        raise DataError(f"mask {path} is not binary: {between:.1%} of its pixels are between the two levels")
+    return (a >= threshold).astype(np.float32)[..., None]
+
+
+def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int, fit: str, name: str):
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return [(image, mask)]
+    if fit == "resize" or h < size or w < size:
+        from PIL import Image
+        chans = [np.asarray(Image.fromarray(image[..., c]).resize((size, size), Image.BILINEAR))
+                 for c in range(image.shape[-1])]
+        m = np.asarray(Image.fromarray(mask[..., 0]).resize((size, size), Image.NEAREST))
+        return [(np.stack(chans, -1).astype(np.float32), m[..., None].astype(np.float32))]
+    # Non-overlapping tiles; a remainder narrower than a tile is dropped.
+    return [(image[y:y + size, x:x + size], mask[y:y + size, x:x + size])
+            for y in range(0, h - size + 1, size) for x in range(0, w - size + 1, size)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Featurewise statistics and the variants' transforms
+
+def featurewise_stats(x: np.ndarray, augment=None, rounds: int = 0, seed: int = 0) -> Stats:
+    """ImageDataGenerator.fit: per-channel mean and std over all pixels; with augment and rounds,
+    over `rounds` augmented copies of x (and not x itself), as `fit(x, augment=True, rounds=r)`."""
+    if augment is not None and rounds > 0:
+        x = np.concatenate([augment(x, seed + r) for r in range(rounds)])
+    x = x.astype(np.float64)
+    return Stats(mean=x.mean(axis=(0, 1, 2)).astype(np.float32), std=x.std(axis=(0, 1, 2)).astype(np.float32))
+
+
+def standardize(x, stats: Stats):
+    """ImageDataGenerator.standardize with featurewise_center and featurewise_std_normalization."""
+    return (x - stats.mean) / (stats.std + EPSILON)
+
+
+@dataclass(frozen=True)
+class Transform:
+    """How one variant feeds images and masks; applies to NumPy arrays and tf tensors alike."""
+    images: str
+    masks: str
+    image_stats: Stats
+    mask_stats: Stats
+
+    def image(self, x):
+        return standardize(x, self.image_stats) if self.images == "featurewise" else x / 255.0
+
+    def mask(self, m):
+        if self.masks == "featurewise":
+            return standardize(m, self.mask_stats)
+        if self.masks == "signed":
+            return 2.0 * m - 1.0
+        return m
+
+
+def trivial_miou(masks: np.ndarray) -> float:
+    """Mean IoU of predicting every pixel as the majority class: the floor a model must beat."""
+    f = float(masks.mean())
+    return max(f, 1 - f) / 2
+
+
+def confusion_ious(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Foreground IoU, background IoU, their mean and Dice, pooled over every pixel given."""
+    p, t = pred.astype(bool), truth.astype(bool)
+    tp = np.sum(p & t)
+    fp = np.sum(p & ~t)
+    fn = np.sum(~p & t)
+    tn = np.sum(~p & ~t)
+    iou = tp / (tp + fp + fn) if tp + fp + fn else 1.0
+    bg_iou = tn / (tn + fp + fn) if tn + fp + fn else 1.0
+    dice = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return {"iou": float(iou), "bg_iou": float(bg_iou), "miou": float((iou + bg_iou) / 2), "dice": float(dice)}
+
+
+# ----------------------------------------------------------------------------------------------
+# tf.data pipelines
+
+def make_augmenter(aug: dict, size: int, seed: int):
+    """augment(images, masks) -> (images, masks), one random geometric transform per sample applied
+    to both: images bilinear, masks nearest-neighbour (they stay binary and aligned)."""
+    if aug["engine"] == "layers":
+        return make_layer_augmenter(aug, seed)
+    return make_affine_augmenter(aug, size, seed)
+
+
+def make_affine_augmenter(aug: dict, size: int, seed: int):
+    """The case's rotation, shifts, zoom and flip composed into ONE affine map per sample and applied
+    with a single resampling (keras.ops.image.affine_transform), as ImageDataGenerator does. Chaining
+    RandomRotation, RandomTranslation and RandomZoom resamples three times: measured on the
+    synthetic set, that cut the images' pixel-to-pixel variation 3x and the model, trained on
+    blurred images, failed on sharp validation images."""
+    import keras
+    from keras import ops
+    gen = keras.random.SeedGenerator(seed)
+    centre = (size - 1) / 2.0
+    theta_max = math.radians(aug["rotation_range"])
+    shift_x, shift_y = aug["width_shift_range"] * size, aug["height_shift_range"] * size
+    z = aug["zoom_range"]
+
+    def uniform(n, lo, hi):
+        return keras.random.uniform((n,), lo, hi, seed=gen) if hi > lo else ops.full((n,), lo)
+
+    def augment(images, masks):
+        n = ops.shape(images)[0]
+        theta = uniform(n, -theta_max, theta_max)
+        zx, zy = uniform(n, 1 - z, 1 + z), uniform(n, 1 - z, 1 + z)
+        tx, ty = uniform(n, -shift_x, shift_x), uniform(n, -shift_y, shift_y)
+        flip = (ops.where(uniform(n, 0.0, 1.0) < 0.5, -1.0, 1.0) if aug["horizontal_flip"]
+                else ops.ones((n,)))
+        cos, sin = ops.cos(theta), ops.sin(theta)
+        # Output pixel (x, y) samples input pixel M (x - c, y - c) + c + t, M = R(theta) diag(zx, zy) diag(flip, 1).
+        m00, m01 = cos * zx * flip, -sin * zy
+        m10, m11 = sin * zx * flip, cos * zy
+        transform = ops.stack([m00, m01, centre + tx - (m00 + m01) * centre,
+                               m10, m11, centre + ty - (m10 + m11) * centre,
+                               ops.zeros((n,)), ops.zeros((n,))], axis=1)
+        fill = "reflect" if aug["fill_mode"] == "reflect" else aug["fill_mode"]
+        images = ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode=fill)
+        masks = ops.image.affine_transform(masks, transform, interpolation="nearest", fill_mode=fill)
+        return images, masks
+
+    return augment
+
+
+def make_layer_augmenter(aug: dict, seed: int):
+    """Keras 3 preprocessing layers on {"images", "segmentation_masks"}: same transform for both,
+    masks nearest-neighbour; each layer resamples the image once more."""
+    import keras
+    fill = aug["fill_mode"]
+    layers = []
+    if aug["rotation_range"]:
+        layers.append(keras.layers.RandomRotation(aug["rotation_range"] / 360.0, fill_mode=fill, seed=seed))
+    if aug["width_shift_range"] or aug["height_shift_range"]:
+        layers.append(keras.layers.RandomTranslation(aug["height_shift_range"], aug["width_shift_range"],
+                                                     fill_mode=fill, seed=seed + 1))
+    if aug["zoom_range"]:
+        z = aug["zoom_range"]
+        layers.append(keras.layers.RandomZoom((-z, z), (-z, z), fill_mode=fill, seed=seed + 2))
+    if aug["horizontal_flip"]:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 3))
+
+    def augment(images, masks):
+        batch = {"images": images, "segmentation_masks": masks}
+        for layer in layers:
+            batch = layer(batch, training=True)
+        return batch["images"], batch["segmentation_masks"]
+
+    return augment
+
+
+def augment_array(aug: dict, x: np.ndarray, seed: int, batch_size: int = 256) -> np.ndarray:
+    """Augment a NumPy array of images (no masks), e.g. for featurewise statistics over rounds."""
+    import tensorflow as tf
+    augment = make_augmenter(aug, x.shape[1], seed)
+    dummy = np.zeros(x.shape[:3] + (1,), np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x, dummy)).batch(batch_size).map(augment)
+    return np.concatenate([img.numpy() for img, _ in ds])
+
+
+def fit_transform(dataset: Dataset, images: str, masks: str, aug: dict, seed: int) -> Transform:
+    """Featurewise statistics of the training images and masks, as the case's two generators compute them."""
+    rounds = aug["stats_rounds"]
+    augment = (lambda x, s: augment_array(aug, x, s)) if rounds else None
+    image_stats = featurewise_stats(dataset.train_images, augment, rounds, seed)
+    mask_stats = featurewise_stats(dataset.train_masks, augment, rounds, seed)
+    return Transform(images, masks, image_stats, mask_stats)
+
+
+def train_pipeline(dataset: Dataset, transform: Transform, aug: dict, batch_size: int, seed: int):
+    """Shuffle -> batch -> augment image and mask together -> the variant's transform -> prefetch."""
+    import tensorflow as tf
+    augment = make_augmenter(aug, dataset.train_images.shape[1], seed)
+
+    def feed(images, masks):
+        images, masks = augment(images, masks)
+        return transform.image(images), transform.mask(masks)
+
+    return (tf.data.Dataset.from_tensor_slices((dataset.train_images, dataset.train_masks))
+            .shuffle(len(dataset.train_images), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+            .map(feed)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def validation_arrays(dataset: Dataset, transform: Transform, validation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validation inputs and targets as the variant feeds them: raw (as loaded) or like training."""
+    if validation == "raw":
+        return dataset.val_images, dataset.val_masks
+    return (transform.image(dataset.val_images).astype(np.float32),
+            transform.mask(dataset.val_masks).astype(np.float32))

@@ -1,0 +1,246 @@
+"""The only module that speaks to Optuna: one study per experiment, the variant x seed grid,
+resume (finished points are skipped, interrupted ones retrained) and the sweep loop."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from harness.config import Config, Variant
+from harness.errors import StorageError
+from harness.tracking import Tracker, default_tracking_uri, first_line
+
+HEARTBEAT_S = 5      # a live worker touches its trial this often
+GRACE_S = 20         # a trial silent for this long belongs to a dead worker: marked FAILED, retried
+
+
+@dataclass
+class PointOutcome:
+    variant: str
+    seed: int
+    verdict: str
+    seconds: float
+
+
+def default_storage(results: Path) -> str:
+    return f"sqlite:///{(results / 'optuna.db').resolve()}"
+
+
+def study_name(cfg: Config) -> str:
+    """The experiment's name plus a hash of everything but the grid axes: change a hyperparameter
+    and a new study starts; add a seed or a variant and the finished points are kept."""
+    raw = {k: v for k, v in cfg.raw.items() if k not in ("variants", "define", "factorial", "description", "name")}
+    raw["train"] = {k: v for k, v in raw["train"].items() if k != "seeds"}
+    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.name}-{digest}"
+
+
+def point_key(variant: Variant, seed: int) -> str:
+    axes = ",".join(f"{k}={v}" for k, v in variant.axes().items())
+    return f"{variant.name}/{seed}/{axes}"
+
+
+def quiet_optuna():
+    import warnings
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats and fail_stale_trials are marked experimental; ask/tell with heartbeats warns.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+
+def open_study(cfg: Config, storage_url: str):
+    import optuna
+    quiet_optuna()
+    try:
+        if storage_url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+            storage = optuna.storages.JournalStorage(JournalFileBackend(storage_url.removeprefix("journal:")))
+        else:
+            storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                                 engine_kwargs=connect_timeout(storage_url))
+        return optuna.create_study(study_name=study_name(cfg), storage=storage, load_if_exists=True,
+                                   direction="maximize")
+    except Exception as e:  # noqa: BLE001 - any failure here means the storage is unusable
+        raise StorageError(f"Optuna storage {storage_url} is not usable: {first_line(e)}") from None
+
+
+def connect_timeout(url: str) -> dict:
+    if url.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": 5}}
+    if url.startswith("mysql"):
+        return {"connect_args": {"connect_timeout": 5}}
+    return {}
+
+
+def trials_by_state(study):
+    import optuna
+    states = {}
+    for t in study.get_trials(deepcopy=False):
+        key = t.user_attrs.get("point")
+        if key is not None:
+            states.setdefault(key, []).append(t.state)
+    done = {k for k, s in states.items() if optuna.trial.TrialState.COMPLETE in s}
+    pending = {k for k, s in states.items()
+               if optuna.trial.TrialState.WAITING in s or optuna.trial.TrialState.RUNNING in s}
+    return done, pending
+
+
+def enqueue_missing(study, points: dict) -> list[str]:
+    """Queue each grid point that has no finished trial and is not queued or running already."""
+    done, pending = trials_by_state(study)
+    missing = [k for k in points if k not in done]
+    for key in missing:
+        if key not in pending:
+            variant, seed = points[key]
+            study.enqueue_trial({"variant": variant.name, "seed": seed}, user_attrs={"point": key})
+    return missing
+
+
+def run_params(cfg: Config, variant: Variant, seed: int, fingerprint: str) -> dict:
+    params = {"variant": variant.name, "seed": seed, "dataset_fingerprint": fingerprint,
+              "pipeline": cfg["pipeline"], **{f"axis.{k}": v for k, v in variant.axes().items()}}
+    for section in ("data", "augment", "model", "train", "verdict"):
+        params.update({f"{section}.{k}": v for k, v in cfg[section].items() if k != "seeds"})
+    params.update(versions())
+    return params
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "keras", "optuna", "mlflow"):
+        try:
+            out[f"version.{pkg}"] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[f"version.{pkg}"] = "absent"
+    try:
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                           cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = "unknown"
+    return out
+
+
+def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_uri: str | None = None,
+              command: str = "", log: Callable[[str], None] = print) -> list[PointOutcome]:
+    """Train every (variant, seed) point not finished yet; return what this call trained."""
+    import optuna
+    from harness.data import load_dataset
+
+    results.mkdir(parents=True, exist_ok=True)
+    storage = storage or default_storage(results)
+    tracking_uri = tracking_uri or default_tracking_uri(results)
+    dataset = load_dataset(cfg["data"])                     # bad data fails before any trial
+    study = open_study(cfg, storage)
+    tracker = Tracker(tracking_uri, cfg.name, results)
+    optuna.storages.fail_stale_trials(study)
+    stale_runs = tracker.mark_stale_points_failed()
+    points = {point_key(v, s): (v, s) for v in cfg.variants for s in cfg.seeds}
+    missing = enqueue_missing(study, points)
+    log(f"{cfg.name}: {len(points)} grid points, {len(points) - len(missing)} already finished, "
+        f"{len(missing)} to train" + (f" ({stale_runs} interrupted run(s) marked FAILED)" if stale_runs else ""))
+    log(f"data: {dataset.description}, fingerprint {dataset.fingerprint}")
+    parent = tracker.start_sweep(study.user_attrs.get("mlflow_parent_run_id"),
+                                 params={"study": study.study_name, "storage": storage, "command": command},
+                                 tags={"harness.experiment": cfg.name})
+    study.set_user_attr("mlflow_parent_run_id", parent)
+    outcomes, status = [], "FAILED"
+    try:
+        while True:
+            trial = next_trial(study, points)
+            if trial is None:
+                break
+            variant, seed = points[trial.user_attrs["point"]]
+            outcomes.append(run_point(cfg, study, trial, variant, seed, dataset, tracker, log))
+        status = "FINISHED"
+    finally:
+        tracker.end_sweep(status if status == "FINISHED" else "KILLED")
+    return outcomes
+
+
+def next_trial(study, points: dict):
+    """Pop a queued point; when none is queued but other workers' points are running, wait for
+    them (a dead worker's point goes stale, is failed and queued again). None when all are done."""
+    import optuna
+    while True:
+        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            trial = study.ask()
+            if "point" in trial.user_attrs:
+                return trial
+            # Another worker took the last queued point between our look and our ask.
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            return None
+        time.sleep(HEARTBEAT_S)
+        optuna.storages.fail_stale_trials(study)
+        done, pending = trials_by_state(study)
+        for key in set(points) - done - pending:
+            variant, seed = points[key]
+            study.enqueue_trial({"variant": variant.name, "seed": seed}, user_attrs={"point": key})
+
+
+def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log) -> PointOutcome:
+    import optuna
+    from harness import plots
+    from harness.train import train_variant
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    from harness.verdict import judge
+
+    trial.suggest_categorical("variant", [v.name for v in cfg.variants])
+    trial.suggest_categorical("seed", cfg.seeds)
+    run_id = tracker.start_point(variant.name, seed, run_params(cfg, variant, seed, dataset.fingerprint),
+                                 tags={"optuna.trial": str(trial.number), "optuna.study": study.study_name})
+    trial.set_user_attr("mlflow_run_id", run_id)
+    log(f"[{variant.name} seed={seed}] training ({cfg['train']['epochs']} epochs)")
+    started = time.perf_counter()
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        tracker.log_epoch(run_id, epoch, metrics)
+
+    try:
+        # Optuna's own heartbeat thread (as study.optimize uses): a killed worker's trial goes stale.
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch)
+        judged = judge(result.history, result.loss_floor, result.trivial_miou, cfg["verdict"],
+                       diverged=result.diverged_at is not None)
+        tags = {"verdict": judged["verdict"], "diverged": judged["diverged"],
+                "negative_loss": judged["negative_loss"], "converged": judged["converged"],
+                "device": result.device, "loss_floor": result.loss_floor, "trivial_miou": result.trivial_miou,
+                "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
+                "featurewise_stats": json.dumps(result.stats)}
+        if result.diverged_at:
+            tags["diverged_epoch"], tags["diverged_batch"] = result.diverged_at
+        tracker.set_tags(run_id, tags)
+        tracker.log_figure(run_id, plots.loss_curve(result.history, result.loss_floor, variant.name), "loss_curve.png")
+        tracker.log_figure(run_id, plots.prediction_samples(result.samples, variant.name), "predictions.png")
+        plots.close_all()
+        tracker.end_point(run_id, "FINISHED")
+        value = judged["final_miou"]
+        study.tell(trial, value if math.isfinite(value) else 0.0)
+        where = f" at epoch {result.diverged_at[0]} batch {result.diverged_at[1]}" if result.diverged_at else ""
+        log(f"[{variant.name} seed={seed}] {judged['verdict']}{where}: min loss {judged['min_loss']:.4g} "
+            f"(floor {result.loss_floor:.4g}), val_miou {value:.3f} (trivial {result.trivial_miou:.3f}), "
+            f"{result.seconds:.0f}s on {result.device}")
+        return PointOutcome(variant.name, seed, judged["verdict"], time.perf_counter() - started)
+    except KeyboardInterrupt:
+        tracker.set_tags(run_id, {"failure": "interrupted by the user (Ctrl-C)", "verdict": "interrupted"})
+        tracker.end_point(run_id, "KILLED")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    except Exception as e:  # noqa: BLE001 - a crashed point is data; the sweep goes on
+        reason = f"{type(e).__name__}: {first_line(e)}"
+        tracker.set_tags(run_id, {"failure": reason, "verdict": "crashed"})
+        tracker.end_point(run_id, "FAILED")
+        trial.set_user_attr("error", reason)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        log(f"[{variant.name} seed={seed}] crashed: {reason}")
+        return PointOutcome(variant.name, seed, "crashed", time.perf_counter() - started)

@@ -1,0 +1,97 @@
+"""Figures (matplotlib only, no TensorFlow): per-run loss curves and prediction samples, and the
+report's all-variant figures."""
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def close_all() -> None:
+    plt.close("all")
+
+
+def finite_points(values):
+    xs = [i + 1 for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    return xs, [values[i - 1] for i in xs]
+
+
+def loss_curve(history: dict, floor: float, title: str):
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    for key, style in (("loss", "-"), ("val_loss", "--")):
+        if key in history:
+            ax[0].plot(*finite_points(history[key]), style, label=key)
+    ax[0].axhline(floor, color="k", lw=0.8, ls=":", label=f"lower bound {floor:.3g}")
+    ax[0].set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
+    ax[0].legend(fontsize=7)
+    for key in ("val_miou", "val_iou", "val_as_train_miou"):
+        if key in history:
+            ax[1].plot(*finite_points(history[key]), label=key)
+    ax[1].set(xlabel="epoch", ylim=(0, 1), title="validation IoU vs binary truth")
+    ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def prediction_samples(samples: dict, title: str):
+    """Rows: input image (raw), ground truth, raw prediction, prediction thresholded through the head."""
+    images, truth, pred = samples["images"], samples["truth"], samples["prediction"]
+    n = len(images)
+    fig, ax = plt.subplots(4, n, figsize=(1.8 * n, 7.2), squeeze=False)
+    for i in range(n):
+        img = images[i]
+        img = img[..., 0] if img.shape[-1] == 1 else np.clip(img / 255.0, 0, 1)
+        ax[0, i].imshow(img, cmap="gray")
+        ax[1, i].imshow(truth[i, ..., 0], cmap="gray", vmin=0, vmax=1)
+        ax[2, i].imshow(pred[i, ..., 0], cmap="viridis")
+        ax[3, i].imshow(pred[i, ..., 0] >= samples["threshold"], cmap="gray", vmin=0, vmax=1)
+    for row, label in enumerate(("image", "truth", "output", "thresholded")):
+        ax[row, 0].set_ylabel(label)
+    for a in ax.flat:
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def all_loss_curves(histories: dict[str, list[tuple[int, dict]]], floors: dict[str, float]):
+    """One panel per variant: training loss per seed, its lower bound, and val mIoU on a twin axis."""
+    names = list(histories)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        twin = ax.twinx()
+        for seed, hist in histories[name]:
+            line, = ax.plot(*finite_points(hist.get("loss", [])), label=f"loss s{seed}")
+            twin.plot(*finite_points(hist.get("val_miou", [])), ls="--", color=line.get_color(), alpha=0.7)
+        ax.axhline(floors[name], color="k", lw=0.8, ls=":")
+        ax.set(title=name, xlabel="epoch", ylabel="training loss (solid)")
+        twin.set(ylim=(0, 1), ylabel="val mIoU (dashed)")
+        ax.legend(fontsize=7, loc="upper right")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def miou_bars(summary, trivial: float):
+    """Mean validation mIoU per variant with the seed spread, against the trivial predictor."""
+    fig, ax = plt.subplots(figsize=(1.3 * len(summary) + 2, 3.2))
+    x = np.arange(len(summary))
+    ax.bar(x, summary["val_miou"].fillna(0), yerr=summary["val_miou_std"].fillna(0), capsize=4, color="tab:blue",
+           label="val mIoU (as fed)")
+    if "val_as_train_miou" in summary:
+        ax.scatter(x, summary["val_as_train_miou"], color="tab:orange", zorder=3,
+                   label="val mIoU, inputs transformed like training")
+    ax.axhline(trivial, color="k", ls=":", label=f"trivial predictor {trivial:.3f}")
+    ax.set_xticks(x, summary["variant"], rotation=20)
+    ax.set(ylim=(0, 1), ylabel="mIoU")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,132 @@
+"""Train and evaluate one (variant, seed) -> a plain RunResult. No Optuna, no MLflow in here."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from harness import data as data_lib
+from harness.config import Config, Variant
+from harness.data import Dataset, Transform
+from harness.losses import get_head, get_loss
+
+N_SAMPLES = 4  # validation images kept for the prediction-sample figure
+
+
+@dataclass
+class RunResult:
+    history: dict[str, list[float]]          # per-epoch: loss, val_loss, val_iou, val_miou, ...
+    diverged_at: tuple[int, int] | None      # (epoch, batch) of the first NaN/Inf loss, 1-based epoch
+    device: str
+    seconds: float
+    epochs_run: int
+    loss_floor: float
+    trivial_miou: float
+    stats: dict[str, list[float]]
+    samples: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+
+
+def select_device() -> str:
+    import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # already initialized in this process
+    return f"GPU:0 ({tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')})" if gpus else "CPU"
+
+
+def start_clean_session(seed: int, deterministic: bool) -> None:
+    """A fresh Keras graph and the same random streams for the same seed."""
+    import keras
+    import tensorflow as tf
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def predict_binary(model, images: np.ndarray, threshold: float, batch_size: int) -> np.ndarray:
+    pred = model.predict(images, batch_size=batch_size, verbose=0)
+    return pred >= threshold, pred
+
+
+def make_callbacks(model_eval: dict, on_epoch: Callable | None):
+    """Callbacks: stop at the first non-finite batch loss; IoU/Dice against binary truth each epoch."""
+    import keras
+
+    class StopOnNonFinite(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epoch, self.where = 0, None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)) and self.where is None:
+                self.where = (self.epoch + 1, batch + 1)
+                self.model.stop_training = True
+
+    class SegmentationMetrics(keras.callbacks.Callback):
+        """val_iou, val_bg_iou, val_miou, val_dice on the validation inputs as the variant feeds them,
+        and val_as_train_* with the inputs transformed like training, where the two differ."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            truth = model_eval["truth"]
+            for prefix, images in model_eval["inputs"].items():
+                pred, _ = predict_binary(self.model, images, model_eval["threshold"], model_eval["batch_size"])
+                for key, value in data_lib.confusion_ious(pred, truth).items():
+                    logs[f"{prefix}_{key}"] = value
+            if on_epoch is not None:
+                on_epoch(epoch + 1, {k: float(v) for k, v in logs.items()})
+
+    return StopOnNonFinite(), SegmentationMetrics()
+
+
+def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
+                  on_epoch: Callable[[int, dict], None] | None = None, verbose: int = 0) -> RunResult:
+    """Fit the case's U-Net for one variant and seed; a NaN/Inf loss ends the run, not the caller."""
+    import keras
+    from harness.models import build_unet
+
+    train_cfg, aug = cfg["train"], cfg["augment"]
+    device = select_device()
+    start_clean_session(seed, train_cfg["deterministic"])
+    head, loss = get_head(variant.head), get_loss(variant.loss)
+    transform = data_lib.fit_transform(dataset, variant.images, variant.masks, aug, seed)
+    train_ds = data_lib.train_pipeline(dataset, transform, aug, train_cfg["batch_size"], seed)
+    val_x, val_y = data_lib.validation_arrays(dataset, transform, variant.validation)
+    eval_inputs = {"val": val_x}
+    if variant.validation == "raw":
+        eval_inputs["val_as_train"] = data_lib.validation_arrays(dataset, transform, "like_training")[0]
+
+    size, channels = dataset.train_images.shape[1], dataset.train_images.shape[-1]
+    model = build_unet(size, channels, cfg["model"]["start_depth"], cfg["model"]["levels"], head.activation,
+                       cfg["model"]["bn_momentum"])
+    model.compile(optimizer=keras.optimizers.Adam(train_cfg["learning_rate"]), loss=loss.fn)
+    stop, metrics = make_callbacks(
+        {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": head.threshold,
+         "batch_size": train_cfg["batch_size"]}, on_epoch)
+
+    started = time.perf_counter()
+    fit = model.fit(train_ds, validation_data=(val_x, val_y), batch_size=train_cfg["batch_size"],
+                    epochs=train_cfg["epochs"], callbacks=[stop, metrics], verbose=verbose,
+                    shuffle=False)  # the tf.data pipeline shuffles
+    seconds = time.perf_counter() - started
+
+    history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    _, raw_pred = predict_binary(model, eval_inputs["val"][:N_SAMPLES], head.threshold, N_SAMPLES)
+    samples = {"images": dataset.val_images[:N_SAMPLES], "truth": dataset.val_masks[:N_SAMPLES],
+               "prediction": raw_pred, "threshold": np.float32(head.threshold)}
+    stats = {"image_mean": transform.image_stats.mean.tolist(), "image_std": transform.image_stats.std.tolist(),
+             "mask_mean": transform.mask_stats.mean.tolist(), "mask_std": transform.mask_stats.std.tolist()}
+    return RunResult(history=history, diverged_at=stop.where, device=device, seconds=seconds,
+                     epochs_run=len(history.get("loss", [])), loss_floor=loss.lower_bound,
+                     trivial_miou=data_lib.trivial_miou(dataset.val_masks), stats=stats, samples=samples)

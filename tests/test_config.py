@@ -1,0 +1,85 @@
+import pytest
+
+from harness.config import BUILTIN_VARIANTS, load_config, parse_override
+from harness.errors import ConfigError
+
+from conftest import ROOT
+
+DEFAULT = ROOT / "experiments" / "whitening.toml"
+
+
+def test_default_experiment_loads_with_the_five_variants():
+    cfg = load_config(DEFAULT)
+    assert cfg.name == "whitening"
+    assert [v.name for v in cfg.variants] == list(BUILTIN_VARIANTS)
+    assert cfg["data"]["image_size"] == 48
+
+
+def test_full_experiment_is_the_case_at_scale():
+    cfg = load_config(ROOT / "experiments" / "whitening-full.toml")
+    assert cfg["data"]["image_size"] == 128 and cfg["model"]["start_depth"] == 16
+    assert cfg["train"]["batch_size"] == 32 and cfg["train"]["epochs"] >= 50 and len(cfg.seeds) == 3
+    assert round(cfg["data"]["n_images"] * (1 - cfg["data"]["val_fraction"])) == 1840
+
+
+def test_overrides_are_read_as_toml_values():
+    cfg = load_config(DEFAULT, ["train.seeds=[3,4]", 'variants=["seed","image_only"]', "train.learning_rate=1e-2",
+                                "data.path=/some/where", "train.epochs=2"])
+    assert cfg.seeds == [3, 4]
+    assert [v.name for v in cfg.variants] == ["seed", "image_only"]
+    assert cfg["train"]["learning_rate"] == 0.01
+    assert cfg["data"]["path"] == "/some/where"
+    assert parse_override("a.b=true") == ("a.b", True)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epoch=3", "unknown key 'train.epoch'"),
+    ("nosuch=1", "unknown key 'nosuch'"),
+    ('variants=["seed","nope"]', "unknown variant 'nope'; valid variants: seed, no_featurewise"),
+    ("train.epochs=abc", "train.epochs: expected int"),
+    ("train.epochs=0", "train.epochs must be an integer >= 1"),
+    ("data.source=web", "data.source: unknown value 'web'"),
+    ("train.seeds=[]", "train.seeds must be a non-empty list"),
+    ("data.image_size=50", "divisible by 2**model.levels"),
+    ("pipeline=keras2", "pipeline: unknown value"),
+    ("noequals", "--set expects key=value"),
+])
+def test_bad_overrides_fail_with_the_valid_choices(override, message):
+    with pytest.raises(ConfigError, match=message.replace("*", r"\*").replace("(", r"\(")):
+        load_config(DEFAULT, [override])
+
+
+def test_unknown_key_in_file_and_malformed_toml(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepochz = 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'train.epochz'; valid keys: .*train.epochs"):
+        load_config(bad)
+    bad.write_text("[train\nepochs = 3\n")
+    with pytest.raises(ConfigError, match="malformed TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_defined_variant_is_one_table(tmp_path):
+    f = tmp_path / "e.toml"
+    f.write_text('variants = ["seed", "dice_binary"]\n[define.dice_binary]\nmasks = "binary"\nloss = "dice"\n')
+    cfg = load_config(f)
+    v = cfg.variants[1]
+    assert (v.name, v.masks, v.loss, v.head, v.images) == ("dice_binary", "binary", "dice", "sigmoid", "featurewise")
+    f.write_text('variants = ["x"]\n[define.x]\nmasks = "whitened"\n')
+    with pytest.raises(ConfigError, match="unknown value 'whitened' for axis 'masks'"):
+        load_config(f)
+
+
+def test_factorial_grid_expands_and_excludes(tmp_path):
+    f = tmp_path / "f.toml"
+    f.write_text('[factorial]\nmasks = ["featurewise", "binary", "signed"]\nhead = ["sigmoid", "tanh"]\n'
+                 'exclude = [{head = "sigmoid", masks = "signed"}, {head = "tanh", masks = "binary"}]\n')
+    cfg = load_config(f)
+    combos = {(v.masks, v.head) for v in cfg.variants}
+    assert combos == {("featurewise", "sigmoid"), ("binary", "sigmoid"), ("featurewise", "tanh"), ("signed", "tanh")}
+    assert len({v.name for v in cfg.variants}) == 4
+    f.write_text('[factorial]\nheads = ["tanh"]\n')
+    with pytest.raises(ConfigError, match="unknown axis 'heads'"):
+        load_config(f)
