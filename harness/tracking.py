@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +37,7 @@ class Tracker:
         self.client = client_for(tracking_uri)
         self.experiment_id = self.ensure_experiment(experiment, results)
         self.parent_id: str | None = None
+        self.nonfinite: dict[str, set] = {}
 
     def ensure_experiment(self, name: str, results: Path) -> str:
         try:
@@ -84,13 +86,18 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i:i + 100])
 
     def log_epoch(self, run_id: str, epoch: int, metrics: dict) -> None:
-        """Per-epoch metrics; NaN/Inf are never logged as metrics (they break MLflow's UI)."""
-        from mlflow.entities import Metric
-        now = int(1000 * __import__("time").time())
-        finite = [Metric(k, float(v), now, epoch) for k, v in metrics.items()
-                  if isinstance(v, (int, float)) and math.isfinite(v)]
-        if finite:
-            self.client.log_batch(run_id, metrics=finite)
+        """Per-epoch metrics. NaN/Inf are never logged as metric values (they break MLflow's UI);
+        the first epoch each metric went non-finite is kept as a tag `nonfinite.<metric>`."""
+        from mlflow.entities import Metric, RunTag
+        now = int(1000 * time.time())
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        finite = [Metric(k, v, now, epoch) for k, v in numbers.items() if math.isfinite(v)]
+        seen = self.nonfinite.setdefault(run_id, set())
+        fresh = [k for k, v in numbers.items() if not math.isfinite(v) and k not in seen]
+        seen.update(fresh)
+        tags = [RunTag(f"nonfinite.{k}", f"{numbers[k]} at epoch {epoch}") for k in fresh]
+        if finite or tags:
+            self.client.log_batch(run_id, metrics=finite, tags=tags)
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         from mlflow.entities import RunTag

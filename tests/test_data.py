@@ -106,10 +106,9 @@ def test_ious_and_trivial_predictor():
     assert trivial_miou(truth.astype(np.float32)) == pytest.approx(0.375)
 
 
-def save(path, array, mode=None):
+def save(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array, mode) if mode else Image.fromarray(array)
-    (Image.fromarray(array, mode) if mode else Image.fromarray(array)).save(path)
+    Image.fromarray(array).save(path)
 
 
 def folder(tmp_path, n=4, size=32):
@@ -141,7 +140,7 @@ def test_folder_reads_common_image_modes(tmp_path, mode):
     folder(tmp_path)
     rgb = np.asarray(Image.open(tmp_path / "images" / "im0.png"))
     img = Image.fromarray(rgb).convert(mode) if mode != "I;16" else Image.fromarray(
-        (rgb[..., 0].astype(np.uint16) * 257), "I;16")
+        rgb[..., 0].astype(np.uint16) * 257)            # 16-bit grey, 0..65535
     img.save(tmp_path / "images" / ("im0.tif" if mode == "I;16" else "im0.png"))
     if mode == "I;16":
         (tmp_path / "images" / "im0.png").unlink()

@@ -1,0 +1,97 @@
+"""End to end through the real CLI, with its own MLflow (SQLite) and Optuna stores in a temp folder."""
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+TINY = ROOT / "tests" / "data" / "tiny.toml"
+
+
+def harness(*args, cwd=None, timeout=900):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=timeout)
+
+
+def summary(results: Path, name: str) -> dict[str, dict]:
+    with open(results / name / "summary.csv") as f:
+        return {row["variant"]: row for row in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_sweep_reaches_the_case_verdicts_and_resumes(tmp_path):
+    results = tmp_path / "results"
+    run = harness("sweep", TINY, "--results", results, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = summary(results, "tiny")
+    assert rows["seed"]["negative_loss"] == "true" and rows["seed"]["verdict"] == "negative_loss"
+    assert rows["tanh_posted"]["verdict"] in ("diverged", "negative_loss")
+    for name in ("image_only", "tanh_corrected"):
+        assert rows[name]["verdict"] == "converged", rows[name]
+        assert rows[name]["negative_loss"] == "false"
+        assert float(rows[name]["val_miou"]) > float(rows[name]["trivial_miou"]) + 0.1
+    # Raw validation hides what the seed model learned; fed like training it is far better.
+    assert float(rows["seed"]["val_as_train_miou"]) > float(rows["seed"]["val_miou"])
+
+    folder = results / "tiny"
+    for name in ("report.md", "report.html", "summary.csv", "runs.csv", "loss_curves.png", "miou.png"):
+        assert (folder / name).stat().st_size > 0, name
+    md = (folder / "report.md").read_text()
+    assert "harness sweep" in md and "## Rules" in md and "negative_loss" in md
+    assert "data:image/png;base64," in (folder / "report.html").read_text()
+    # Stores live under the results folder, nothing in the working directory.
+    assert (results / "mlflow.db").exists() and (results / "optuna.db").exists()
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+    # MLflow holds one parent and a nested run per point, with per-epoch metrics and no NaN.
+    from harness.tracking import load_runs
+    runs = load_runs(f"sqlite:///{results / 'mlflow.db'}", "tiny")
+    assert len(runs) == 5 and set(runs["status"]) == {"FINISHED"}
+    assert runs["tags.mlflow.parentRunId"].nunique() == 1
+    for _, run in runs.iterrows():
+        history = run["history"]
+        assert {"loss", "val_iou", "val_miou", "val_dice"} <= set(history)
+        assert all(math.isfinite(v) for values in history.values() for v in values)
+        # val_loss is logged while finite; where it was not, a tag says when it went NaN/Inf.
+        assert "val_loss" in history or isinstance(run.get("tags.nonfinite.val_loss"), str)
+    assert {"dataset_fingerprint", "version.tensorflow", "git_commit", "axis.masks"} <= {
+        c.removeprefix("params.") for c in runs.columns}
+    assert set(runs["tags.device"]) == {"CPU"} or all(d.startswith("GPU") for d in runs["tags.device"])
+
+    again = harness("sweep", TINY, "--results", results, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "5 already finished, 0 to train" in again.stdout
+    assert len(load_runs(f"sqlite:///{results / 'mlflow.db'}", "tiny")) == 5
+
+    report = harness("report", TINY, "--results", results, cwd=tmp_path)
+    assert report.returncode == 0 and "report:" in report.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", 'variants=["nope"]'], "unknown variant 'nope'; valid variants: seed"),
+    (["--set", "train.epoch=2"], "unknown key 'train.epoch'"),
+    (["--set", "data.source=folder", "--set", "data.path=/no/such/folder"], "data folder not found"),
+    (["--storage", "sqlite:////no/such/dir/optuna.db"], "Optuna storage"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "MLflow tracking store http://127.0.0.1:9 is not usable"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    run = harness("sweep", TINY, "--results", tmp_path / "r", *args, "--set", "train.epochs=1", cwd=tmp_path,
+                  timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("harness: error:")]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_missing_experiment_and_malformed_toml(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\n")
+    for target, message in ((tmp_path / "none.toml", "experiment not found"), (bad, "malformed TOML")):
+        run = harness("sweep", target, "--results", tmp_path / "r", cwd=tmp_path, timeout=60)
+        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
