@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_args(sweep)
     sweep.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<results>/optuna.db)")
     sweep.add_argument("--strict", action="store_true", help="exit 1 if any grid point crashed")
+    check = sub.add_parser("check", help="predict each variant's failure before training, and say why")
+    check.add_argument("experiment", nargs="?", help=f"experiment .toml file or name (default: {DEFAULT_EXPERIMENT})")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    check.add_argument("--json", action="store_true", help="print one JSON array, an object per variant")
     report = sub.add_parser("report", help="write the report from the runs in MLflow")
     add_experiment_args(report)
     ui = sub.add_parser("ui", help="serve the MLflow UI on the results store")
@@ -86,6 +90,17 @@ def cmd_report(args, command: str) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    import json
+    from harness.check import check_experiment, format_rows, predicted_verdict
+    rows = check_experiment(load(args))
+    if args.json:
+        print(json.dumps([{**r.to_dict(), "predicted": predicted_verdict(r.flags)} for r in rows], indent=1))
+    else:
+        print(format_rows(rows))
+    return 0
+
+
 def cmd_ui(args) -> int:
     from harness.tracking import default_tracking_uri
     uri = args.tracking_uri or default_tracking_uri(args.results)
@@ -108,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sweep":
             return cmd_sweep(args, command)
+        if args.command == "check":
+            return cmd_check(args)
         if args.command == "report":
             return cmd_report(args, command)
         if args.command == "ui":

@@ -26,7 +26,8 @@ AXES: dict[str, tuple[str, ...]] = {
     "masks": ("featurewise", "binary", "signed"),
     # Output activation of the 1x1 head.
     "head": ("sigmoid", "tanh"),
-    # Loss; see losses.py for each one's valid targets and lower bound.
+    # Loss; see losses.py for each one's valid targets and lower bound. A user's loss is named
+    # "module:function" (the function may declare `target_range` and `lower_bound` attributes).
     "loss": ("bce", "modified_bce_posted", "modified_bce_signed", "modified_bce_corrected", "dice"),
     # Validation inputs: "raw" = images and masks as loaded (the case); "like_training" = the same
     # transform as training (no augmentation).
@@ -283,6 +284,8 @@ def check_axes(axes: dict, where: str) -> dict:
             raise ConfigError(f"{where}: unknown axis {axis!r}; valid axes: {', '.join(AXES)}")
         values = value if isinstance(value, list) else [value]
         for v in values:
+            if axis == "loss" and isinstance(v, str) and ":" in v:
+                continue  # a user's loss, "module:function"; resolved (and checked) in losses.py
             if v not in AXES[axis]:
                 raise ConfigError(f"{where}: unknown value {v!r} for axis {axis!r}; valid: {', '.join(AXES[axis])}")
     return axes

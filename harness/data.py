@@ -417,6 +417,16 @@ def train_pipeline(dataset: Dataset, transform: Transform, aug: dict, batch_size
             .prefetch(tf.data.AUTOTUNE))
 
 
+def augmented_batches(dataset: Dataset, aug: dict, batch_size: int, seed: int, max_batches: int):
+    """Augmented, untransformed training batches as NumPy (images 0..255, masks as augmented)."""
+    import tensorflow as tf
+    augment = make_augmenter(aug, dataset.train_images.shape[1], seed)
+    ds = (tf.data.Dataset.from_tensor_slices((dataset.train_images, dataset.train_masks))
+          .batch(batch_size).take(max_batches).map(augment))
+    for images, masks in ds:
+        yield images.numpy(), masks.numpy()
+
+
 def validation_arrays(dataset: Dataset, transform: Transform, validation: str) -> tuple[np.ndarray, np.ndarray]:
     """Validation inputs and targets as the variant feeds them: raw (as loaded) or like training."""
     if validation == "raw":

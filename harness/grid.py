@@ -137,6 +137,11 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     results.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(results)
     tracking_uri = tracking_uri or default_tracking_uri(results)
+    from harness.check import check_experiment, predicted_verdict
+    from harness.losses import get_loss
+
+    for variant in cfg.variants:                            # unknown or broken losses fail first
+        get_loss(variant.loss)
     dataset = load_dataset(cfg["data"])                     # bad data fails before any trial
     study = open_study(cfg, storage)
     tracker = Tracker(tracking_uri, cfg.name, results)
@@ -147,6 +152,11 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     log(f"{cfg.name}: {len(points)} grid points, {len(points) - len(missing)} already finished, "
         f"{len(missing)} to train" + (f" ({stale_runs} interrupted run(s) marked FAILED)" if stale_runs else ""))
     log(f"data: {dataset.description}, fingerprint {dataset.fingerprint}")
+    checks = {}
+    for row in check_experiment(cfg, dataset):
+        checks[row.variant] = {"check.flags": ",".join(row.flags) or "none",
+                               "check.predicted": predicted_verdict(row.flags)}
+        log(f"check {row.variant}: predicted {predicted_verdict(row.flags)}; flags: {', '.join(row.flags) or 'none'}")
     parent = tracker.start_sweep(study.user_attrs.get("mlflow_parent_run_id"),
                                  params={"study": study.study_name, "storage": storage, "command": command},
                                  tags={"harness.experiment": cfg.name})
@@ -158,7 +168,8 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
             if trial is None:
                 break
             variant, seed = points[trial.user_attrs["point"]]
-            outcomes.append(run_point(cfg, study, trial, variant, seed, dataset, tracker, log))
+            outcomes.append(run_point(cfg, study, trial, variant, seed, dataset, tracker, log,
+                                      checks.get(variant.name, {})))
         status = "FINISHED"
     finally:
         tracker.end_sweep(status if status == "FINISHED" else "KILLED")
@@ -187,7 +198,7 @@ def next_trial(study, points: dict):
             study.enqueue_trial({"variant": variant.name, "seed": seed}, user_attrs={"point": key})
 
 
-def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log) -> PointOutcome:
+def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, check_tags: dict) -> PointOutcome:
     import optuna
     from harness import plots
     from harness.train import train_variant
@@ -198,7 +209,8 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log) 
     trial.suggest_categorical("variant", [v.name for v in cfg.variants])
     trial.suggest_categorical("seed", cfg.seeds)
     run_id = tracker.start_point(variant.name, seed, run_params(cfg, variant, seed, dataset.fingerprint),
-                                 tags={"optuna.trial": str(trial.number), "optuna.study": study.study_name})
+                                 tags={"optuna.trial": str(trial.number), "optuna.study": study.study_name,
+                                       **check_tags})
     trial.set_user_attr("mlflow_run_id", run_id)
     log(f"[{variant.name} seed={seed}] training ({cfg['train']['epochs']} epochs)")
     started = time.perf_counter()

@@ -98,6 +98,23 @@ def get_head(name: str) -> Head:
 
 
 def get_loss(name: str) -> Loss:
+    """A built-in loss by name, or a user's as "module:function" (fn(y_true, y_pred) -> per-sample
+    loss). A user's function may carry `target_range` (default (0, 1)) and `lower_bound` (default 0)."""
+    if ":" in name:
+        return import_loss(name)
     if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
+        raise ConfigError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)} or module:function")
     return LOSSES[name]
+
+
+def import_loss(spec: str) -> Loss:
+    import importlib
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot load loss {spec!r}: {e}") from None
+    if not callable(fn):
+        raise ConfigError(f"loss {spec!r} is not a function")
+    lo, hi = getattr(fn, "target_range", (0.0, 1.0))
+    return Loss(spec, fn, (float(lo), float(hi)), float(getattr(fn, "lower_bound", 0.0)), f"user loss {spec}")

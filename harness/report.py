@@ -15,6 +15,13 @@ from harness.config import Config
 from harness.tracking import artifact_path, load_runs
 from harness.verdict import judge, rules_markdown
 
+PREDICTED = {"negative_loss_or_diverged": ("negative_loss", "diverged"), "trains": ("converged", "learning")}
+
+
+def agrees(predicted: str, observed: str) -> bool:
+    """The check's prediction (harness/check.py) against the verdict the sweep observed."""
+    return observed in PREDICTED.get(predicted, ())
+
 NUMERIC = ["final_loss", "min_loss", "loss_floor", "val_iou", "val_miou", "val_dice", "val_as_train_miou",
            "trivial_miou", "seconds_per_epoch"]
 FLAGS = ["negative_loss", "diverged", "converged"]
@@ -63,6 +70,8 @@ def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
             "diverged_at": (f"epoch {run.get('tags.diverged_epoch')} batch {run.get('tags.diverged_batch')}"
                             if diverged and isinstance(run.get("tags.diverged_epoch"), str) else ""),
             "device": run.get("tags.device", ""), "history": history,
+            "predicted": run.get("tags.check.predicted") if isinstance(run.get("tags.check.predicted"), str) else "",
+            "check_flags": run.get("tags.check.flags") if isinstance(run.get("tags.check.flags"), str) else "",
         })
     if not rows:
         return pd.DataFrame()
@@ -91,6 +100,9 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
         verdicts = list(dict.fromkeys(group["verdict"]))
         row["verdict"] = verdicts[0] if len(verdicts) == 1 else "unstable"
         row["verdict_per_seed"] = " ".join(f"s{s}:{v}" for s, v in zip(group["seed"], group["verdict"]))
+        row["predicted"] = group["predicted"].iloc[0]
+        row["check_flags"] = group["check_flags"].iloc[0]
+        row["agrees"] = bool(row["predicted"]) and all(agrees(row["predicted"], v) for v in group["verdict"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -110,7 +122,7 @@ def failures(runs: pd.DataFrame) -> pd.DataFrame:
 def csv_table(df: pd.DataFrame) -> pd.DataFrame:
     """Flags as `true`/`false`, as the CSV's readers (and the README) expect."""
     df = df.copy()
-    for col in FLAGS:
+    for col in FLAGS + ["agrees"]:
         if col in df:
             df[col] = df[col].map(lambda b: "true" if b else "false")
     return df
@@ -156,7 +168,8 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str) ->
         (out / "report.md").write_text(f"# {cfg.name}\n\nNo finished runs yet.\n")
         return out / "report.md"
     summary = summarize(points)
-    summary_cols = ["variant", "seeds"] + [c for n in NUMERIC for c in (n, f"{n}_std")] + FLAGS + ["verdict"]
+    summary_cols = (["variant", "seeds"] + [c for n in NUMERIC for c in (n, f"{n}_std")] + FLAGS
+                    + ["verdict", "predicted", "agrees", "check_flags"])
     csv_table(summary[summary_cols]).to_csv(out / "summary.csv", index=False, float_format="%.6g",
                                             na_rep="nan", lineterminator="\n")
     csv_table(points.drop(columns="history")).to_csv(out / "runs.csv", index=False, float_format="%.6g",
@@ -201,7 +214,8 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
         "",
         "## Verdicts",
         "",
-        markdown_table(summary, ["variant", "seeds", "verdict", "negative_loss", "diverged", "converged",
+        markdown_table(summary, ["variant", "seeds", "verdict", "predicted", "agrees", "negative_loss", "diverged",
+                                 "converged",
                                  "min_loss", "loss_floor", "final_loss", "val_miou", "val_miou_std",
                                  "val_as_train_miou", "trivial_miou", "val_iou", "val_dice"]),
         "",
@@ -211,6 +225,14 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
         "## Why",
         "",
         explain(summary),
+        "",
+        "## Predicted before training (`harness check`)",
+        "",
+        "Flags measured on the data and probed on the loss before any training; `predicted` is "
+        "`negative_loss_or_diverged` when the loss is unbounded below or not minimized at the target, "
+        "else `trains`; `agrees` compares it with every seed's observed verdict.",
+        "",
+        markdown_table(summary, ["variant", "check_flags", "predicted", "verdict", "agrees"]),
         "",
     ]
     if not failed.empty:

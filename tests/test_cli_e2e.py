@@ -36,6 +36,10 @@ def test_sweep_reaches_the_case_verdicts_and_resumes(tmp_path):
         assert rows[name]["verdict"] == "converged", rows[name]
         assert rows[name]["negative_loss"] == "false"
         assert float(rows[name]["val_miou"]) > float(rows[name]["trivial_miou"]) + 0.1
+    # harness check ran first and predicted what the sweep then observed.
+    for name in ("seed", "tanh_posted", "image_only", "tanh_corrected"):
+        assert rows[name]["agrees"] == "true", rows[name]
+    assert "loss_not_minimized_at_target" in rows["tanh_posted"]["check_flags"]
     # Raw validation hides what the seed model learned; fed like training it is far better.
     assert float(rows["seed"]["val_as_train_miou"]) > float(rows["seed"]["val_miou"])
 
@@ -95,3 +99,16 @@ def test_missing_experiment_and_malformed_toml(tmp_path):
     for target, message in ((tmp_path / "none.toml", "experiment not found"), (bad, "malformed TOML")):
         run = harness("sweep", target, "--results", tmp_path / "r", cwd=tmp_path, timeout=60)
         assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_check_json_lists_the_flags_per_variant(tmp_path):
+    import json
+    run = harness("check", TINY, "--json", cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads(run.stdout)}
+    assert {"targets_outside_loss_domain", "loss_unbounded_below"} <= set(rows["seed"]["flags"])
+    assert "loss_not_minimized_at_target" in rows["tanh_posted"]["flags"]
+    for name in ("image_only", "no_featurewise", "tanh_corrected"):
+        assert rows[name]["flags"] == [], rows[name]
+    text = harness("check", TINY, "--set", 'variants=["seed"]', cwd=tmp_path, timeout=300)
+    assert text.returncode == 0 and "fix:" in text.stdout and "predicted: negative_loss_or_diverged" in text.stdout

@@ -1,0 +1,205 @@
+"""Explain before training: measure each variant's targets, probe its loss, and flag what will fail.
+
+Every flag comes from a measurement on the actual data and loss function, not from the variant's
+name, so it holds for variants and losses a user adds (`loss = "module:function"`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from harness import data as data_lib
+from harness.config import Config, Variant
+from harness.data import Dataset
+from harness.losses import get_head, get_loss
+
+# Each flag: what it means and the fix, one line each (also the README's table).
+FLAGS = {
+    "targets_outside_loss_domain": (
+        "training targets leave the range the loss is defined for",
+        "feed binary masks (do not whiten them), or use a loss defined for these targets"),
+    "loss_unbounded_below": (
+        "on these targets the loss can be driven below any bound: its value stops meaning anything",
+        "keep targets inside the loss's domain; a lower loss will not mean a better model"),
+    "loss_not_minimized_at_target": (
+        "the loss is lowest on the wrong side of the head's threshold: minimizing it learns the wrong class",
+        "fix the loss's sign (e.g. -0.5*((1-y)log(1-p) + (1+y)log(1+p)) for tanh)"),
+    "loss_floor_not_zero": (
+        "the loss's minimum at a perfect prediction is below 0, so negative values are expected, not a bug",
+        "compare the loss with its own floor, or shift it (e.g. + log 2) so its floor is 0"),
+    "validation_not_transformed_like_training": (
+        "validation inputs or targets skip a transform the training data gets",
+        "apply the training statistics to validation inputs (and targets) before evaluating"),
+    "masks_not_binary": (
+        "masks have more than two levels, before or after augmentation",
+        "binarize masks and augment them with nearest-neighbour interpolation"),
+}
+# Predictions are probed through the head over this range of pre-activations (logits): wide enough to
+# reach p = 1e-6 of the head's bounds, not so wide that float32 saturates to exactly 0 or 1.
+PROBE_LIMIT = {"sigmoid": 14.0, "tanh": 7.0}
+TOLERANCE = 1e-3
+
+
+@dataclass
+class CheckRow:
+    variant: str
+    target_range: tuple[float, float]          # measured on augmented, transformed training batches
+    target_levels: dict[str, float]            # transformed value of background / foreground pixels
+    head_range: tuple[float, float]
+    loss_domain: tuple[float, float]
+    loss_floor: float                          # declared lower bound
+    probed_floor: float                        # least value found at the targets' perfect predictions
+    probed_min: float                          # least value found anywhere in the probe
+    flags: list[str] = field(default_factory=list)
+    details: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["explanations"] = {f: {"why": FLAGS[f][0], "fix": FLAGS[f][1], "measured": self.details.get(f, "")}
+                             for f in self.flags}
+        return d
+
+
+def predicted_verdict(flags: list[str]) -> str:
+    """What the flags predict the sweep will observe (see `agrees`)."""
+    if "loss_unbounded_below" in flags or "loss_not_minimized_at_target" in flags:
+        return "negative_loss_or_diverged"
+    return "trains"
+
+
+def probe_loss(loss_fn, head: str, levels: dict[int, float]):
+    """Loss of a constant prediction act(z) against a constant target, for a grid of z per class.
+
+    -> (z grid, {class: values over z})."""
+    import keras
+    limit = PROBE_LIMIT.get(head, 10.0)
+    z = np.linspace(-limit, limit, 141).astype(np.float32)
+    p = np.asarray(keras.activations.get(get_head(head).activation)(z), np.float32)
+    out = {}
+    for cls, y in levels.items():
+        y_t = np.full((len(z), 2, 2, 1), y, np.float32)
+        p_t = np.broadcast_to(p[:, None, None, None], y_t.shape).astype(np.float32)
+        with np.errstate(all="ignore"):
+            out[cls] = np.asarray(loss_fn(y_t, p_t), np.float64).reshape(len(z), -1).mean(axis=1)
+    return z, out
+
+
+def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=None, seed: int = 1) -> CheckRow:
+    import tensorflow as tf
+
+    head, loss = get_head(variant.head), get_loss(variant.loss)
+    aug, batch = cfg["augment"], cfg["train"]["batch_size"]
+    transform = transform or data_lib.fit_transform(dataset, variant.images, variant.masks, aug, seed)
+
+    # Targets as training sees them: a few augmented batches through the variant's transform.
+    raw_batches = list(data_lib.augmented_batches(dataset, aug, batch, seed, max_batches=8))
+    aug_masks = np.concatenate([m for _, m in raw_batches])
+    targets = np.asarray(transform.mask(tf.constant(aug_masks)))
+    t_lo, t_hi = float(targets.min()), float(targets.max())
+    levels = {c: float(np.asarray(transform.mask(np.float32(c))).ravel()[0]) for c in (0, 1)}
+    row = CheckRow(variant.name, (t_lo, t_hi), {"background": levels[0], "foreground": levels[1]},
+                   head.output_range, loss.target_range, loss.lower_bound, math.nan, math.nan)
+
+    def flag(name: str, detail: str) -> None:
+        row.flags.append(name)
+        row.details[name] = detail
+
+    d_lo, d_hi = loss.target_range
+    if t_lo < d_lo - TOLERANCE or t_hi > d_hi + TOLERANCE:
+        flag("targets_outside_loss_domain", f"targets span [{t_lo:.3g}, {t_hi:.3g}], loss domain [{d_lo:g}, {d_hi:g}]")
+
+    z, values = probe_loss(loss.fn, variant.head, levels)
+    finite_min = min(float(np.nanmin(np.where(np.isfinite(v), v, np.nan))) for v in values.values())
+    row.probed_min = -math.inf if any(np.any(v == -math.inf) for v in values.values()) else finite_min
+    threshold_z = 0.0   # both heads cross their threshold at z = 0
+    at_target, wrong_side, falling = [], [], []
+    for cls, v in values.items():
+        v = np.where(np.isnan(v), np.inf, v)
+        best = int(np.argmin(v))
+        right = z > threshold_z if cls == 1 else z < threshold_z
+        at_target.append(float(v[-1] if cls == 1 else v[0]))
+        if not right[best] and v[best] < np.min(v[right]) - TOLERANCE:
+            wrong_side.append(f"class {cls} (target {levels[cls]:.3g}): lowest {v[best]:.3g} at p={float(activation_value(variant.head, z[best])):.3g}")
+        # Still falling at the probe's edge, and already well below the declared floor.
+        edge, inner = (best, best + (10 if best < len(z) // 2 else -10))
+        if best in (0, len(z) - 1) and v[edge] < loss.lower_bound - 1.0 and v[edge] < v[inner] - 0.1:
+            falling.append(f"class {cls} (target {levels[cls]:.3g}): {v[inner]:.3g} -> {v[edge]:.3g} toward p={float(activation_value(variant.head, z[edge])):.3g}")
+    row.probed_floor = min(at_target)
+    if falling:
+        flag("loss_unbounded_below", "; ".join(falling))
+    if wrong_side:
+        flag("loss_not_minimized_at_target", "; ".join(wrong_side))
+
+    # The floor proper: the loss at perfect predictions of valid binary targets (its domain's ends).
+    ends = {0: d_lo, 1: d_hi}
+    _, proper = probe_loss(loss.fn, variant.head, ends)
+    floor = min(float(np.nanmin(np.where(np.isfinite(proper[c]), proper[c], np.nan))) for c in (0, 1))
+    if floor < -TOLERANCE and not wrong_side and not falling:
+        flag("loss_floor_not_zero", f"least value at valid targets {floor:.4g} (declared floor {loss.lower_bound:.4g})")
+
+    val_x, val_y = data_lib.validation_arrays(dataset, transform, variant.validation)
+    train_x = np.asarray(transform.image(tf.constant(np.concatenate([x for x, _ in raw_batches]))))
+    mismatch = input_mismatch(train_x, val_x) + target_mismatch(targets, val_y)
+    if mismatch:
+        flag("validation_not_transformed_like_training", "; ".join(mismatch))
+
+    raw_levels, aug_levels = count_levels(dataset.train_masks), count_levels(aug_masks)
+    if raw_levels > 2 or aug_levels > 2:
+        flag("masks_not_binary", f"{raw_levels} levels as loaded, {aug_levels} after augmentation")
+    return row
+
+
+def activation_value(head: str, z: float) -> float:
+    return 1 / (1 + math.exp(-z)) if head == "sigmoid" else math.tanh(z)
+
+
+def input_mismatch(train_x: np.ndarray, val_x: np.ndarray) -> list[str]:
+    """Per-channel mean more than one training std apart, or std off by more than 2x."""
+    t_mean, t_std = train_x.mean(axis=(0, 1, 2)), train_x.std(axis=(0, 1, 2)) + 1e-6
+    v_mean, v_std = val_x.mean(axis=(0, 1, 2)), val_x.std(axis=(0, 1, 2)) + 1e-6
+    if np.any(np.abs(v_mean - t_mean) > t_std) or np.any(v_std / t_std > 2) or np.any(v_std / t_std < 0.5):
+        return [f"inputs: training mean {fmt_list(t_mean)} std {fmt_list(t_std)}, "
+                f"validation mean {fmt_list(v_mean)} std {fmt_list(v_std)}"]
+    return []
+
+
+def target_mismatch(train_y: np.ndarray, val_y: np.ndarray) -> list[str]:
+    t = (float(train_y.min()), float(train_y.max()))
+    v = (float(val_y.min()), float(val_y.max()))
+    if abs(t[0] - v[0]) > 0.05 * (t[1] - t[0]) or abs(t[1] - v[1]) > 0.05 * (t[1] - t[0]):
+        return [f"targets: training [{t[0]:.3g}, {t[1]:.3g}], validation [{v[0]:.3g}, {v[1]:.3g}]"]
+    return []
+
+
+def count_levels(masks: np.ndarray) -> int:
+    return int(len(np.unique(np.round(masks, 4))))
+
+
+def fmt_list(a) -> str:
+    return "[" + ", ".join(f"{x:.3g}" for x in np.ravel(a)) + "]"
+
+
+def check_experiment(cfg: Config, dataset: Dataset | None = None) -> list[CheckRow]:
+    dataset = dataset or data_lib.load_dataset(cfg["data"])
+    return [check_variant(v, dataset, cfg, seed=cfg.seeds[0]) for v in cfg.variants]
+
+
+def format_rows(rows: list[CheckRow]) -> str:
+    lines = []
+    for r in rows:
+        lines.append(f"{r.variant}: targets [{r.target_range[0]:.3g}, {r.target_range[1]:.3g}] "
+                     f"(background {r.target_levels['background']:.3g}, foreground {r.target_levels['foreground']:.3g}), "
+                     f"head {fmt_range(r.head_range)}, loss domain {fmt_range(r.loss_domain)}, "
+                     f"floor {r.loss_floor:.3g} -> predicted: {predicted_verdict(r.flags)}")
+        if not r.flags:
+            lines.append("  no flag")
+        for f in r.flags:
+            lines.append(f"  {f}: {FLAGS[f][0]} ({r.details[f]})")
+            lines.append(f"    fix: {FLAGS[f][1]}")
+    return "\n".join(lines)
+
+
+def fmt_range(r) -> str:
+    return f"[{r[0]:g}, {r[1]:g}]"

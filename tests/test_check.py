@@ -1,0 +1,95 @@
+"""harness check: flags from measurement, on crafted losses and data."""
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from harness.check import check_variant, predicted_verdict, probe_loss
+from harness.config import Variant, load_config
+from harness.data import Dataset, make_synthetic
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = load_config(ROOT / "experiments" / "whitening.toml",
+                      ["data.n_images=24", "data.image_size=32", "augment.stats_rounds=1", "train.batch_size=8"])
+    x, m = make_synthetic(24, 32, 0.15, seed=0)
+    return cfg, Dataset(x[:18], m[:18], x[18:], m[18:], "test")
+
+
+def flags(setup, **axes):
+    cfg, ds = setup
+    base = dict(images="featurewise", masks="binary", head="sigmoid", loss="bce", validation="like_training")
+    return check_variant(Variant(name="v", **{**base, **axes}), ds, cfg).flags
+
+
+# Crafted user losses, named as module:function like a user's.
+def sign_flipped_bce(y, p):
+    return -keras.losses.binary_crossentropy(y, p)
+
+
+def bce_plus_shift(y, p):
+    return keras.losses.binary_crossentropy(y, p) - 0.5
+
+
+bce_plus_shift.lower_bound = -0.5
+
+
+def smoothed_bce(y, p):
+    return keras.losses.binary_crossentropy(y, p, label_smoothing=0.1)
+
+
+smoothed_bce.lower_bound = 0.2
+
+
+def test_builtin_variants_flag_as_the_case_predicts(setup):
+    seed = flags(setup, masks="featurewise", validation="raw")
+    assert {"targets_outside_loss_domain", "loss_unbounded_below", "validation_not_transformed_like_training"} <= set(seed)
+    assert "loss_not_minimized_at_target" not in seed
+    posted = flags(setup, masks="featurewise", head="tanh", loss="modified_bce_posted", validation="raw")
+    assert "loss_not_minimized_at_target" in posted
+    assert flags(setup) == []                                                           # image_only
+    assert flags(setup, images="scaled") == []                                          # no_featurewise
+    assert flags(setup, masks="signed", head="tanh", loss="modified_bce_corrected") == []  # tanh_corrected
+    assert predicted_verdict(seed) == predicted_verdict(posted) == "negative_loss_or_diverged"
+
+
+def test_posted_formula_is_not_minimized_even_on_proper_targets(setup):
+    f = flags(setup, masks="signed", head="tanh", loss="modified_bce_posted")
+    assert "loss_not_minimized_at_target" in f and "targets_outside_loss_domain" not in f
+
+
+def test_unshifted_tanh_loss_has_a_floor_below_zero_and_nothing_else(setup):
+    assert flags(setup, masks="signed", head="tanh", loss="modified_bce_signed") == ["loss_floor_not_zero"]
+
+
+def test_user_losses_are_probed_like_builtin_ones(setup):
+    assert "loss_not_minimized_at_target" in flags(setup, loss="test_check:sign_flipped_bce")
+    assert flags(setup, loss="test_check:bce_plus_shift") == ["loss_floor_not_zero"]
+    assert flags(setup, loss="test_check:smoothed_bce") == []
+    assert flags(setup, loss="dice") == []
+
+
+def test_raw_validation_is_flagged_and_standardized_is_not(setup):
+    assert "validation_not_transformed_like_training" in flags(setup, validation="raw")
+    assert "validation_not_transformed_like_training" not in flags(setup, validation="like_training")
+    # Scaled images fed raw (0..255 against 0..1) are caught too.
+    assert "validation_not_transformed_like_training" in flags(setup, images="scaled", validation="raw")
+
+
+def test_non_binary_masks_are_flagged(setup):
+    cfg, ds = setup
+    soft = ds.train_masks.copy()
+    soft[:, :2, :2] = 0.5
+    grey = Dataset(ds.train_images, soft, ds.val_images, ds.val_masks, "soft")
+    row = check_variant(Variant("v", "featurewise", "binary", "sigmoid", "bce", "like_training"), grey, cfg)
+    assert "masks_not_binary" in row.flags
+
+
+def test_probe_sees_bce_fall_without_bound_above_one():
+    z, values = probe_loss(keras.losses.binary_crossentropy, "sigmoid", {1: 2.0})
+    v = values[1]
+    assert v[-1] < -10 and np.all(np.diff(v[-20:]) < 0) and math.isfinite(v[-1])
