@@ -75,9 +75,21 @@ def cmd_sweep(args, command: str) -> int:
     outcomes = run_sweep(cfg, args.results, args.storage, args.tracking_uri, command=command)
     report = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
     print(f"report: {report}")
-    print((report.parent / "summary.csv").read_text() if (report.parent / "summary.csv").exists() else "")
+    print_summary(report.parent / "summary.csv")
     crashed = [o for o in outcomes if o.verdict == "crashed"]
     return 1 if (args.strict and crashed) else 0
+
+
+def print_summary(path: Path) -> None:
+    import csv
+    if not path.exists():
+        return
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    print(f"{'variant':<18} {'verdict':<15} {'predicted':<27} {'min_loss':>9} {'floor':>7} {'val_miou':>8} {'trivial':>7}")
+    for r in rows:
+        print(f"{r['variant']:<18} {r['verdict']:<15} {r['predicted']:<27} {float(r['min_loss']):>9.3f} "
+              f"{float(r['loss_floor']):>7.3f} {float(r['val_miou']):>8.3f} {float(r['trivial_miou']):>7.3f}")
 
 
 def cmd_report(args, command: str) -> int:

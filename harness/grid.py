@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +18,10 @@ from harness.config import Config, Variant
 from harness.errors import StorageError
 from harness.tracking import Tracker, default_tracking_uri, first_line
 
-HEARTBEAT_S = 5      # a live worker touches its trial this often
-GRACE_S = 20         # a trial silent for this long belongs to a dead worker: marked FAILED, retried
+# A live worker stamps its trial every HEARTBEAT_S; a trial unstamped for GRACE_S belongs to a dead
+# worker and is marked FAILED, then retrained. Environment overrides serve tests and slow storages.
+HEARTBEAT_S = float(os.environ.get("HARNESS_HEARTBEAT_S", 5))
+GRACE_S = float(os.environ.get("HARNESS_GRACE_S", 20))
 
 
 @dataclass
@@ -50,9 +54,8 @@ def quiet_optuna():
     import warnings
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Heartbeats and fail_stale_trials are marked experimental; ask/tell with heartbeats warns.
+    # JournalStorage and enqueue_trial's user_attrs are marked experimental.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 def open_study(cfg: Config, storage_url: str):
@@ -63,8 +66,7 @@ def open_study(cfg: Config, storage_url: str):
             from optuna.storages.journal import JournalFileBackend
             storage = optuna.storages.JournalStorage(JournalFileBackend(storage_url.removeprefix("journal:")))
         else:
-            storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                                 engine_kwargs=connect_timeout(storage_url))
+            storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=connect_timeout(storage_url))
         return optuna.create_study(study_name=study_name(cfg), storage=storage, load_if_exists=True,
                                    direction="maximize")
     except Exception as e:  # noqa: BLE001 - any failure here means the storage is unusable
@@ -77,6 +79,47 @@ def connect_timeout(url: str) -> dict:
     if url.startswith("mysql"):
         return {"connect_args": {"connect_timeout": 5}}
     return {}
+
+
+class Heartbeat:
+    """Stamps the trial's `heartbeat` user attribute from a thread while its point trains. Optuna's
+    own heartbeat exists only for RDB storages; this one works on every storage (journal too)."""
+
+    def __init__(self, trial):
+        self.trial = trial
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.beat, daemon=True)
+
+    def beat(self):
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                self.trial.set_user_attr("heartbeat", time.time())
+            except Exception:  # noqa: BLE001 - a missed beat only risks a retrain
+                pass
+
+    def __enter__(self):
+        self.trial.set_user_attr("heartbeat", time.time())
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def fail_stale_trials(study) -> int:
+    """RUNNING trials whose heartbeat is older than GRACE_S: their worker died. Mark them FAILED."""
+    import optuna
+    now, failed = time.time(), 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
+        if now - beat > GRACE_S:
+            try:
+                if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
+                    failed += 1
+            except Exception:  # noqa: BLE001 - another worker failed it first
+                pass
+    return failed
 
 
 def trials_by_state(study):
@@ -145,8 +188,8 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     dataset = load_dataset(cfg["data"])                     # bad data fails before any trial
     study = open_study(cfg, storage)
     tracker = Tracker(tracking_uri, cfg.name, results)
-    optuna.storages.fail_stale_trials(study)
-    stale_runs = tracker.mark_stale_points_failed()
+    fail_stale_trials(study)
+    stale_runs = fail_orphaned_runs(study, tracker)
     points = {point_key(v, s): (v, s) for v in cfg.variants for s in cfg.seeds}
     missing = enqueue_missing(study, points)
     log(f"{cfg.name}: {len(points)} grid points, {len(points) - len(missing)} already finished, "
@@ -164,7 +207,7 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     outcomes, status = [], "FAILED"
     try:
         while True:
-            trial = next_trial(study, points)
+            trial = next_trial(study, points, on_stale=lambda: fail_orphaned_runs(study, tracker))
             if trial is None:
                 break
             variant, seed = points[trial.user_attrs["point"]]
@@ -176,34 +219,53 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     return outcomes
 
 
-def next_trial(study, points: dict):
-    """Pop a queued point; when none is queued but other workers' points are running, wait for
-    them (a dead worker's point goes stale, is failed and queued again). None when all are done."""
+def next_trial(study, points: dict, on_stale: Callable[[], None] = lambda: None):
+    """Claim the next grid point: pop a queued trial and keep it only if no trial with a lower number
+    already runs or finished that point (workers racing for one point all see the same lowest
+    number, so exactly one keeps it). When nothing is queued but other workers' points are running,
+    wait: a dead worker's point goes stale, is failed and queued again. None when all are done."""
     import optuna
+    running = optuna.trial.TrialState.RUNNING
     while True:
         if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             trial = study.ask()
-            if "point" in trial.user_attrs:
+            key = trial.user_attrs.get("point")
+            if key is not None and not claimed_by_another(study, key, trial.number):
                 return trial
-            # Another worker took the last queued point between our look and our ask.
+            # Another worker holds this point, or took the last queued one between our look and ask.
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
-        if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if not study.get_trials(deepcopy=False, states=(running,)):
             return None
         time.sleep(HEARTBEAT_S)
-        optuna.storages.fail_stale_trials(study)
+        if fail_stale_trials(study):
+            on_stale()
         done, pending = trials_by_state(study)
         for key in set(points) - done - pending:
             variant, seed = points[key]
             study.enqueue_trial({"variant": variant.name, "seed": seed}, user_attrs={"point": key})
 
 
+def claimed_by_another(study, key: str, number: int) -> bool:
+    import optuna
+    held = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
+    return any(t.user_attrs.get("point") == key and t.number < number
+               for t in study.get_trials(deepcopy=False, states=held))
+
+
+def fail_orphaned_runs(study, tracker: Tracker) -> int:
+    """MLflow runs of trials that Optuna failed as stale (their worker died) are marked FAILED, so no
+    run is left RUNNING; live workers' runs are left alone."""
+    import optuna
+    run_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.FAIL,)) if "mlflow_run_id" in t.user_attrs]
+    return tracker.fail_if_running(run_ids, "interrupted: the worker training it died or was killed")
+
+
 def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, check_tags: dict) -> PointOutcome:
     import optuna
     from harness import plots
     from harness.train import train_variant
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
     from harness.verdict import judge
 
     trial.suggest_categorical("variant", [v.name for v in cfg.variants])
@@ -219,8 +281,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         tracker.log_epoch(run_id, epoch, metrics)
 
     try:
-        # Optuna's own heartbeat thread (as study.optimize uses): a killed worker's trial goes stale.
-        with get_heartbeat_thread(trial._trial_id, study._storage):
+        with Heartbeat(trial):
             result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch)
         judged = judge(result.history, result.loss_floor, result.trivial_miou, cfg["verdict"],
                        diverged=result.diverged_at is not None)

@@ -112,14 +112,19 @@ class Tracker:
     def end_point(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def mark_stale_points_failed(self) -> int:
-        """Nested runs left RUNNING by a killed sweep are marked FAILED (their points are retrained)."""
-        stale = self.client.search_runs([self.experiment_id],
-                                        filter_string=f"tags.`{KIND_TAG}` = 'point' and attributes.status = 'RUNNING'")
-        for run in stale:
-            self.client.set_terminated(run.info.run_id, status="FAILED")
-            self.client.set_tag(run.info.run_id, "failure", "interrupted: the sweep was killed while it ran")
-        return len(stale)
+    def fail_if_running(self, run_ids: list[str], reason: str) -> int:
+        """Mark the given runs FAILED, with `reason`, where they are still RUNNING."""
+        failed = 0
+        for run_id in run_ids:
+            try:
+                if self.client.get_run(run_id).info.status != "RUNNING":
+                    continue
+            except Exception:  # noqa: BLE001 - a run deleted by hand is nothing to fix
+                continue
+            self.client.set_tag(run_id, "failure", reason)
+            self.client.set_terminated(run_id, status="FAILED")
+            failed += 1
+        return failed
 
 
 def first_line(e: Exception) -> str:

@@ -75,6 +75,43 @@ def test_sweep_reaches_the_case_verdicts_and_resumes(tmp_path):
 
     report = harness("report", TINY, "--results", results, cwd=tmp_path)
     assert report.returncode == 0 and "report:" in report.stdout
+    assert_ui_serves_the_runs(results, tmp_path)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_ui_serves_the_runs(results: Path, cwd: Path) -> None:
+    """`harness ui` starts the MLflow UI on the same store; its REST API lists the sweep's runs."""
+    import json
+    import time
+    import urllib.request
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--results", str(results), "--port", str(port)],
+                          cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert f"http://127.0.0.1:{port}" in ui.stdout.readline()
+        deadline, found = time.time() + 90, None
+        while time.time() < deadline and found is None:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name"
+                                             f"?experiment_name=tiny")
+                exp = json.load(urllib.request.urlopen(req, timeout=5))["experiment"]
+                body = json.dumps({"experiment_ids": [exp["experiment_id"]], "max_results": 100}).encode()
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
+                                             headers={"Content-Type": "application/json"})
+                found = json.load(urllib.request.urlopen(req, timeout=5))["runs"]
+            except OSError:
+                time.sleep(1)
+        assert found is not None, "MLflow UI did not answer"
+        assert len(found) == 6          # the sweep's parent run and its 5 nested runs
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,164 @@
+"""Faults through the real CLI: kill and resume, two workers, crashes, Ctrl-C, determinism."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+TINY = ROOT / "tests" / "data" / "tiny.toml"
+FAST = ["--set", "train.epochs=4", "--set", "data.n_images=96", "--set", "augment.stats_rounds=0"]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", HARNESS_HEARTBEAT_S="1",
+           HARNESS_GRACE_S="4", PYTHONPATH=str(ROOT / "tests"))
+
+
+def start(*args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", TINY, *map(str, args)], cwd=cwd, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run(*args, cwd, timeout=600):
+    p = start(*args, cwd=cwd)
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err
+
+
+def wait_for(proc, text: str, timeout=300) -> str:
+    """Read the worker's stdout until a line contains `text`."""
+    deadline = time.time() + timeout
+    seen = []
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"never saw {text!r}; got:\n{''.join(seen)}")
+
+
+def mlflow_runs(results: Path, name="tiny"):
+    from harness.tracking import load_runs
+    return load_runs(f"sqlite:///{results / 'mlflow.db'}", name, with_history=True)
+
+
+def finished_per_point(runs):
+    done = runs[runs["status"] == "FINISHED"]
+    return Counter(zip(done["variant"], done["seed"]))
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_loses_nothing(tmp_path):
+    results = tmp_path / "r"
+    args = [*FAST, "--set", 'variants=["image_only","seed","tanh_corrected"]', "--set", "train.seeds=[1,2]",
+            "--results", results]
+    rng = random.Random(7)
+    kills = 0
+    for when in ("after_first_point", "random", "random"):
+        p = start(*args, cwd=tmp_path)
+        if when == "after_first_point":
+            wait_for(p, "s on ", timeout=300)           # a point's verdict line: "... 12s on CPU"
+        else:
+            wait_for(p, "training (", timeout=300)
+            time.sleep(rng.uniform(0.5, 6.0))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        kills += 1
+        runs = mlflow_runs(results)
+        before = {r.run_id: r.history for r in runs.itertuples() if r.status == "FINISHED"}
+    code, out, err = run(*args, cwd=tmp_path)
+    assert code == 0, err[-3000:]
+    runs = mlflow_runs(results)
+    # Exactly one finished run per point; nothing left RUNNING; killed runs are FAILED with a reason.
+    assert finished_per_point(runs) == {(v, s): 1 for v in ("image_only", "seed", "tanh_corrected") for s in (1, 2)}
+    assert "RUNNING" not in set(runs["status"])
+    failed = runs[runs["status"] == "FAILED"]
+    assert len(failed) >= 1 and failed["tags.failure"].str.contains("interrupted").all()
+    # Finished runs kept every metric.
+    after = {r.run_id: r.history for r in runs.itertuples() if r.status == "FINISHED"}
+    for run_id, history in before.items():
+        assert after[run_id] == history
+    import csv
+    with open(results / "tiny" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["variant"] for r in rows) == ["image_only", "seed", "tanh_corrected"]
+    assert all(r["seeds"] == "2" for r in rows)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_and_train_each_point_once(tmp_path):
+    import optuna
+    journal = tmp_path / "optuna.journal"
+    args = [*FAST, "--set", 'variants=["image_only","no_featurewise"]', "--set", "train.seeds=[1,2]",
+            "--storage", f"journal:{journal}", "--results", tmp_path / "r"]
+    workers = [start(*args, cwd=tmp_path) for _ in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-3000:]
+    trained = sum(out.count("] converged") + out.count("] learning") + out.count("] not_learning")
+                  for out, _ in outputs)
+    assert trained == 4
+    runs = mlflow_runs(tmp_path / "r")
+    assert finished_per_point(runs) == {(v, s): 1 for v in ("image_only", "no_featurewise") for s in (1, 2)}
+    from optuna.storages.journal import JournalFileBackend
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    complete = [t for t in optuna.load_study(study_name=summary.study_name, storage=storage).trials
+                if t.state == optuna.trial.TrialState.COMPLETE]
+    assert Counter(t.user_attrs["point"].split("/")[0] for t in complete) == {"image_only": 2, "no_featurewise": 2}
+
+
+@pytest.mark.slow
+def test_a_crashing_variant_is_recorded_and_the_sweep_goes_on(tmp_path):
+    results = tmp_path / "r"
+    spec = tmp_path / "e.toml"
+    spec.write_text((TINY.read_text().replace('variants = ["seed", "no_featurewise", "image_only", "tanh_posted", '
+                                              '"tanh_corrected"]', 'variants = ["broken", "image_only"]')
+                     + '\n[define.broken]\nmasks = "binary"\nloss = "faulty_losses:exploding"\n'))
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", spec, *FAST, "--results", results],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "[broken seed=1] crashed: ValueError: this loss always fails" in p.stdout
+    runs = mlflow_runs(results, "e")
+    assert set(runs.loc[runs["variant"] == "broken", "status"]) == {"FAILED"}
+    assert runs.loc[runs["variant"] == "broken", "tags.failure"].str.contains("this loss always fails").all()
+    assert set(runs.loc[runs["variant"] == "image_only", "status"]) == {"FINISHED"}
+    report = (results / "e" / "report.md").read_text()
+    assert "Crashed or interrupted points" in report and "this loss always fails" in report
+    strict = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", spec, *FAST, "--results", results,
+                             "--strict"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert strict.returncode == 1, strict.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_run_and_exits_130(tmp_path):
+    results = tmp_path / "r"
+    p = start(*FAST, "--set", "train.epochs=30", "--set", 'variants=["image_only"]', "--results", results, cwd=tmp_path)
+    wait_for(p, "training (")
+    time.sleep(4)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    runs = mlflow_runs(results)
+    assert list(runs["status"]) == ["KILLED"]
+    assert "Ctrl-C" in runs.iloc[0]["tags.failure"]
+
+
+def test_same_seed_gives_identical_metrics_on_the_cpu():
+    from harness.config import load_config
+    from harness.data import load_dataset
+    from harness.train import train_variant
+    cfg = load_config(TINY, ["train.epochs=2", "data.n_images=48", "augment.stats_rounds=1"])
+    ds = load_dataset(cfg["data"])
+    variant = cfg.variants[2]
+    first = train_variant(cfg, variant, 3, ds).history
+    second = train_variant(cfg, variant, 3, ds).history
+    assert first == second
+    assert train_variant(cfg, variant, 4, ds).history != first
