@@ -32,6 +32,9 @@ FLAGS = {
     "validation_not_transformed_like_training": (
         "validation inputs or targets skip a transform the training data gets",
         "apply the training statistics to validation inputs (and targets) before evaluating"),
+    "check_failed": (
+        "measuring this variant raised an error (e.g. its loss fails on probe inputs): training it will likely crash",
+        "fix the error shown; run `harness check` again"),
     "masks_not_binary": (
         "masks have more than two levels, before or after augmentation",
         "binarize masks and augment them with nearest-neighbour interpolation"),
@@ -64,6 +67,8 @@ class CheckRow:
 
 def predicted_verdict(flags: list[str]) -> str:
     """What the flags predict the sweep will observe (see `agrees`)."""
+    if "check_failed" in flags:
+        return "crashed"
     if "loss_unbounded_below" in flags or "loss_not_minimized_at_target" in flags:
         return "negative_loss_or_diverged"
     return "trains"
@@ -183,7 +188,17 @@ def fmt_list(a) -> str:
 
 def check_experiment(cfg: Config, dataset: Dataset | None = None) -> list[CheckRow]:
     dataset = dataset or data_lib.load_dataset(cfg["data"])
-    return [check_variant(v, dataset, cfg, seed=cfg.seeds[0]) for v in cfg.variants]
+    return [safe_check(v, dataset, cfg) for v in cfg.variants]
+
+
+def safe_check(variant: Variant, dataset: Dataset, cfg: Config) -> CheckRow:
+    """A variant whose check raises is a finding about that variant, not a reason to stop."""
+    try:
+        return check_variant(variant, dataset, cfg, seed=cfg.seeds[0])
+    except Exception as e:  # noqa: BLE001
+        nan = (math.nan, math.nan)
+        return CheckRow(variant.name, nan, {"background": math.nan, "foreground": math.nan}, nan, nan, math.nan,
+                        math.nan, math.nan, ["check_failed"], {"check_failed": f"{type(e).__name__}: {e}"})
 
 
 def format_rows(rows: list[CheckRow]) -> str:

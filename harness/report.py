@@ -15,7 +15,8 @@ from harness.config import Config
 from harness.tracking import artifact_path, load_runs
 from harness.verdict import judge, rules_markdown
 
-PREDICTED = {"negative_loss_or_diverged": ("negative_loss", "diverged"), "trains": ("converged", "learning")}
+PREDICTED = {"negative_loss_or_diverged": ("negative_loss", "diverged"), "trains": ("converged", "learning"),
+             "crashed": ("crashed",)}
 
 
 def agrees(predicted: str, observed: str) -> bool:

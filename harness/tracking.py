@@ -2,6 +2,7 @@
 and the runs read back as a pandas DataFrame (MLflow is the source of truth for every report)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -34,8 +35,14 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment: str, results: Path):
         self.uri = tracking_uri
-        self.client = client_for(tracking_uri)
-        self.experiment_id = self.ensure_experiment(experiment, results)
+        self.local = tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:")
+        # Two workers opening one fresh SQLite store race in its schema migration: take turns.
+        with local_lock(results / ".mlflow.lock" if self.local else None):
+            try:
+                self.client = client_for(tracking_uri)
+            except Exception as e:  # noqa: BLE001 - the store cannot even be opened
+                raise StorageError(f"MLflow tracking store {tracking_uri} is not usable: {first_line(e)}") from None
+            self.experiment_id = self.ensure_experiment(experiment, results)
         self.parent_id: str | None = None
         self.nonfinite: dict[str, set] = {}
 
@@ -44,10 +51,8 @@ class Tracker:
             found = self.client.get_experiment_by_name(name)
             if found is not None:
                 return found.experiment_id
-            location = None
-            if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
-                # Artifacts beside the store, never in the current directory.
-                location = (results / "mlartifacts").resolve().as_uri()
+            # Artifacts beside a local store, never in the current directory.
+            location = (results / "mlartifacts").resolve().as_uri() if self.local else None
             return self.client.create_experiment(name, artifact_location=location)
         except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
             raise StorageError(f"MLflow tracking store {self.uri} is not usable: {first_line(e)}") from None
@@ -125,6 +130,22 @@ class Tracker:
             self.client.set_terminated(run_id, status="FAILED")
             failed += 1
         return failed
+
+
+@contextlib.contextmanager
+def local_lock(path: Path | None):
+    """An exclusive lock on a file beside a local store (processes on one machine); None: no lock."""
+    if path is None:
+        yield
+        return
+    import fcntl
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def first_line(e: Exception) -> str:

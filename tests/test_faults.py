@@ -125,11 +125,11 @@ def test_a_crashing_variant_is_recorded_and_the_sweep_goes_on(tmp_path):
                        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "[broken seed=1] crashed: ValueError: this loss always fails" in p.stdout
-    runs = mlflow_runs(results, "e")
+    runs = mlflow_runs(results, "tiny")
     assert set(runs.loc[runs["variant"] == "broken", "status"]) == {"FAILED"}
     assert runs.loc[runs["variant"] == "broken", "tags.failure"].str.contains("this loss always fails").all()
     assert set(runs.loc[runs["variant"] == "image_only", "status"]) == {"FINISHED"}
-    report = (results / "e" / "report.md").read_text()
+    report = (results / "tiny" / "report.md").read_text()
     assert "Crashed or interrupted points" in report and "this loss always fails" in report
     strict = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", spec, *FAST, "--results", results,
                              "--strict"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
