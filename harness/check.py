@@ -96,10 +96,13 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=Non
 
     head, loss = get_head(variant.head), get_loss(variant.loss)
     aug, batch = cfg["augment"], cfg["train"]["batch_size"]
+    pipeline = cfg["pipeline"]
+    if transform is None and pipeline == "imagedatagenerator":
+        _, _, transform = data_lib.legacy_pipeline(dataset, variant.images, variant.masks, aug, batch, seed)
     transform = transform or data_lib.fit_transform(dataset, variant.images, variant.masks, aug, seed)
 
     # Targets as training sees them: a few augmented batches through the variant's transform.
-    raw_batches = list(data_lib.augmented_batches(dataset, aug, batch, seed, max_batches=8))
+    raw_batches = list(data_lib.augmented_batches(dataset, aug, batch, seed, max_batches=8, pipeline=pipeline))
     aug_masks = np.concatenate([m for _, m in raw_batches])
     targets = np.asarray(transform.mask(tf.constant(aug_masks)))
     t_lo, t_hi = float(targets.min()), float(targets.max())

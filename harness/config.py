@@ -6,7 +6,9 @@ variants and values of the wrong type fail at once, with the list of what is val
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +137,26 @@ class Config:
     @property
     def seeds(self) -> list[int]:
         return list(self.raw["train"]["seeds"])
+
+    @property
+    def study_name(self) -> str:
+        """The experiment's name plus a hash of everything but the grid axes: change a hyperparameter
+        and a new study starts; add a seed or a variant and the finished points are kept."""
+        raw = {k: v for k, v in self.raw.items() if k not in ("variants", "define", "factorial", "description", "name")}
+        raw["train"] = {k: v for k, v in raw["train"].items() if k != "seeds"}
+        digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.name}-{digest}"
+
+    @property
+    def report_name(self) -> str:
+        """Folder of the report: the experiment's name, plus the pipeline where it is not the default."""
+        return self.name if self.raw["pipeline"] == "tfdata" else f"{self.name}-{self.raw['pipeline']}"
+
+    def with_overrides(self, overrides: dict) -> "Config":
+        raw = copy.deepcopy(self.raw)
+        for key, value in overrides.items():
+            set_dotted(raw, key, value)
+        return validate(raw)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import DataError
+from harness.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 EPSILON = 1e-6  # ImageDataGenerator divides by std + 1e-6
@@ -417,9 +417,17 @@ def train_pipeline(dataset: Dataset, transform: Transform, aug: dict, batch_size
             .prefetch(tf.data.AUTOTUNE))
 
 
-def augmented_batches(dataset: Dataset, aug: dict, batch_size: int, seed: int, max_batches: int):
+def augmented_batches(dataset: Dataset, aug: dict, batch_size: int, seed: int, max_batches: int,
+                      pipeline: str = "tfdata"):
     """Augmented, untransformed training batches as NumPy (images 0..255, masks as augmented)."""
     import tensorflow as tf
+    if pipeline == "imagedatagenerator":
+        gen = legacy_generator(aug, featurewise=False)
+        images = gen.flow(dataset.train_images, batch_size=batch_size, shuffle=False, seed=seed)
+        masks = gen.flow(dataset.train_masks, batch_size=batch_size, shuffle=False, seed=seed)
+        for _, (x, m) in zip(range(min(max_batches, len(images))), zip(images, masks)):
+            yield x, m
+        return
     augment = make_augmenter(aug, dataset.train_images.shape[1], seed)
     ds = (tf.data.Dataset.from_tensor_slices((dataset.train_images, dataset.train_masks))
           .batch(batch_size).take(max_batches).map(augment))
@@ -433,3 +441,53 @@ def validation_arrays(dataset: Dataset, transform: Transform, validation: str) -
         return dataset.val_images, dataset.val_masks
     return (transform.image(dataset.val_images).astype(np.float32),
             transform.mask(dataset.val_masks).astype(np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# The case's own code path: two zipped ImageDataGenerators (tf-keras), fed to the Keras 3 model
+
+def legacy_generator(aug: dict, featurewise: bool, rescale: float | None = None):
+    """One ImageDataGenerator with the case's arguments (featurewise or only geometric)."""
+    import warnings
+    # tf-keras still imports scipy.ndimage.interpolation, deprecated in SciPy: one warning per image.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*scipy.ndimage")
+    try:
+        from tf_keras.preprocessing.image import ImageDataGenerator
+    except ImportError:
+        raise ConfigError("pipeline = 'imagedatagenerator' needs the tf-keras package: "
+                          "pip install 'harness[legacy]' (or pip install tf-keras)") from None
+    return ImageDataGenerator(featurewise_center=featurewise, featurewise_std_normalization=featurewise,
+                              rotation_range=aug["rotation_range"], width_shift_range=aug["width_shift_range"],
+                              height_shift_range=aug["height_shift_range"], zoom_range=aug["zoom_range"],
+                              horizontal_flip=aug["horizontal_flip"], fill_mode=aug["fill_mode"], rescale=rescale)
+
+
+def legacy_pipeline(dataset: Dataset, images: str, masks: str, aug: dict, batch_size: int, seed: int):
+    """The case's pair: two generators from one argument dict, each fit(augment=True, rounds, seed),
+    flow(seed) with one seed, zipped. -> (tf.data.Dataset, steps per epoch, Transform).
+
+    Masks go through the same bilinear resampling as images (order=1), as in the case, so their
+    edges are not binary. Wrapped in tf.data: Keras 3 rejects a bare zip, and a Python generator
+    handed to fit was seen to stall 30-40 s after the last epoch."""
+    import tensorflow as tf
+    rounds = aug["stats_rounds"]
+    image_gen = legacy_generator(aug, images == "featurewise", rescale=None if images == "featurewise" else 1 / 255)
+    mask_gen = legacy_generator(aug, masks == "featurewise")
+    for gen, x in ((image_gen, dataset.train_images), (mask_gen, dataset.train_masks)):
+        if gen.featurewise_center:
+            gen.fit(x, augment=rounds > 0, rounds=max(rounds, 1), seed=seed)
+    stats = lambda gen, c: (Stats(gen.mean.ravel().astype(np.float32), gen.std.ravel().astype(np.float32))  # noqa: E731
+                            if gen.featurewise_center else Stats(np.zeros(c, np.float32), np.ones(c, np.float32)))
+    transform = Transform(images, masks, stats(image_gen, dataset.train_images.shape[-1]), stats(mask_gen, 1))
+    signed = masks == "signed"
+
+    def zipped():
+        flows = zip(image_gen.flow(dataset.train_images, batch_size=batch_size, seed=seed),
+                    mask_gen.flow(dataset.train_masks, batch_size=batch_size, seed=seed))
+        for x, m in flows:
+            yield x.astype(np.float32), (2.0 * m - 1.0 if signed else m).astype(np.float32)
+
+    size, channels = dataset.train_images.shape[1], dataset.train_images.shape[-1]
+    spec = (tf.TensorSpec((None, size, size, channels), tf.float32), tf.TensorSpec((None, size, size, 1), tf.float32))
+    ds = tf.data.Dataset.from_generator(zipped, output_signature=spec).prefetch(2)
+    return ds, math.ceil(len(dataset.train_images) / batch_size), transform

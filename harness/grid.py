@@ -2,7 +2,6 @@
 resume (finished points are skipped, interrupted ones retrained) and the sweep loop."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -36,15 +35,6 @@ def default_storage(results: Path) -> str:
     return f"sqlite:///{(results / 'optuna.db').resolve()}"
 
 
-def study_name(cfg: Config) -> str:
-    """The experiment's name plus a hash of everything but the grid axes: change a hyperparameter
-    and a new study starts; add a seed or a variant and the finished points are kept."""
-    raw = {k: v for k, v in cfg.raw.items() if k not in ("variants", "define", "factorial", "description", "name")}
-    raw["train"] = {k: v for k, v in raw["train"].items() if k != "seeds"}
-    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{cfg.name}-{digest}"
-
-
 def point_key(variant: Variant, seed: int) -> str:
     axes = ",".join(f"{k}={v}" for k, v in variant.axes().items())
     return f"{variant.name}/{seed}/{axes}"
@@ -67,7 +57,7 @@ def open_study(cfg: Config, storage_url: str):
             storage = optuna.storages.JournalStorage(JournalFileBackend(storage_url.removeprefix("journal:")))
         else:
             storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=connect_timeout(storage_url))
-        return optuna.create_study(study_name=study_name(cfg), storage=storage, load_if_exists=True,
+        return optuna.create_study(study_name=cfg.study_name, storage=storage, load_if_exists=True,
                                    direction="maximize")
     except Exception as e:  # noqa: BLE001 - any failure here means the storage is unusable
         raise StorageError(f"Optuna storage {storage_url} is not usable: {first_line(e)}") from None

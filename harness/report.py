@@ -161,8 +161,8 @@ def explain(summary: pd.DataFrame) -> str:
 
 def write_report(cfg: Config, results: Path, tracking_uri: str, command: str) -> Path:
     """Read the runs back from MLflow and write <results>/<experiment>/{report.md,html,summary.csv,...}."""
-    runs = load_runs(tracking_uri, cfg.name)
-    out = results / cfg.name
+    runs = load_runs(tracking_uri, cfg.name, study=cfg.study_name)
+    out = results / cfg.report_name
     out.mkdir(parents=True, exist_ok=True)
     points = point_rows(runs, cfg)
     if points.empty:
@@ -186,9 +186,38 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str) ->
     samples = collect_samples(points, tracking_uri, out)
 
     md = render_markdown(cfg, summary, points, failures(runs), samples, command)
+    md += compare_pipelines(cfg, summary, tracking_uri)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(render_html(md, out))
     return out / "report.md"
+
+
+def compare_pipelines(cfg: Config, summary: pd.DataFrame, tracking_uri: str) -> str:
+    """Where the same experiment also ran through the other pipeline (same settings otherwise),
+    its verdicts, mIoU and seconds per epoch side by side."""
+    mine = cfg["pipeline"]
+    other = "imagedatagenerator" if mine == "tfdata" else "tfdata"
+    other_cfg = cfg.with_overrides({"pipeline": other})
+    points = point_rows(load_runs(tracking_uri, cfg.name, study=other_cfg.study_name), other_cfg)
+    if points.empty:
+        return ""
+    theirs = summarize(points).set_index("variant")
+    rows = []
+    for _, row in summary.iterrows():
+        if row["variant"] not in theirs.index:
+            continue
+        t = theirs.loc[row["variant"]]
+        rows.append({"variant": row["variant"], f"verdict ({mine})": row["verdict"], f"verdict ({other})": t["verdict"],
+                     "same verdict": row["verdict"] == t["verdict"],
+                     f"val_miou ({mine})": row["val_miou"], f"val_miou ({other})": t["val_miou"],
+                     f"s/epoch ({mine})": row["seconds_per_epoch"], f"s/epoch ({other})": t["seconds_per_epoch"]})
+    if not rows:
+        return ""
+    table = pd.DataFrame(rows)
+    return "\n".join(["## Pipelines compared", "",
+                      f"The same variants and settings through the `{other}` pipeline (read from the same MLflow "
+                      f"experiment, study `{other_cfg.study_name}`).", "",
+                      markdown_table(table, list(table.columns)), ""])
 
 
 def collect_samples(points: pd.DataFrame, tracking_uri: str, out: Path) -> list[str]:

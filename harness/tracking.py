@@ -153,11 +153,12 @@ def first_line(e: Exception) -> str:
     return text[0][:300] if text else type(e).__name__
 
 
-def load_runs(tracking_uri: str, experiment: str, with_history: bool = True) -> pd.DataFrame:
+def load_runs(tracking_uri: str, experiment: str, with_history: bool = True, study: str | None = None) -> pd.DataFrame:
     """Every finished (variant, seed) run of `experiment`, newest first per point, as a DataFrame.
 
     Columns: run_id, variant, seed, status, params.*, metrics.* (last values), tags.*, and with
-    `with_history` a `history` column holding {metric: [values per epoch]}.
+    `with_history` a `history` column holding {metric: [values per epoch]}. With `study`, only the
+    runs of that Optuna study (one setting of the experiment).
     """
     client = client_for(tracking_uri)
     try:
@@ -166,7 +167,8 @@ def load_runs(tracking_uri: str, experiment: str, with_history: bool = True) -> 
         raise StorageError(f"MLflow tracking store {tracking_uri} is not usable: {first_line(e)}") from None
     if exp is None:
         return pd.DataFrame()
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'point'",
+    where = f"tags.`{KIND_TAG}` = 'point'" + (f" and tags.`optuna.study` = '{study}'" if study else "")
+    runs = client.search_runs([exp.experiment_id], filter_string=where,
                               order_by=["attributes.start_time DESC"], max_results=10000)
     rows = []
     for run in runs:

@@ -100,8 +100,13 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
     device = select_device()
     start_clean_session(seed, train_cfg["deterministic"])
     head, loss = get_head(variant.head), get_loss(variant.loss)
-    transform = data_lib.fit_transform(dataset, variant.images, variant.masks, aug, seed)
-    train_ds = data_lib.train_pipeline(dataset, transform, aug, train_cfg["batch_size"], seed)
+    if cfg["pipeline"] == "imagedatagenerator":
+        train_ds, steps, transform = data_lib.legacy_pipeline(dataset, variant.images, variant.masks, aug,
+                                                              train_cfg["batch_size"], seed)
+    else:
+        transform = data_lib.fit_transform(dataset, variant.images, variant.masks, aug, seed)
+        train_ds = data_lib.train_pipeline(dataset, transform, aug, train_cfg["batch_size"], seed)
+        steps = None
     val_x, val_y = data_lib.validation_arrays(dataset, transform, variant.validation)
     eval_inputs = {"val": val_x}
     if variant.validation == "raw":
@@ -116,7 +121,7 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
          "batch_size": train_cfg["batch_size"]}, on_epoch)
 
     started = time.perf_counter()
-    fit = model.fit(train_ds, validation_data=(val_x, val_y), batch_size=train_cfg["batch_size"],
+    fit = model.fit(train_ds, validation_data=(val_x, val_y), steps_per_epoch=steps,
                     epochs=train_cfg["epochs"], callbacks=[stop, metrics], verbose=verbose,
                     shuffle=False)  # the tf.data pipeline shuffles
     seconds = time.perf_counter() - started

@@ -149,3 +149,19 @@ def test_check_json_lists_the_flags_per_variant(tmp_path):
         assert rows[name]["flags"] == [], rows[name]
     text = harness("check", TINY, "--set", 'variants=["seed"]', cwd=tmp_path, timeout=300)
     assert text.returncode == 0 and "fix:" in text.stdout and "predicted: negative_loss_or_diverged" in text.stdout
+
+
+@pytest.mark.slow
+def test_imagedatagenerator_pipeline_reproduces_the_case(tmp_path):
+    pytest.importorskip("tf_keras", reason="tf-keras not installed (pip install '.[legacy]')")
+    results = tmp_path / "results"
+    run = harness("sweep", TINY, "--results", results, "--set", "pipeline=imagedatagenerator",
+                  "--set", 'variants=["seed","image_only"]', cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = summary(results, "tiny")
+    assert rows["seed"]["negative_loss"] == "true"
+    assert rows["image_only"]["negative_loss"] == "false"
+    assert rows["image_only"]["verdict"] in ("converged", "learning")
+    from harness.tracking import load_runs
+    runs = load_runs(f"sqlite:///{results / 'mlflow.db'}", "tiny", with_history=False)
+    assert set(runs["params.pipeline"]) == {"imagedatagenerator"}
