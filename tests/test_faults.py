@@ -162,3 +162,86 @@ def test_same_seed_gives_identical_metrics_on_the_cpu():
     second = train_variant(cfg, variant, 3, ds).history
     assert first == second
     assert train_variant(cfg, variant, 4, ds).history != first
+
+
+def make_folder(root: Path, n=4, size=32) -> Path:
+    import numpy as np
+    from PIL import Image
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        mask = np.zeros((size, size), np.uint8)
+        mask[: size // 2] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    return root
+
+
+def unpaired(root):
+    (root / "masks" / "2.png").unlink()
+    (root / "masks" / "3.png").unlink()
+
+
+def grey_mask(root):
+    import numpy as np
+    from PIL import Image
+    Image.fromarray(np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))).save(root / "masks" / "1.png")
+
+
+def truncated(root):
+    data = (root / "images" / "0.png").read_bytes()
+    (root / "images" / "0.png").write_bytes(data[: len(data) // 2])
+
+
+def empty(root):
+    for p in (root / "images").iterdir():
+        p.unlink()
+    for p in (root / "masks").iterdir():
+        p.unlink()
+
+
+def one_image(root):
+    for name in ("1", "2", "3"):
+        (root / "images" / f"{name}.png").unlink()
+        (root / "masks" / f"{name}.png").unlink()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (unpaired, "2 unpaired file stem(s) between images/ and masks/: 2, 3"),
+    (grey_mask, "is not binary"),
+    (truncated, "cannot read image"),
+    (empty, "no images"),
+    (one_image, "need at least 2 source images for a train/validation split"),
+])
+def test_bad_folders_are_one_line_exit_2_before_training(tmp_path, damage, message):
+    folder = make_folder(tmp_path / "data")
+    damage(folder)
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", TINY, "--results", tmp_path / "r",
+                        "--set", "data.source=folder", "--set", f"data.path={folder}", "--set", "data.image_size=16"],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("harness: error:")]
+    assert len(errors) == 1 and message in errors[0], p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "r" / "optuna.db").exists()          # nothing half-written
+
+
+@pytest.mark.parametrize("setting, message", [
+    ('--set=define.x={images="sideways"}', "unknown value 'sideways' for axis 'images'"),
+    ('--set=define.x={colour="red"}', "unknown axis 'colour'"),
+    ("--set=train.batch_size=0", "train.batch_size must be an integer >= 1"),
+    ('--set=factorial={head=["tanh"], exclude=[{head="tanh"}]}', "every combination is excluded"),
+])
+def test_bad_settings_are_one_line_exit_2(tmp_path, setting, message):
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", TINY, setting, "--results", tmp_path / "r"],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+
+
+def test_unwritable_results_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", TINY, "--results", blocker / "r"],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "results folder" in p.stderr and "cannot be written" in p.stderr
