@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("experiment", nargs="?", help=f"experiment .toml file or name (default: {DEFAULT_EXPERIMENT})")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     check.add_argument("--json", action="store_true", help="print one JSON array, an object per variant")
+    bench = sub.add_parser("bench", help="measure speed and memory as ratios in one run")
+    bench.add_argument("experiment", nargs="?", help=f"experiment to shrink (default: {DEFAULT_EXPERIMENT})")
+    bench.add_argument("--quick", action="store_true", help="small sizes: under 3 minutes on 2 CPU cores")
+    bench.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/bench/")
     report = sub.add_parser("report", help="write the report from the runs in MLflow")
     add_experiment_args(report)
     ui = sub.add_parser("ui", help="serve the MLflow UI on the results store")
@@ -135,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sweep":
             return cmd_sweep(args, command)
+        if args.command == "bench":
+            from harness.bench import figure_lines, run_bench
+            check_writable(args.results)
+            out = run_bench(find_experiment(args.experiment), args.results, args.quick, command)
+            print("\n".join(figure_lines(out)))
+            print(f"wrote {args.results / 'bench' / 'bench.json'} and bench.md")
+            return 0
         if args.command == "check":
             return cmd_check(args)
         if args.command == "report":

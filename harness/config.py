@@ -96,6 +96,13 @@ DEFAULTS: dict[str, Any] = {
         "seeds": [1],
         "deterministic": True,       # TensorFlow op determinism: same seed, same metrics on the CPU
     },
+    # Speed options, off unless `harness bench` shows a gain on the device. Keras ignores XLA while
+    # op determinism is on; mixed precision keeps the head, loss and metrics in float32. They change
+    # how fast an experiment runs, not what it is: they do not start a new Optuna study.
+    "speed": {
+        "mixed_precision": False,
+        "jit_compile": False,
+    },
     "verdict": {
         # converged: mean val_miou over the last `window` epochs >= trivial + margin, and it exceeds
         # the mean of the `window` epochs before by less than `tolerance` (mIoU is noisy per epoch).
@@ -142,7 +149,8 @@ class Config:
     def study_name(self) -> str:
         """The experiment's name plus a hash of everything but the grid axes: change a hyperparameter
         and a new study starts; add a seed or a variant and the finished points are kept."""
-        raw = {k: v for k, v in self.raw.items() if k not in ("variants", "define", "factorial", "description", "name")}
+        raw = {k: v for k, v in self.raw.items()
+               if k not in ("variants", "define", "factorial", "description", "name", "speed")}
         raw["train"] = {k: v for k, v in raw["train"].items() if k != "seeds"}
         digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.name}-{digest}"

@@ -139,7 +139,7 @@ def enqueue_missing(study, points: dict) -> list[str]:
 def run_params(cfg: Config, variant: Variant, seed: int, fingerprint: str) -> dict:
     params = {"variant": variant.name, "seed": seed, "dataset_fingerprint": fingerprint,
               "pipeline": cfg["pipeline"], **{f"axis.{k}": v for k, v in variant.axes().items()}}
-    for section in ("data", "augment", "model", "train", "verdict"):
+    for section in ("data", "augment", "model", "train", "speed", "verdict"):
         params.update({f"{section}.{k}": v for k, v in cfg[section].items() if k != "seeds"})
     params.update(versions())
     return params
@@ -162,7 +162,7 @@ def versions() -> dict:
 
 
 def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_uri: str | None = None,
-              command: str = "", log: Callable[[str], None] = print) -> list[PointOutcome]:
+              command: str = "", log: Callable[[str], None] = print, run_check: bool = True) -> list[PointOutcome]:
     """Train every (variant, seed) point not finished yet; return what this call trained."""
     import optuna
     from harness.data import load_dataset
@@ -186,7 +186,7 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
         f"{len(missing)} to train" + (f" ({stale_runs} interrupted run(s) marked FAILED)" if stale_runs else ""))
     log(f"data: {dataset.description}, fingerprint {dataset.fingerprint}")
     checks = {}
-    for row in check_experiment(cfg, dataset):
+    for row in check_experiment(cfg, dataset) if run_check else []:
         checks[row.variant] = {"check.flags": ",".join(row.flags) or "none",
                                "check.predicted": predicted_verdict(row.flags)}
         log(f"check {row.variant}: predicted {predicted_verdict(row.flags)}; flags: {', '.join(row.flags) or 'none'}")

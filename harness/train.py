@@ -40,14 +40,19 @@ def select_device() -> str:
     return f"GPU:0 ({tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')})" if gpus else "CPU"
 
 
-def start_clean_session(seed: int, deterministic: bool) -> None:
+def start_clean_session(seed: int, deterministic: bool, mixed_precision: bool = False) -> None:
     """A fresh Keras graph and the same random streams for the same seed."""
     import keras
     import tensorflow as tf
     keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+    else:
+        # No public switch back; the internal one keeps a process that benchmarks both honest.
+        from tensorflow.python.framework import config as tf_config
+        tf_config.disable_op_determinism()
 
 
 def predict_binary(model, images: np.ndarray, threshold: float, batch_size: int) -> np.ndarray:
@@ -98,7 +103,7 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
 
     train_cfg, aug = cfg["train"], cfg["augment"]
     device = select_device()
-    start_clean_session(seed, train_cfg["deterministic"])
+    start_clean_session(seed, train_cfg["deterministic"], cfg["speed"]["mixed_precision"])
     head, loss = get_head(variant.head), get_loss(variant.loss)
     if cfg["pipeline"] == "imagedatagenerator":
         train_ds, steps, transform = data_lib.legacy_pipeline(dataset, variant.images, variant.masks, aug,
@@ -115,7 +120,8 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
     size, channels = dataset.train_images.shape[1], dataset.train_images.shape[-1]
     model = build_unet(size, channels, cfg["model"]["start_depth"], cfg["model"]["levels"], head.activation,
                        cfg["model"]["bn_momentum"])
-    model.compile(optimizer=keras.optimizers.Adam(train_cfg["learning_rate"]), loss=loss.fn)
+    model.compile(optimizer=keras.optimizers.Adam(train_cfg["learning_rate"]), loss=loss.fn,
+                  jit_compile=cfg["speed"]["jit_compile"])
     stop, metrics = make_callbacks(
         {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": head.threshold,
          "batch_size": train_cfg["batch_size"]}, on_epoch)

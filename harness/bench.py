@@ -1,0 +1,231 @@
+"""`harness bench`: speed and memory as ratios measured in one run, contenders alternated.
+
+Figures: pipeline_speedup (harness tf.data pipeline vs the case's zipped ImageDataGenerators),
+train_vs_bound (one harness training run vs a bare model.fit on in-memory tensors), tracking_overhead
+(a sweep with Optuna + MLflow vs the same trainings without), peak_memory (a real sweep's peak RSS),
+plus what mixed precision and XLA give on this device.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from harness.config import Config, load_config
+
+TARGETS = {"pipeline_speedup": ">= 10", "train_vs_bound": ">= 0.85 on the CPU, >= 0.9 on a GPU",
+           "tracking_overhead": "<= 1.05", "peak_memory_gib": "< 4 on the CPU"}
+
+
+def bench_config(quick: bool, experiment: Path, overrides: list[str] = ()) -> Config:
+    """The default experiment, shrunk for --quick; full size otherwise (128x128x3, depth 16)."""
+    if quick:
+        sets = ["data.n_images=160", "data.image_size=48", "train.epochs=2", "train.seeds=[1]", "train.batch_size=16"]
+    else:
+        sets = ["data.n_images=640", "data.image_size=128", "model.start_depth=16", "train.epochs=3",
+                "train.seeds=[1]", "train.batch_size=32", "model.bn_momentum=0.99"]
+    return load_config(experiment, sets + ['variants=["image_only"]'] + list(overrides))
+
+
+def median_rates(contenders: dict[str, Callable[[], int]], reps: int) -> dict[str, float]:
+    """Items per second, median over `reps` alternating runs, after one warm-up run of each."""
+    for fn in contenders.values():
+        fn()
+    times = {name: [] for name in contenders}
+    for _ in range(reps):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            items = fn()
+            times[name].append(items / (time.perf_counter() - start))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def pipeline_figure(cfg: Config, dataset, reps: int) -> dict:
+    from harness import data as data_lib
+    aug, bs = cfg["augment"], cfg["train"]["batch_size"]
+    transform = data_lib.fit_transform(dataset, "featurewise", "featurewise", aug, seed=1)
+    ours = data_lib.train_pipeline(dataset, transform, aug, bs, seed=1)
+    n = len(dataset.train_images)
+
+    def harness_epoch() -> int:
+        return sum(int(x.shape[0]) for x, _ in ours)
+
+    _, steps, _ = data_lib.legacy_pipeline(dataset, "featurewise", "featurewise", aug, bs, seed=1)
+    gens = legacy_pair(dataset, aug, bs)
+
+    def case_epoch() -> int:
+        count = 0
+        for _ in range(steps):
+            x, _ = next(gens)
+            count += len(x)
+        return count
+
+    rates = median_rates({"harness": harness_epoch, "imagedatagenerator": case_epoch}, reps)
+    return {"pipeline_speedup": rates["harness"] / rates["imagedatagenerator"],
+            "pipeline_images_per_s": rates, "pipeline_images": n}
+
+
+def legacy_pair(dataset, aug, bs):
+    """The case's zipped pair, fitted as the case fits it (the same generators legacy_pipeline builds)."""
+    from harness.data import legacy_generator
+    rounds = aug["stats_rounds"]
+    image_gen, mask_gen = legacy_generator(aug, True), legacy_generator(aug, True)
+    image_gen.fit(dataset.train_images, augment=rounds > 0, rounds=max(rounds, 1), seed=1)
+    mask_gen.fit(dataset.train_masks, augment=rounds > 0, rounds=max(rounds, 1), seed=1)
+    return zip(image_gen.flow(dataset.train_images, batch_size=bs, seed=1),
+               mask_gen.flow(dataset.train_masks, batch_size=bs, seed=1))
+
+
+def bare_fit_seconds(cfg: Config, dataset, epochs: int, **compile_kw) -> float:
+    """The upper bound: the same model on pre-computed in-memory tensors, no augmentation, no callbacks."""
+    import keras
+    from harness.data import featurewise_stats, standardize
+    from harness.models import build_unet
+    from harness.train import start_clean_session
+    start_clean_session(1, cfg["train"]["deterministic"])
+    x = standardize(dataset.train_images, featurewise_stats(dataset.train_images)).astype(np.float32)
+    model = build_unet(x.shape[1], x.shape[-1], cfg["model"]["start_depth"], cfg["model"]["levels"], "sigmoid",
+                       cfg["model"]["bn_momentum"])
+    model.compile(optimizer=keras.optimizers.Adam(cfg["train"]["learning_rate"]), loss="binary_crossentropy",
+                  **compile_kw)
+    model.fit(x, dataset.train_masks, batch_size=cfg["train"]["batch_size"], epochs=1, verbose=0)   # warm-up
+    start = time.perf_counter()
+    model.fit(x, dataset.train_masks, batch_size=cfg["train"]["batch_size"], epochs=epochs, verbose=0)
+    return time.perf_counter() - start
+
+
+def harness_fit_seconds(cfg: Config, dataset, epochs: int) -> float:
+    """One harness training run (pipeline, model, callbacks), first epoch excluded as warm-up."""
+    from harness.train import train_variant
+    per_epoch = []
+    last = [time.perf_counter()]
+
+    def on_epoch(epoch, _metrics):
+        now = time.perf_counter()
+        per_epoch.append(now - last[0])
+        last[0] = now
+
+    run_cfg = cfg.with_overrides({"train.epochs": epochs + 1})
+    train_variant(run_cfg, run_cfg.variants[0], 1, dataset, on_epoch=on_epoch)
+    return sum(per_epoch[1:])
+
+
+def train_figure(cfg: Config, dataset, reps: int) -> dict:
+    epochs = cfg["train"]["epochs"]
+    n = len(dataset.train_images) * epochs
+    # Alternate the two contenders; each call returns seconds for `epochs` epochs after its own warm-up.
+    h, b = [], []
+    for _ in range(reps):
+        h.append(harness_fit_seconds(cfg, dataset, epochs))
+        b.append(bare_fit_seconds(cfg, dataset, epochs))
+    harness_rate, bare_rate = n / statistics.median(h), n / statistics.median(b)
+    return {"train_vs_bound": harness_rate / bare_rate,
+            "train_images_per_s": {"harness": harness_rate, "bare_fit": bare_rate}}
+
+
+def options_figure(cfg: Config, dataset) -> dict:
+    """What XLA and mixed precision give for the bare fit on this device (ratios to the default)."""
+    import keras
+    epochs = cfg["train"]["epochs"]
+    # Keras turns XLA off while op determinism is on: compare both without it.
+    cfg = cfg.with_overrides({"train.deterministic": False})
+    base = bare_fit_seconds(cfg, dataset, epochs)
+    out = {"jit_compile": base / bare_fit_seconds(cfg, dataset, epochs, jit_compile=True)}
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        out["mixed_precision"] = base / bare_fit_seconds(cfg, dataset, epochs)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return {"option_speedups": out}
+
+
+def tracking_figure(cfg: Config, dataset, experiment: Path) -> dict:
+    """A small sweep through Optuna + MLflow against the same trainings called directly."""
+    from harness.grid import run_sweep
+    from harness.train import train_variant
+    small = cfg.with_overrides({"train.seeds": [1, 2]})
+    start = time.perf_counter()
+    for seed in small.seeds:
+        train_variant(small, small.variants[0], seed, dataset)
+    bare = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        run_sweep(small, Path(tmp), log=lambda _: None, run_check=False)
+        tracked = time.perf_counter() - start
+    return {"tracking_overhead": tracked / bare, "tracking_seconds": {"with": tracked, "without": bare}}
+
+
+def memory_figure(experiment: Path, quick: bool, overrides: list[str] = ()) -> dict:
+    """Peak resident memory of a real `harness sweep` of the default experiment, in a child process."""
+    sets = ["--set", "train.epochs=1", "--set", "train.seeds=[1]"] if quick else []
+    sets += [arg for o in overrides for arg in ("--set", o)]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(experiment), "--results", tmp, *sets],
+                       check=True, capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"peak_memory_gib": peak_kib / 2 ** 20, "peak_memory_sweep": "default experiment" + (
+        ", 1 epoch, 1 seed (--quick)" if quick else "")}
+
+
+def machine() -> dict:
+    from harness.grid import versions
+    from harness.train import select_device
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "device": select_device(), **versions()}
+
+
+def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=print,
+              overrides: list[str] = ()) -> dict:
+    from harness.data import load_dataset
+    cfg = bench_config(quick, experiment, overrides)
+    dataset = load_dataset(cfg["data"])
+    reps = 3 if quick else 5
+    reps = int(os.environ.get("HARNESS_BENCH_REPS", reps))
+    figures: dict = {}
+    for name, measure in (("pipeline", lambda: pipeline_figure(cfg, dataset, reps)),
+                          ("train", lambda: train_figure(cfg, dataset, 2 if quick else 3)),
+                          ("tracking", lambda: tracking_figure(cfg, dataset, experiment)),
+                          ("options", lambda: options_figure(cfg, dataset)),
+                          ("memory", lambda: memory_figure(experiment, quick, overrides))):
+        figures.update(measure())
+        log(f"bench: {name} measured")
+    out = {"command": command, "quick": quick, "machine": machine(), "data": dataset.description,
+           "model": {"image_size": cfg["data"]["image_size"], "start_depth": cfg["model"]["start_depth"],
+                     "batch_size": cfg["train"]["batch_size"]},
+           "figures": figures, "targets": TARGETS}
+    folder = results / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
+    (folder / "bench.md").write_text(render(out))
+    return out
+
+
+def figure_lines(out: dict) -> list[str]:
+    f = out["figures"]
+    return [f"pipeline_speedup: {f['pipeline_speedup']:.2f} (target {TARGETS['pipeline_speedup']})",
+            f"train_vs_bound: {f['train_vs_bound']:.3f} (target {TARGETS['train_vs_bound']})",
+            f"tracking_overhead: {f['tracking_overhead']:.3f} (target {TARGETS['tracking_overhead']})",
+            f"peak_memory: {f['peak_memory_gib']:.2f} GiB (target {TARGETS['peak_memory_gib']})",
+            f"jit_compile_speedup: {f['option_speedups']['jit_compile']:.2f} (on when > 1)",
+            f"mixed_precision_speedup: {f['option_speedups']['mixed_precision']:.2f} (on when > 1)"]
+
+
+def render(out: dict) -> str:
+    m = out["machine"]
+    lines = ["# harness bench", "", f"Produced by `{out['command']}`.", "",
+             f"Machine: {m['platform']}, {m['cpus']} CPUs, device {m['device']}; TensorFlow "
+             f"{m['version.tensorflow']}, Keras {m['version.keras']}, Optuna {m['version.optuna']}, "
+             f"MLflow {m['version.mlflow']}, commit {m['git_commit']}.", "",
+             f"Data: {out['data']}; model {out['model']}.", "", "## Figures", ""]
+    lines += [f"- {line}" for line in figure_lines(out)]
+    lines += ["", "## Raw measurements", "", "```json", json.dumps(out["figures"], indent=1, default=float), "```", ""]
+    return "\n".join(lines)
