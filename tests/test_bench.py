@@ -2,6 +2,8 @@
 import json
 import math
 
+import pytest
+
 from harness.bench import run_bench
 
 from conftest import ROOT
@@ -10,6 +12,7 @@ TINY = ["data.image_size=32", "data.n_images=40", "model.start_depth=4", "train.
         'variants=["image_only"]']
 
 
+@pytest.mark.slow
 def test_bench_writes_every_figure(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_BENCH_REPS", "1")
     out = run_bench(ROOT / "tests" / "data" / "tiny.toml", tmp_path, quick=True, command="pytest", log=lambda _: None,

@@ -158,7 +158,7 @@ def test_imagedatagenerator_pipeline_reproduces_the_case(tmp_path):
     run = harness("sweep", TINY, "--results", results, "--set", "pipeline=imagedatagenerator",
                   "--set", 'variants=["seed","image_only"]', cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    rows = summary(results, "tiny")
+    rows = summary(results, "tiny-imagedatagenerator")
     assert rows["seed"]["negative_loss"] == "true"
     assert rows["image_only"]["negative_loss"] == "false"
     assert rows["image_only"]["verdict"] in ("converged", "learning")
