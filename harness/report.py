@@ -153,7 +153,11 @@ def explain(summary: pd.DataFrame) -> str:
             extra = f" Min training loss {row['min_loss']:.3g} against a lower bound of {row['loss_floor']:.3g}."
         if not math.isnan(row["val_as_train_miou"]):
             extra += (f" Validation was fed raw: mIoU {row['val_miou']:.3f} as fed, {row['val_as_train_miou']:.3f} "
-                      f"with inputs transformed like training, so part of the failure is how validation was fed.")
+                      f"with inputs transformed like training (trivial {row['trivial_miou']:.3f}); ")
+            if row["val_as_train_miou"] >= row["trivial_miou"] + 0.1 and row["val_as_train_miou"] > row["val_miou"] + 0.1:
+                extra += "the model did learn, and the raw validation inputs hide it."
+            else:
+                extra += "fed like training it is no better: the model itself did not learn."
         why = why[:1].upper() + why[1:]
         lines.append(f"- **{row['variant']}**: `{row['verdict']}` ({row['verdict_per_seed']}). {why}.{extra}")
     return "\n".join(lines)
