@@ -150,7 +150,7 @@ def load_folder(root: Path, size: int, channels: int, fit: str, threshold: float
         if image.shape[:2] != mask.shape[:2]:
             raise DataError(f"{image_path.name}: image is {image.shape[1]}x{image.shape[0]} but its mask "
                             f"is {mask.shape[1]}x{mask.shape[0]}")
-        tiles = fit_to_size(image, mask, size, fit, image_path.name)
+        tiles = fit_to_size(image, mask, size, fit)
         if per_file and len(tiles) > per_file:
             tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), per_file, replace=False))]
         for img, msk in tiles:
@@ -237,7 +237,7 @@ def read_mask(path: Path, threshold: float) -> np.ndarray:
     return (a >= threshold).astype(np.float32)[..., None]
 
 
-def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int, fit: str, name: str):
+def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int, fit: str):
     h, w = image.shape[:2]
     if (h, w) == (size, size):
         return [(image, mask)]

@@ -194,7 +194,7 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
                                  params={"study": study.study_name, "storage": storage, "command": command},
                                  tags={"harness.experiment": cfg.name})
     study.set_user_attr("mlflow_parent_run_id", parent)
-    outcomes, status = [], "FAILED"
+    outcomes, status = [], "KILLED"      # stays KILLED unless the loop ends normally
     try:
         while True:
             trial = next_trial(study, points, on_stale=lambda: fail_orphaned_runs(study, tracker))
@@ -205,7 +205,7 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
                                       checks.get(variant.name, {})))
         status = "FINISHED"
     finally:
-        tracker.end_sweep(status if status == "FINISHED" else "KILLED")
+        tracker.end_sweep(status)
     return outcomes
 
 
@@ -283,12 +283,13 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         if result.diverged_at:
             tags["diverged_epoch"], tags["diverged_batch"] = result.diverged_at
         tracker.set_tags(run_id, tags)
+        tracker.log_params(run_id, {"device": result.device})
         tracker.log_figure(run_id, plots.loss_curve(result.history, result.loss_floor, variant.name), "loss_curve.png")
         tracker.log_figure(run_id, plots.prediction_samples(result.samples, variant.name), "predictions.png")
         plots.close_all()
         tracker.end_point(run_id, "FINISHED")
         value = judged["final_miou"]
-        study.tell(trial, value if math.isfinite(value) else 0.0)
+        tell(study, trial, value if math.isfinite(value) else 0.0, log=log)
         where = f" at epoch {result.diverged_at[0]} batch {result.diverged_at[1]}" if result.diverged_at else ""
         log(f"[{variant.name} seed={seed}] {judged['verdict']}{where}: min loss {judged['min_loss']:.4g} "
             f"(floor {result.loss_floor:.4g}), val_miou {value:.3f} (trivial {result.trivial_miou:.3f}), "
@@ -304,6 +305,15 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         tracker.set_tags(run_id, {"failure": reason, "verdict": "crashed"})
         tracker.end_point(run_id, "FAILED")
         trial.set_user_attr("error", reason)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        tell(study, trial, state=optuna.trial.TrialState.FAIL, log=log)
         log(f"[{variant.name} seed={seed}] crashed: {reason}")
         return PointOutcome(variant.name, seed, "crashed", time.perf_counter() - started)
+
+
+def tell(study, trial, value=None, state=None, log=print) -> None:
+    """Finish the trial; if another worker already failed it as stale (this worker's heartbeat was
+    starved), keep going: the point is queued again and the MLflow run above is kept."""
+    try:
+        study.tell(trial, value, state=state)
+    except (RuntimeError, ValueError) as e:
+        log(f"note: trial {trial.number} was already finished elsewhere ({first_line(e)})")

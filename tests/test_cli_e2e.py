@@ -54,8 +54,8 @@ def test_sweep_reaches_the_case_verdicts_and_resumes(tmp_path):
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
     # MLflow holds one parent and a nested run per point, with per-epoch metrics and no NaN.
-    from harness.tracking import load_runs
-    runs = load_runs(f"sqlite:///{results / 'mlflow.db'}", "tiny")
+    import harness as harness_pkg
+    runs = harness_pkg.load_runs(results, "tiny")          # the notebook entry point, on a results folder
     assert len(runs) == 5 and set(runs["status"]) == {"FINISHED"}
     assert runs["tags.mlflow.parentRunId"].nunique() == 1
     for _, run in runs.iterrows():
@@ -64,14 +64,14 @@ def test_sweep_reaches_the_case_verdicts_and_resumes(tmp_path):
         assert all(math.isfinite(v) for values in history.values() for v in values)
         # val_loss is logged while finite; where it was not, a tag says when it went NaN/Inf.
         assert "val_loss" in history or isinstance(run.get("tags.nonfinite.val_loss"), str)
-    assert {"dataset_fingerprint", "version.tensorflow", "git_commit", "axis.masks"} <= {
+    assert {"dataset_fingerprint", "version.tensorflow", "git_commit", "axis.masks", "device"} <= {
         c.removeprefix("params.") for c in runs.columns}
     assert set(runs["tags.device"]) == {"CPU"} or all(d.startswith("GPU") for d in runs["tags.device"])
 
     again = harness("sweep", TINY, "--results", results, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "5 already finished, 0 to train" in again.stdout
-    assert len(load_runs(f"sqlite:///{results / 'mlflow.db'}", "tiny")) == 5
+    assert len(harness_pkg.load_runs(f"sqlite:///{results / 'mlflow.db'}", "tiny")) == 5
 
     report = harness("report", TINY, "--results", results, cwd=tmp_path)
     assert report.returncode == 0 and "report:" in report.stdout
