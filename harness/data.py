@@ -462,6 +462,13 @@ def legacy_generator(aug: dict, featurewise: bool, rescale: float | None = None)
                               horizontal_flip=aug["horizontal_flip"], fill_mode=aug["fill_mode"], rescale=rescale)
 
 
+def generator_stats(gen, channels: int) -> Stats:
+    """A fitted generator's featurewise statistics; identity statistics where it does not whiten."""
+    if not gen.featurewise_center:
+        return Stats(np.zeros(channels, np.float32), np.ones(channels, np.float32))
+    return Stats(gen.mean.ravel().astype(np.float32), gen.std.ravel().astype(np.float32))
+
+
 def legacy_pipeline(dataset: Dataset, images: str, masks: str, aug: dict, batch_size: int, seed: int):
     """The case's pair: two generators from one argument dict, each fit(augment=True, rounds, seed),
     flow(seed) with one seed, zipped. -> (tf.data.Dataset, steps per epoch, Transform).
@@ -476,9 +483,8 @@ def legacy_pipeline(dataset: Dataset, images: str, masks: str, aug: dict, batch_
     for gen, x in ((image_gen, dataset.train_images), (mask_gen, dataset.train_masks)):
         if gen.featurewise_center:
             gen.fit(x, augment=rounds > 0, rounds=max(rounds, 1), seed=seed)
-    stats = lambda gen, c: (Stats(gen.mean.ravel().astype(np.float32), gen.std.ravel().astype(np.float32))  # noqa: E731
-                            if gen.featurewise_center else Stats(np.zeros(c, np.float32), np.ones(c, np.float32)))
-    transform = Transform(images, masks, stats(image_gen, dataset.train_images.shape[-1]), stats(mask_gen, 1))
+    transform = Transform(images, masks, generator_stats(image_gen, dataset.train_images.shape[-1]),
+                          generator_stats(mask_gen, 1))
     signed = masks == "signed"
 
     def zipped():
