@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import INTERRUPTED, HarnessError
 
 DEFAULT_EXPERIMENT = "whitening"
 
@@ -131,8 +132,14 @@ def cmd_ui(args) -> int:
     return 0
 
 
+def on_sigint(signum, frame):
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # keep TensorFlow's C++ start-up chatter out
+    signal.signal(signal.SIGINT, on_sigint)
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     command = "harness " + shlex.join(argv)

@@ -1,4 +1,11 @@
-"""Errors the CLI turns into one clear line and exit code 2 (bad input, unreachable stores)."""
+"""Errors the CLI turns into one clear line and exit code 2 (bad input, unreachable stores), and
+the interrupt request that Ctrl-C sets."""
+import threading
+
+# Set by the CLI's SIGINT handler and checked by training between batches: a KeyboardInterrupt
+# raised while TensorFlow's C++ code runs can be swallowed (seen: tf.data ended the epoch
+# instead), so training also stops itself at the next batch.
+INTERRUPTED = threading.Event()
 
 
 class HarnessError(Exception):

@@ -11,6 +11,7 @@ import numpy as np
 from harness import data as data_lib
 from harness.config import Config, Variant
 from harness.data import Dataset, Transform
+from harness.errors import INTERRUPTED
 from harness.losses import get_head, get_loss
 
 N_SAMPLES = 4  # validation images kept for the prediction-sample figure
@@ -73,6 +74,8 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None):
             self.epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):
+            if INTERRUPTED.is_set():
+                raise KeyboardInterrupt
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)) and self.where is None:
                 self.where = (self.epoch + 1, batch + 1)
