@@ -62,11 +62,12 @@ def load(args):
 
 
 def check_writable(results: Path) -> None:
+    import tempfile
     try:
         results.mkdir(parents=True, exist_ok=True)
-        probe = results / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        # A uniquely named probe: several workers may start on one results folder at once.
+        with tempfile.NamedTemporaryFile(dir=results, prefix=".write-test-"):
+            pass
     except OSError as e:
         raise HarnessError(f"results folder {results} cannot be written: {e.strerror}") from None
 
