@@ -164,7 +164,6 @@ def versions() -> dict:
 def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_uri: str | None = None,
               command: str = "", log: Callable[[str], None] = print, run_check: bool = True) -> list[PointOutcome]:
     """Train every (variant, seed) point not finished yet; return what this call trained."""
-    import optuna
     from harness.data import load_dataset
 
     results.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import numpy as np
 
 from harness import data as data_lib
 from harness.config import Config, Variant
-from harness.data import Dataset, Transform
+from harness.data import Dataset
 from harness.errors import INTERRUPTED
 from harness.losses import get_head, get_loss
 
