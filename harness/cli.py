@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_args(sweep)
     sweep.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<results>/optuna.db)")
     sweep.add_argument("--strict", action="store_true", help="exit 1 if any grid point crashed")
+    tune = sub.add_parser("tune", help="tune one variant's learning rate (TPE + pruner), then rewrite the report")
+    tune.add_argument("variant", help="a variant of the experiment, e.g. seed")
+    add_experiment_args(tune)
+    tune.add_argument("--trials", type=int, help="trials in all, counting finished ones (default: tune.trials)")
+    tune.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<results>/optuna.db)")
     check = sub.add_parser("check", help="predict each variant's failure before training, and say why")
     check.add_argument("experiment", nargs="?", help=f"experiment .toml file or name (default: {DEFAULT_EXPERIMENT})")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -98,6 +103,21 @@ def print_summary(path: Path) -> None:
               f"{float(r['loss_floor']):>7.3f} {float(r['val_miou']):>8.3f} {float(r['trivial_miou']):>7.3f}")
 
 
+def cmd_tune(args, command: str) -> int:
+    from harness.report import write_report
+    from harness.tracking import default_tracking_uri
+    from harness.tune import run_tune
+    cfg = load(args)
+    trials = cfg["tune"]["trials"] if args.trials is None else args.trials
+    if trials < 1:
+        raise HarnessError("--trials must be >= 1")
+    check_writable(args.results)
+    run_tune(cfg, args.variant, trials, args.results, args.storage, args.tracking_uri, command)
+    report = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
+    print(f"report: {report}")
+    return 0
+
+
 def cmd_report(args, command: str) -> int:
     from harness.report import write_report
     from harness.tracking import default_tracking_uri
@@ -139,7 +159,7 @@ def on_sigint(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # keep TensorFlow's C++ start-up chatter out
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # keep TensorFlow's C++ chatter (cuInit, graph attrs) out
     signal.signal(signal.SIGINT, on_sigint)
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -154,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(figure_lines(out)))
             print(f"wrote {args.results / 'bench' / 'bench.json'} and bench.md")
             return 0
+        if args.command == "tune":
+            return cmd_tune(args, command)
         if args.command == "check":
             return cmd_check(args)
         if args.command == "report":

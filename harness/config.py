@@ -103,6 +103,15 @@ DEFAULTS: dict[str, Any] = {
         "mixed_precision": False,
         "jit_compile": False,
     },
+    # `harness tune VARIANT`: Optuna's TPE sampler over these ranges, one seed, a median pruner on
+    # the per-epoch val_miou. Each range is "section.key" = {low, high, log} or {choices = [...]};
+    # an integer key draws integers. Tuning never changes the grid's study.
+    "tune": {
+        "trials": 12,
+        "seed": 1,
+        "pruner_warmup_epochs": 4,   # epochs every trial runs before the pruner may stop it
+        "ranges": {"train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
+    },
     "verdict": {
         # converged: mean val_miou over the last `window` epochs >= trivial + margin, and it exceeds
         # the mean of the `window` epochs before by less than `tolerance` (mIoU is noisy per epoch).
@@ -150,7 +159,7 @@ class Config:
         """The experiment's name plus a hash of everything but the grid axes: change a hyperparameter
         and a new study starts; add a seed or a variant and the finished points are kept."""
         raw = {k: v for k, v in self.raw.items()
-               if k not in ("variants", "define", "factorial", "description", "name", "speed")}
+               if k not in ("variants", "define", "factorial", "description", "name", "speed", "tune")}
         raw["train"] = {k: v for k, v in raw["train"].items() if k != "seeds"}
         digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.name}-{digest}"
@@ -208,7 +217,7 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
             raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
         node = node[part]
     last = parts[-1]
-    if last not in node and parts[0] not in ("define", "factorial"):
+    if last not in node and parts[0] not in ("define", "factorial") and parts[:2] != ["tune", "ranges"]:
         raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
     node[last] = merged_value(node.get(last), value, key)
 
@@ -219,7 +228,7 @@ def merge(base: dict, update: dict, where: str, prefix: str = "") -> None:
         dotted = f"{prefix}{key}"
         if key not in base:
             raise ConfigError(f"{where}: unknown key {dotted!r}; valid keys: {', '.join(valid_keys())}")
-        if isinstance(base[key], dict) and base[key] and isinstance(value, dict):
+        if isinstance(base[key], dict) and base[key] and isinstance(value, dict) and dotted != "tune.ranges":
             merge(base[key], value, where, prefix=dotted + ".")
         else:
             base[key] = merged_value(base[key], value, dotted)
@@ -227,7 +236,7 @@ def merge(base: dict, update: dict, where: str, prefix: str = "") -> None:
 
 def merged_value(old: Any, new: Any, key: str) -> Any:
     """Keep types stable: an int may stand for a float, nothing else changes type."""
-    if old is None or key.split(".")[0] in ("define", "factorial"):
+    if old is None or key.split(".")[0] in ("define", "factorial") or key.startswith("tune.ranges."):
         return new
     if isinstance(old, bool) or isinstance(new, bool):
         if not (isinstance(old, bool) and isinstance(new, bool)):
@@ -283,8 +292,42 @@ def validate(raw: dict) -> Config:
     choose("augment.engine", raw["augment"]["engine"], ("affine", "layers"))
     if raw["augment"]["fill_mode"] not in ("nearest", "reflect", "wrap", "constant"):
         raise ConfigError("augment.fill_mode must be one of nearest, reflect, wrap, constant")
+    validate_tune(raw)
     variants = resolve_variants(raw)
     return Config(name=str(raw["name"]), raw=raw, variants=variants)
+
+
+def validate_tune(raw: dict) -> None:
+    tune = raw["tune"]
+    positive("tune.trials", tune["trials"])
+    positive("tune.pruner_warmup_epochs", tune["pruner_warmup_epochs"], minimum=0)
+    if not isinstance(tune["ranges"], dict) or not tune["ranges"]:
+        raise ConfigError("tune.ranges must name at least one range, e.g. "
+                          "{\"train.learning_rate\" = {low = 1e-4, high = 1e-2, log = true}}")
+    numeric = [k for k in valid_keys() if k.split(".")[0] in ("augment", "model", "train")
+               and isinstance(default_of(k), (int, float)) and not isinstance(default_of(k), bool)]
+    for key, spec in tune["ranges"].items():
+        if key not in numeric:
+            raise ConfigError(f"tune.ranges: {key!r} cannot be tuned; numeric keys: {', '.join(numeric)}")
+        where = f"tune.ranges.{key}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where} must be {{low = .., high = ..}} or {{choices = [..]}}")
+        if "choices" in spec:
+            if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise ConfigError(f"{where}: choices must be a non-empty list and stand alone")
+            continue
+        if set(spec) - {"low", "high", "log"} or not {"low", "high"} <= set(spec):
+            raise ConfigError(f"{where}: expected keys low, high and optionally log, got {', '.join(spec)}")
+        low, high = spec["low"], spec["high"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+            raise ConfigError(f"{where}: low and high must be numbers with low < high")
+        if spec.get("log") and low <= 0:
+            raise ConfigError(f"{where}: a log range needs low > 0")
+
+
+def default_of(key: str) -> Any:
+    section, _, name = key.partition(".")
+    return DEFAULTS[section].get(name) if isinstance(DEFAULTS.get(section), dict) else DEFAULTS.get(key)
 
 
 def resolve_variants(raw: dict) -> tuple[Variant, ...]:

@@ -15,6 +15,7 @@ from typing import Callable
 
 from harness.config import Config, Variant
 from harness.errors import StorageError
+from harness.progress import Progress
 from harness.tracking import Tracker, default_tracking_uri, first_line
 
 # A live worker stamps its trial every HEARTBEAT_S; a trial unstamped for GRACE_S belongs to a dead
@@ -48,7 +49,9 @@ def quiet_optuna():
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def open_study(cfg: Config, storage_url: str):
+def open_study(cfg: Config, storage_url: str, study_name: str | None = None, **study_kwargs):
+    """Create or load the study (the grid's by default; `harness tune` passes its own name, sampler
+    and pruner)."""
     import optuna
     quiet_optuna()
     try:
@@ -57,8 +60,8 @@ def open_study(cfg: Config, storage_url: str):
             storage = optuna.storages.JournalStorage(JournalFileBackend(storage_url.removeprefix("journal:")))
         else:
             storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=connect_timeout(storage_url))
-        return optuna.create_study(study_name=cfg.study_name, storage=storage, load_if_exists=True,
-                                   direction="maximize")
+        return optuna.create_study(study_name=study_name or cfg.study_name, storage=storage, load_if_exists=True,
+                                   direction="maximize", **study_kwargs)
     except Exception as e:  # noqa: BLE001 - any failure here means the storage is unusable
         raise StorageError(f"Optuna storage {storage_url} is not usable: {first_line(e)}") from None
 
@@ -184,6 +187,8 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     log(f"{cfg.name}: {len(points)} grid points, {len(points) - len(missing)} already finished, "
         f"{len(missing)} to train" + (f" ({stale_runs} interrupted run(s) marked FAILED)" if stale_runs else ""))
     log(f"data: {dataset.description}, fingerprint {dataset.fingerprint}")
+    progress = Progress(total=len(points), done=len(points) - len(missing))
+    log = with_progress_cleared(log, progress)
     checks = {}
     for row in check_experiment(cfg, dataset) if run_check else []:
         checks[row.variant] = {"check.flags": ",".join(row.flags) or "none",
@@ -200,12 +205,22 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
             if trial is None:
                 break
             variant, seed = points[trial.user_attrs["point"]]
+            progress.set_done(len(trials_by_state(study)[0] & set(points)))
             outcomes.append(run_point(cfg, study, trial, variant, seed, dataset, tracker, log,
-                                      checks.get(variant.name, {})))
+                                      checks.get(variant.name, {}), progress))
         status = "FINISHED"
     finally:
+        progress.clear()
         tracker.end_sweep(status)
     return outcomes
+
+
+def with_progress_cleared(log: Callable[[str], None], progress: Progress) -> Callable[[str], None]:
+    """Log lines wipe the live progress line first, so the two never share a terminal line."""
+    def logged(message: str) -> None:
+        progress.clear()
+        log(message)
+    return logged
 
 
 def next_trial(study, points: dict, on_stale: Callable[[], None] = lambda: None):
@@ -251,7 +266,8 @@ def fail_orphaned_runs(study, tracker: Tracker) -> int:
     return tracker.fail_if_running(run_ids, "interrupted: the worker training it died or was killed")
 
 
-def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, check_tags: dict) -> PointOutcome:
+def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, check_tags: dict,
+              progress: Progress | None = None) -> PointOutcome:
     import optuna
     from harness import plots
     from harness.train import train_variant
@@ -265,13 +281,16 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
     trial.set_user_attr("mlflow_run_id", run_id)
     log(f"[{variant.name} seed={seed}] training ({cfg['train']['epochs']} epochs)")
     started = time.perf_counter()
+    progress = progress or Progress(total=1, done=0)
+    progress.start_point(variant.name, seed, cfg["train"]["epochs"])
 
     def on_epoch(epoch: int, metrics: dict) -> None:
         tracker.log_epoch(run_id, epoch, metrics)
+        progress.epoch(epoch, metrics.get("loss"))
 
     try:
         with Heartbeat(trial):
-            result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch)
+            result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch, on_batch=progress.batch)
         judged = judge(result.history, result.loss_floor, result.trivial_miou, cfg["verdict"],
                        diverged=result.diverged_at is not None)
         tags = {"verdict": judged["verdict"], "diverged": judged["diverged"],
@@ -287,6 +306,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         tracker.log_figure(run_id, plots.prediction_samples(result.samples, variant.name), "predictions.png")
         plots.close_all()
         tracker.end_point(run_id, "FINISHED")
+        progress.end_point()
         value = judged["final_miou"]
         tell(study, trial, value if math.isfinite(value) else 0.0, log=log)
         where = f" at epoch {result.diverged_at[0]} batch {result.diverged_at[1]}" if result.diverged_at else ""
@@ -303,6 +323,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         reason = f"{type(e).__name__}: {first_line(e)}"
         tracker.set_tags(run_id, {"failure": reason, "verdict": "crashed"})
         tracker.end_point(run_id, "FAILED")
+        progress.end_point()
         trial.set_user_attr("error", reason)
         tell(study, trial, state=optuna.trial.TrialState.FAIL, log=log)
         log(f"[{variant.name} seed={seed}] crashed: {reason}")

@@ -85,13 +85,36 @@ def miou_bars(summary, trivial: float):
     fig, ax = plt.subplots(figsize=(1.3 * len(summary) + 2, 3.2))
     x = np.arange(len(summary))
     ax.bar(x, summary["val_miou"].fillna(0), yerr=summary["val_miou_std"].fillna(0), capsize=4, color="tab:blue",
-           label="val mIoU (as fed)")
+           label="val mIoU as fed: mean over seeds, whisker ±1 std (seed spread)")
     if "val_as_train_miou" in summary:
         ax.scatter(x, summary["val_as_train_miou"], color="tab:orange", zorder=3,
                    label="val mIoU, inputs transformed like training")
     ax.axhline(trivial, color="k", ls=":", label=f"trivial predictor {trivial:.3f}")
     ax.set_xticks(x, summary["variant"], rotation=20)
     ax.set(ylim=(0, 1), ylabel="mIoU")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside, never over a bar
+    fig.tight_layout()
+    return fig
+
+
+def tuning_scatter(trials, ranges: dict):
+    """`harness tune`: each trial's val_miou against the first tuned setting, per variant; pruned
+    trials hollow (their mIoU is where they were stopped)."""
+    key = next(iter(ranges))
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for i, (variant, group) in enumerate(trials.groupby("variant", sort=False)):
+        color = f"C{i % 10}"
+        x = [float(t.get(key, "nan")) for t in group["tuned"]]
+        done = (group["state"] == "complete").to_numpy()
+        xs = np.array(x)
+        ax.scatter(xs[done], group["val_miou"][done], color=color, label=variant)
+        ax.scatter(xs[~done], group["val_miou"][~done], facecolors="none", edgecolors=color)
+    trivial = trials["trivial_miou"].dropna()
+    if len(trivial):
+        ax.axhline(float(trivial.mean()), color="k", ls=":", label="trivial predictor")
+    if ranges[key].get("log"):
+        ax.set_xscale("log")
+    ax.set(xlabel=key, ylabel="val mIoU", ylim=(0, 1), title="tuned trials (hollow: pruned)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -169,8 +170,11 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str) ->
     out = results / cfg.report_name
     out.mkdir(parents=True, exist_ok=True)
     points = point_rows(runs, cfg)
+    tuned = tune_section(cfg, tracking_uri, out, summary=None)
     if points.empty:
-        (out / "report.md").write_text(f"# {cfg.name}\n\nNo finished runs yet.\n")
+        md = f"# Report: {cfg.name}\n\nNo finished grid runs yet (`harness sweep`).\n\n" + tuned
+        (out / "report.md").write_text(md)
+        (out / "report.html").write_text(render_html(md, out))
         return out / "report.md"
     summary = summarize(points)
     summary_cols = (["variant", "seeds"] + [c for n in NUMERIC for c in (n, f"{n}_std")] + FLAGS
@@ -190,7 +194,8 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str) ->
     samples = collect_samples(points, tracking_uri, out)
 
     md = render_markdown(cfg, summary, points, failures(runs), samples, command)
-    md += compare_pipelines(cfg, summary, tracking_uri)
+    md += "\n" + compare_pipelines(cfg, summary, tracking_uri)
+    md += "\n" + tune_section(cfg, tracking_uri, out, summary)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(render_html(md, out))
     return out / "report.md"
@@ -222,6 +227,87 @@ def compare_pipelines(cfg: Config, summary: pd.DataFrame, tracking_uri: str) -> 
                       f"The same variants and settings through the `{other}` pipeline (read from the same MLflow "
                       f"experiment, study `{other_cfg.study_name}`).", "",
                       markdown_table(table, list(table.columns)), ""])
+
+
+def tune_rows(cfg: Config, tracking_uri: str) -> pd.DataFrame:
+    """One row per `harness tune` trial tuned from this setting of the experiment, verdicts
+    recomputed from each run's history as for the grid."""
+    runs = load_runs(tracking_uri, cfg.name, study=None, kind="tune", base_study=cfg.study_name)
+    if runs.empty:
+        return pd.DataFrame()
+    rows = []
+    for _, run in runs[runs["status"] == "FINISHED"].iterrows():
+        history = run.get("history") or {}
+        tuned = {k.removeprefix("params.tuned."): v for k, v in run.items()
+                 if k.startswith("params.tuned.") and isinstance(v, str)}
+        state = run.get("tags.tune.state", "complete")
+        judged = judge(history, float(run.get("tags.loss_floor", 0.0) or 0.0),
+                       float(run.get("tags.trivial_miou", 0.5) or 0.5), cfg["verdict"],
+                       diverged=run.get("tags.diverged") == "True")
+        rows.append({"variant": run["variant"], "trial": int(run.get("tags.optuna.trial", -1)), "state": state,
+                     "verdict": judged["verdict"] if state == "complete" else state,
+                     "val_miou": judged["final_miou"], "min_loss": judged["min_loss"],
+                     "loss_floor": float(run.get("tags.loss_floor", "nan")),
+                     "trivial_miou": float(run.get("tags.trivial_miou", "nan")),
+                     "epochs_run": len(history.get("loss", [])), "tuned": tuned})
+    return pd.DataFrame(rows)
+
+
+def tune_section(cfg: Config, tracking_uri: str, out: Path, summary: pd.DataFrame | None) -> str:
+    """"Best tuned result per variant", beside the fixed-setting grid: a variant that fails at every
+    learning rate fails for its own reasons; one rescued by tuning failed for its learning rate."""
+    trials = tune_rows(cfg, tracking_uri)
+    if trials.empty:
+        return ""
+    grid = summary.set_index("variant") if summary is not None and not summary.empty else pd.DataFrame()
+    rows, lines = [], []
+    for variant, group in trials.groupby("variant", sort=False):
+        complete = group[group["state"] == "complete"].dropna(subset=["val_miou"])
+        best = complete.loc[complete["val_miou"].idxmax()] if not complete.empty else None
+        fixed = grid.loc[variant] if variant in grid.index else None
+        row = {"variant": variant, "trials": len(group), "pruned": int((group["state"] == "pruned").sum()),
+               "best_setting": ", ".join(f"{k}={float(v):.4g}" for k, v in best["tuned"].items()) if best is not None else "",
+               "best_val_miou": best["val_miou"] if best is not None else float("nan"),
+               "best_verdict": best["verdict"] if best is not None else "",
+               "grid_val_miou": fixed["val_miou"] if fixed is not None else float("nan"),
+               "grid_verdict": fixed["verdict"] if fixed is not None else "",
+               "verdicts_over_trials": " ".join(f"{v}:{n}" for v, n in group["verdict"].value_counts().items())}
+        rows.append(row)
+        lines.append(f"- **{variant}**: {tune_reading(row, best)}")
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "tuned.csv", index=False, float_format="%.6g", lineterminator="\n")
+    fig = plots.tuning_scatter(trials, cfg["tune"]["ranges"])
+    fig.savefig(out / "tuning.png", dpi=90, bbox_inches="tight")
+    plots.close_all()
+    ranges = ", ".join(f"`{k}` {fmt_range(v)}" for k, v in cfg["tune"]["ranges"].items())
+    return "\n".join([
+        "## Best tuned result per variant", "",
+        f"`harness tune VARIANT`: Optuna's TPE sampler over {ranges}, seed {cfg['tune']['seed']}, with a median "
+        f"pruner on the per-epoch val_miou (no pruning before epoch {cfg['tune']['pruner_warmup_epochs']}). "
+        "`grid_*` is the fixed-setting grid above (mean over seeds); a verdict that holds at the best tuned "
+        "setting is the variant's own, not its learning rate's.", "",
+        markdown_table(table, list(table.columns)), "", *lines, "",
+        "![tuning](tuning.png)", ""])
+
+
+def fmt_range(spec: dict) -> str:
+    if "choices" in spec:
+        return "in {" + ", ".join(map(str, spec["choices"])) + "}"
+    return f"in [{spec['low']:g}, {spec['high']:g}]" + (" (log scale)" if spec.get("log") else "")
+
+
+def tune_reading(row: dict, best) -> str:
+    """One sentence: did tuning change the variant's verdict?"""
+    if best is None:
+        return f"no trial finished ({row['verdicts_over_trials']})."
+    text = (f"best val_miou {row['best_val_miou']:.3f} ({row['best_verdict']}) at {row['best_setting']}, "
+            f"over {row['trials']} trials ({row['verdicts_over_trials']})")
+    if not row["grid_verdict"]:
+        return text + "; no grid run to compare with."
+    if row["best_verdict"] == row["grid_verdict"]:
+        return text + f"; the grid's verdict `{row['grid_verdict']}` holds at the best tuned setting too."
+    return (text + f"; the grid's `{row['grid_verdict']}` (val_miou {row['grid_val_miou']:.3f}) came from the "
+            "fixed setting, not the variant.")
 
 
 def collect_samples(points: pd.DataFrame, tracking_uri: str, out: Path) -> list[str]:
@@ -260,6 +346,11 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
         "",
         explain(summary),
         "",
+        "## Loss curves", "", "![loss curves](loss_curves.png)", "",
+        "## Validation mIoU per variant", "",
+        "Bars: mean over seeds; whiskers: ±1 standard deviation over seeds (the seed spread).", "",
+        "![mIoU](miou.png)", "",
+        *sample_lines(samples),
         "## Predicted before training (`harness check`)",
         "",
         "Flags measured on the data and probed on the loss before any training; `predicted` is "
@@ -277,55 +368,163 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
         markdown_table(points, ["variant", "seed", "verdict", "min_loss", "final_loss", "val_miou",
                                 "val_as_train_miou", "diverged_at", "seconds_per_epoch"]),
         "",
-        "## Loss curves", "", "![loss curves](loss_curves.png)", "",
-        "## Validation mIoU per variant", "", "![mIoU](miou.png)", "",
     ]
-    if samples:
-        parts += ["## Sample predictions", ""]
-        parts += [f"![{name}]({name})" for name in samples] + [""]
     parts += ["## Variants", "", markdown_table(pd.DataFrame([{"variant": v.name, **v.axes()} for v in cfg.variants]),
                                                 ["variant", "images", "masks", "head", "loss", "validation"]), ""]
     return "\n".join(parts)
 
 
+VERDICT_TONE = {"converged": "good", "learning": "warn", "unstable": "warn", "not_learning": "warn",
+                "negative_loss": "bad", "diverged": "bad", "crashed": "bad"}
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml",
+               ".gif": "image/gif", ".webp": "image/webp"}
+STYLE = """
+body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+.scroll{overflow-x:auto;max-width:100%;margin:1em 0}
+table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#eef1f5;vertical-align:bottom}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{white-space:nowrap}
+tbody tr:nth-child(even) td{background:#fafafa}
+th:first-child,td:first-child{position:sticky;left:0;background:#fff;font-weight:600}
+th:first-child{background:#eef1f5}
+td.good{background:#dff3e0 !important;color:#135c1c;font-weight:600}
+td.warn{background:#fff3d6 !important;color:#6b4d00;font-weight:600}
+td.bad{background:#fbe0e0 !important;color:#8a1414;font-weight:600}
+td code{background:transparent;padding:0}
+code{background:#f3f3f3;padding:0 3px}
+img{max-width:100%;height:auto}
+figure{margin:1em 0}
+.gallery{display:flex;flex-wrap:wrap;gap:1em 2em;align-items:flex-start}
+.gallery figure{margin:0}
+figcaption{font-size:13px;text-align:center;color:#444}
+.missing{color:#8a1414}
+"""
+
+
+def sample_lines(samples: list[str]) -> list[str]:
+    if not samples:
+        return []
+    return (["## Sample predictions", "", "Per variant (first seed): input image, ground truth, raw output, "
+             "output thresholded through the head.", ""]
+            + [f"![predictions: {name.removeprefix('predictions_').removesuffix('.png')}]({name})" for name in samples]
+            + [""])
+
+
 def render_html(md: str, folder: Path) -> str:
-    """A self-contained page: the Markdown's tables, lists and text, figures embedded as base64."""
-    body, table = [], []
+    """A self-contained page from the report's Markdown: headings, paragraphs, lists, tables (wide ones
+    scroll sideways; numbers right-aligned; verdict cells coloured) and figures embedded as base64
+    (consecutive figures side by side, each captioned). No external CSS, JS or fonts."""
+    body: list[str] = []
+    block: list[str] = []   # consecutive lines of one Markdown block
+    kind = None             # "table", "para", "list" or "images"
 
-    def flush_table():
-        if not table:
-            return
-        rows = [r.strip("|").split("|") for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
-        head, *rest = rows
-        body.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
-                    + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rest)
-                    + "</tbody></table>")
-        table.clear()
+    def flush():
+        nonlocal kind
+        if block:
+            body.append({"table": html_table, "para": html_para, "list": html_list,
+                         "images": lambda lines: html_images(lines, folder)}[kind](block))
+        block.clear()
+        kind = None
 
+    title = "harness report"
     for line in md.splitlines():
-        if line.startswith("|"):
-            table.append(line)
+        heading = re.match(r"(#{1,6}) +(.*)", line)
+        this = ("table" if line.startswith("|") else "list" if line.startswith("- ")
+                else "images" if line.startswith("![") else "para" if line.strip() and not heading else None)
+        if this != kind:
+            flush()
+        if heading:
+            level, text = len(heading.group(1)), heading.group(2)
+            if level == 1 and title == "harness report":
+                title = text.replace("`", "")
+            slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+            body.append(f'<h{level} id="{slug}">{inline(text)}</h{level}>')
+        elif this:
+            kind = this
+            block.append(line)
+    flush()
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def html_para(lines: list[str]) -> str:
+    return "<p>" + " ".join(inline(line) for line in lines) + "</p>"
+
+
+def html_list(lines: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{inline(line[2:])}</li>" for line in lines) + "</ul>"
+
+
+def html_table(lines: list[str]) -> str:
+    """A Markdown table; the header row as <th>. Columns whose cells are all numbers are right-aligned;
+    cells of `verdict` columns are coloured by verdict, `false` in `agrees`/`same verdict` as bad."""
+    rows = [[c.strip() for c in r.strip().strip("|").split("|")] for r in lines
+            if not set(r.replace("|", "").replace(":", "").strip()) <= {"-"}]
+    head, *rest = rows
+    width = len(head)
+    rest = [(r + [""] * width)[:width] for r in rest]
+    numeric = [bool(rest) and any(r[i] for r in rest) and all(not r[i] or is_number(r[i]) for r in rest)
+               for i in range(width)]
+
+    def tone(i: int, cell: str) -> str:
+        name = head[i].strip("`").lower()
+        value = cell.strip("`")
+        if name.startswith("verdict") and value in VERDICT_TONE:
+            return VERDICT_TONE[value]
+        if name in ("agrees", "same verdict") and value == "false":
+            return "bad"
+        return ""
+
+    def cls(*names: str) -> str:
+        names = " ".join(n for n in names if n)
+        return f' class="{names}"' if names else ""
+
+    out = ["<div class='scroll'><table><thead><tr>"]
+    out += [f"<th{cls('num' if numeric[i] else '')} scope='col'>{inline(c).replace('_', '_<wbr>')}</th>"
+            for i, c in enumerate(head)]
+    out.append("</tr></thead><tbody>")
+    for r in rest:
+        out.append("<tr>" + "".join(
+            f"<td{cls('num' if numeric[i] else '', tone(i, c))}>{inline(c).replace(',', ',<wbr>')}</td>"
+            for i, c in enumerate(r)) + "</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def html_images(lines: list[str], folder: Path) -> str:
+    """One figure per `![alt](file)` line, embedded; several in a row go side by side, each captioned."""
+    figures = []
+    for line in lines:
+        found = re.match(r"!\[(.*?)\]\((.*?)\)", line.strip())
+        if not found:
+            figures.append(html_para([line]))
             continue
-        flush_table()
-        if line.startswith("# "):
-            body.append(f"<h1>{inline(line[2:])}</h1>")
-        elif line.startswith("## "):
-            body.append(f"<h2>{inline(line[3:])}</h2>")
-        elif line.startswith("!["):
-            name = line[line.index("(") + 1:-1]
-            data = base64.b64encode((folder / name).read_bytes()).decode()
-            body.append(f'<p><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></p>')
-        elif line.startswith("- "):
-            body.append(f"<li>{inline(line[2:])}</li>")
-        elif line.strip():
-            body.append(f"<p>{inline(line)}</p>")
-    flush_table()
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}"
-             "code{background:#f3f3f3;padding:0 3px}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>harness report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+        alt, name = found.groups()
+        path = folder / name
+        caption = Path(alt).stem if Path(alt).suffix.lower() in IMAGE_TYPES else alt
+        if not path.is_file():
+            figures.append(f"<p class='missing'>Figure missing: <code>{html.escape(name)}</code></p>")
+            continue
+        mime = IMAGE_TYPES.get(path.suffix.lower(), "image/png")
+        data = base64.b64encode(path.read_bytes()).decode()
+        figures.append(f'<figure><img alt="{html.escape(alt)}" title="{html.escape(name)}" '
+                       f'src="data:{mime};base64,{data}">'
+                       + (f"<figcaption>{html.escape(caption)}</figcaption>" if len(lines) > 1 else "")
+                       + "</figure>")
+    return figures[0] if len(figures) == 1 else "<div class='gallery'>" + "".join(figures) + "</div>"
 
 
 def inline(text: str) -> str:

@@ -53,7 +53,13 @@ class Tracker:
                 return found.experiment_id
             # Artifacts beside a local store, never in the current directory.
             location = (results / "mlartifacts").resolve().as_uri() if self.local else None
-            return self.client.create_experiment(name, artifact_location=location)
+            try:
+                return self.client.create_experiment(name, artifact_location=location)
+            except Exception:  # noqa: BLE001 - workers starting together race to create it: use the winner's
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+                return found.experiment_id
         except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
             raise StorageError(f"MLflow tracking store {self.uri} is not usable: {first_line(e)}") from None
 
@@ -153,12 +159,14 @@ def first_line(e: Exception) -> str:
     return text[0][:300] if text else type(e).__name__
 
 
-def load_runs(tracking_uri: str, experiment: str, with_history: bool = True, study: str | None = None) -> pd.DataFrame:
+def load_runs(tracking_uri: str, experiment: str, with_history: bool = True, study: str | None = None,
+              kind: str = "point", base_study: str | None = None) -> pd.DataFrame:
     """Every finished (variant, seed) run of `experiment`, newest first per point, as a DataFrame.
 
     Columns: run_id, variant, seed, status, params.*, metrics.* (last values), tags.*, and with
     `with_history` a `history` column holding {metric: [values per epoch]}. With `study`, only the
-    runs of that Optuna study (one setting of the experiment).
+    runs of that Optuna study (one setting of the experiment). `kind="tune"` gives `harness tune`'s
+    trials instead, and `base_study` those tuned from one setting of the experiment.
     """
     client = client_for(tracking_uri)
     try:
@@ -167,7 +175,8 @@ def load_runs(tracking_uri: str, experiment: str, with_history: bool = True, stu
         raise StorageError(f"MLflow tracking store {tracking_uri} is not usable: {first_line(e)}") from None
     if exp is None:
         return pd.DataFrame()
-    where = f"tags.`{KIND_TAG}` = 'point'" + (f" and tags.`optuna.study` = '{study}'" if study else "")
+    where = f"tags.`{KIND_TAG}` = '{kind}'" + (f" and tags.`optuna.study` = '{study}'" if study else "")
+    where += f" and tags.`tune.base_study` = '{base_study}'" if base_study else ""
     runs = client.search_runs([exp.experiment_id], filter_string=where,
                               order_by=["attributes.start_time DESC"], max_results=10000)
     rows = []

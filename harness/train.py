@@ -61,7 +61,7 @@ def predict_binary(model, images: np.ndarray, threshold: float, batch_size: int)
     return pred >= threshold, pred
 
 
-def make_callbacks(model_eval: dict, on_epoch: Callable | None):
+def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callable | None = None):
     """Callbacks: stop at the first non-finite batch loss; IoU/Dice against binary truth each epoch."""
     import keras
 
@@ -77,6 +77,8 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None):
             if INTERRUPTED.is_set():
                 raise KeyboardInterrupt
             loss = (logs or {}).get("loss")
+            if on_batch is not None:
+                on_batch(self.epoch + 1, batch + 1, loss)
             if loss is not None and not math.isfinite(float(loss)) and self.where is None:
                 self.where = (self.epoch + 1, batch + 1)
                 self.model.stop_training = True
@@ -99,7 +101,8 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None):
 
 
 def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
-                  on_epoch: Callable[[int, dict], None] | None = None, verbose: int = 0) -> RunResult:
+                  on_epoch: Callable[[int, dict], None] | None = None, verbose: int = 0,
+                  on_batch: Callable[[int, int, float], None] | None = None) -> RunResult:
     """Fit the case's U-Net for one variant and seed; a NaN/Inf loss ends the run, not the caller."""
     import keras
     from harness.models import build_unet
@@ -127,7 +130,7 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
                   jit_compile=cfg["speed"]["jit_compile"])
     stop, metrics = make_callbacks(
         {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": head.threshold,
-         "batch_size": train_cfg["batch_size"]}, on_epoch)
+         "batch_size": train_cfg["batch_size"]}, on_epoch, on_batch)
 
     started = time.perf_counter()
     fit = model.fit(train_ds, validation_data=(val_x, val_y), steps_per_epoch=steps,

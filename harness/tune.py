@@ -1,0 +1,184 @@
+"""`harness tune VARIANT`: is a variant's failure the variant's, or its learning rate's?
+
+Optuna's TPE sampler draws the experiment's `[tune]` ranges (the learning rate on a log scale by
+default), a median pruner stops trials whose per-epoch val_miou trails the others, and each trial
+is a nested MLflow run under one parent per tuning study. The study lives in the same storage as
+the grid, under its own name, so an interrupted tune resumes where it stopped.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from harness.config import Config, Variant
+from harness.errors import ConfigError
+from harness.grid import Heartbeat, default_storage, fail_stale_trials, open_study, run_params, tell
+from harness.tracking import Tracker, default_tracking_uri, first_line
+
+TUNE_KIND = "tune"                 # harness.kind of each trial's run (the parent is "tune-study")
+
+
+@dataclass
+class TuneOutcome:
+    number: int
+    state: str                     # complete, pruned or crashed
+    value: float
+    params: dict
+
+
+def tune_study_name(cfg: Config, variant: str) -> str:
+    """Per variant, beside the grid's study: the grid's settings hash plus the variant."""
+    return f"{cfg.study_name}-tune-{variant}"
+
+
+def find_variant(cfg: Config, name: str) -> Variant:
+    for variant in cfg.variants:
+        if variant.name == name:
+            return variant
+    raise ConfigError(f"unknown variant {name!r} for experiment {cfg.name}; "
+                      f"valid variants: {', '.join(v.name for v in cfg.variants)}")
+
+
+def suggest(trial, ranges: dict, defaults: Config) -> dict:
+    """Draw one value per declared range; an integer setting draws integers."""
+    params = {}
+    for key, spec in ranges.items():
+        section, name = key.split(".", 1)
+        if "choices" in spec:
+            params[key] = trial.suggest_categorical(key, spec["choices"])
+        elif isinstance(defaults[section][name], int):
+            params[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
+        else:
+            params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+    return params
+
+
+def counted_trials(study) -> int:
+    """Trials that count towards --trials: finished, pruned, or crashed by their own fault (a trial
+    failed because its worker died is retried, not counted)."""
+    import optuna
+    states = optuna.trial.TrialState
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state in (states.COMPLETE, states.PRUNED) or (t.state == states.FAIL and "error" in t.user_attrs))
+
+
+def run_tune(cfg: Config, variant_name: str, trials: int, results: Path, storage: str | None = None,
+             tracking_uri: str | None = None, command: str = "",
+             log: Callable[[str], None] = print) -> list[TuneOutcome]:
+    import optuna
+    from harness.data import load_dataset
+    from harness.losses import get_loss
+
+    variant = find_variant(cfg, variant_name)
+    get_loss(variant.loss)
+    tune = cfg["tune"]
+    dataset = load_dataset(cfg["data"])
+    storage = storage or default_storage(results)
+    tracking_uri = tracking_uri or default_tracking_uri(results)
+    study = open_study(cfg, storage, study_name=tune_study_name(cfg, variant.name),
+                       pruner=optuna.pruners.MedianPruner(n_startup_trials=3,
+                                                          n_warmup_steps=tune["pruner_warmup_epochs"]))
+    # Reseeded by the trials already there: a resumed tune must not replay the first run's draws.
+    study.sampler = optuna.samplers.TPESampler(seed=tune["seed"] * 100_003 + len(study.trials),
+                                               n_startup_trials=min(10, max(3, trials // 3)))
+    tracker = Tracker(tracking_uri, cfg.name, results)
+    fail_stale_trials(study)
+    done = counted_trials(study)
+    log(f"tune {variant.name}: {trials} trials over {', '.join(tune['ranges'])}, seed {tune['seed']}, "
+        f"{done} already done; study {study.study_name}")
+    parent = tracker.start_sweep(study.user_attrs.get("mlflow_parent_run_id"),
+                                 params={"study": study.study_name, "storage": storage, "command": command,
+                                         "ranges": str(tune["ranges"])},
+                                 tags={"harness.experiment": cfg.name, "harness.kind": "tune-study",
+                                       "variant": variant.name, "tune.base_study": cfg.study_name})
+    study.set_user_attr("mlflow_parent_run_id", parent)
+    outcomes, status = [], "KILLED"
+    try:
+        while counted_trials(study) < trials:
+            outcomes.append(run_trial(cfg, variant, study, dataset, tracker, log))
+        status = "FINISHED"
+    finally:
+        tracker.end_sweep(status)
+    best = best_trial(study)
+    if best is not None:
+        log(f"tune {variant.name}: best val_miou {best.value:.3f} at "
+            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()))
+    return outcomes
+
+
+def best_trial(study):
+    import optuna
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return max(complete, key=lambda t: t.value) if complete else None
+
+
+def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, log) -> TuneOutcome:
+    import optuna
+    from harness import plots
+    from harness.train import train_variant
+    from harness.verdict import judge
+
+    trial = study.ask()
+    params = suggest(trial, cfg["tune"]["ranges"], cfg)
+    trial_cfg = cfg.with_overrides(params)
+    seed = cfg["tune"]["seed"]
+    run_id = tracker.start_point(
+        variant.name, seed, {**run_params(trial_cfg, variant, seed, dataset.fingerprint),
+                             **{f"tuned.{k}": v for k, v in params.items()}},
+        tags={"harness.kind": TUNE_KIND, "optuna.trial": str(trial.number), "optuna.study": study.study_name,
+              "tune.base_study": cfg.study_name})
+    trial.set_user_attr("mlflow_run_id", run_id)
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    log(f"[tune {variant.name} #{trial.number}] {shown}")
+    started = time.perf_counter()
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        tracker.log_epoch(run_id, epoch, metrics)
+        value = metrics.get("val_miou")
+        if value is not None and math.isfinite(value):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val_miou {value:.3f} at epoch {epoch} trails the median")
+
+    try:
+        with Heartbeat(trial):
+            result = train_variant(trial_cfg, variant, seed, dataset, on_epoch=on_epoch)
+        judged = judge(result.history, result.loss_floor, result.trivial_miou, trial_cfg["verdict"],
+                       diverged=result.diverged_at is not None)
+        value = judged["final_miou"] if math.isfinite(judged["final_miou"]) else 0.0
+        tracker.set_tags(run_id, {"verdict": judged["verdict"], "diverged": judged["diverged"],
+                                  "negative_loss": judged["negative_loss"], "converged": judged["converged"],
+                                  "loss_floor": result.loss_floor, "trivial_miou": result.trivial_miou,
+                                  "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
+                                  "device": result.device, "tune.state": "complete"})
+        tracker.log_figure(run_id, plots.loss_curve(result.history, result.loss_floor,
+                                                    f"{variant.name} #{trial.number}"), "loss_curve.png")
+        plots.close_all()
+        tracker.end_point(run_id, "FINISHED")
+        tell(study, trial, value, log=log)
+        log(f"[tune {variant.name} #{trial.number}] {judged['verdict']}: val_miou {value:.3f} "
+            f"(min loss {judged['min_loss']:.4g}, floor {result.loss_floor:.4g}), "
+            f"{time.perf_counter() - started:.0f}s")
+        return TuneOutcome(trial.number, "complete", value, params)
+    except optuna.TrialPruned as e:
+        tracker.set_tags(run_id, {"tune.state": "pruned", "verdict": "pruned", "tune.pruned": str(e)})
+        tracker.end_point(run_id, "FINISHED")
+        tell(study, trial, state=optuna.trial.TrialState.PRUNED, log=log)
+        log(f"[tune {variant.name} #{trial.number}] pruned: {e}")
+        return TuneOutcome(trial.number, "pruned", math.nan, params)
+    except KeyboardInterrupt:
+        tracker.set_tags(run_id, {"failure": "interrupted by the user (Ctrl-C)", "verdict": "interrupted"})
+        tracker.end_point(run_id, "KILLED")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    except Exception as e:  # noqa: BLE001 - a crashed trial is data; tuning goes on
+        reason = f"{type(e).__name__}: {first_line(e)}"
+        tracker.set_tags(run_id, {"failure": reason, "verdict": "crashed", "tune.state": "crashed"})
+        tracker.end_point(run_id, "FAILED")
+        trial.set_user_attr("error", reason)
+        tell(study, trial, state=optuna.trial.TrialState.FAIL, log=log)
+        log(f"[tune {variant.name} #{trial.number}] crashed: {reason}")
+        return TuneOutcome(trial.number, "crashed", math.nan, params)
