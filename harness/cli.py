@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_args(sweep)
     sweep.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<results>/optuna.db)")
     sweep.add_argument("--strict", action="store_true", help="exit 1 if any grid point crashed")
+    sweep.add_argument("--n-jobs", type=int, default=1, metavar="N",
+                       help="train N grid points at once, in N worker processes sharing the study "
+                            "(GPUs: one each, round-robin, via CUDA_VISIBLE_DEVICES)")
+    sweep.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)   # set for --n-jobs workers
     tune = sub.add_parser("tune", help="tune one variant's learning rate (TPE + pruner), then rewrite the report")
     tune.add_argument("variant", help="a variant of the experiment, e.g. seed")
     add_experiment_args(tune)
@@ -77,18 +81,69 @@ def check_writable(results: Path) -> None:
         raise HarnessError(f"results folder {results} cannot be written: {e.strerror}") from None
 
 
-def cmd_sweep(args, command: str) -> int:
+def cmd_sweep(args, argv: list[str], command: str) -> int:
     from harness.grid import run_sweep
     from harness.report import write_report
     from harness.tracking import default_tracking_uri
     cfg = load(args)
     check_writable(args.results)
-    outcomes = run_sweep(cfg, args.results, args.storage, args.tracking_uri, command=command)
+    if args.n_jobs < 1:
+        raise HarnessError("--n-jobs must be >= 1")
+    if args.n_jobs > 1:
+        from harness.grid import workers_parent_run
+        with workers_parent_run(cfg, args.results, args.storage, args.tracking_uri, command):
+            codes = run_workers(argv, args.n_jobs)
+        if any(code not in (0, 1) for code in codes):     # bad input, interrupted or an internal error
+            return max(codes)
+        crashed = 1 in codes
+    else:
+        outcomes = run_sweep(cfg, args.results, args.storage, args.tracking_uri, command=command)
+        crashed = any(o.verdict == "crashed" for o in outcomes)
+    if args.no_report:
+        return 1 if (args.strict and crashed) else 0
     report = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
     print(f"report: {report}")
     print_summary(report.parent / "summary.csv")
-    crashed = [o for o in outcomes if o.verdict == "crashed"]
     return 1 if (args.strict and crashed) else 0
+
+
+def gpu_count() -> int:
+    """GPUs on this host, without starting TensorFlow in the parent process."""
+    import shutil
+    import subprocess
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def run_workers(argv: list[str], n: int) -> list[int]:
+    """`harness sweep` in n worker processes on the same study: each claims points until none is
+    left (grid.next_trial), so the points are shared out without a coordinator. With GPUs, worker i
+    sees GPU i mod count; workers sharing a GPU grow their memory as needed. Returns exit codes."""
+    import subprocess
+    worker_argv = [a for a in argv if not a.startswith("--n-jobs")]
+    if "--n-jobs" in argv:                      # "--n-jobs N" as two words
+        i = argv.index("--n-jobs")
+        worker_argv = argv[:i] + argv[i + 2:]
+    gpus = gpu_count()
+    procs = []
+    for i in range(n):
+        env = dict(os.environ, HARNESS_PROGRESS_LIVE="0", HARNESS_WORKER=str(i + 1))
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", *worker_argv, "--no-report"], env=env))
+    print(f"harness: {n} workers started" + (f" on {gpus} GPU(s)" if gpus else " on the CPU"), flush=True)
+    try:
+        return [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        # The workers got the same Ctrl-C: let each mark its run KILLED and exit.
+        for p in procs:
+            p.wait()
+        raise
 
 
 def print_summary(path: Path) -> None:
@@ -166,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "harness " + shlex.join(argv)
     try:
         if args.command == "sweep":
-            return cmd_sweep(args, command)
+            return cmd_sweep(args, argv, command)
         if args.command == "bench":
             from harness.bench import figure_lines, run_bench
             check_writable(args.results)

@@ -2,6 +2,7 @@
 resume (finished points are skipped, interrupted ones retrained) and the sweep loop."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -67,6 +68,8 @@ def open_study(cfg: Config, storage_url: str, study_name: str | None = None, **s
 
 
 def connect_timeout(url: str) -> dict:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}   # --n-jobs workers take turns writing one file
     if url.startswith("postgresql"):
         return {"connect_args": {"connect_timeout": 5}}
     if url.startswith("mysql"):
@@ -194,10 +197,9 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
         checks[row.variant] = {"check.flags": ",".join(row.flags) or "none",
                                "check.predicted": predicted_verdict(row.flags)}
         log(f"check {row.variant}: predicted {predicted_verdict(row.flags)}; flags: {', '.join(row.flags) or 'none'}")
-    parent = tracker.start_sweep(study.user_attrs.get("mlflow_parent_run_id"),
-                                 params={"study": study.study_name, "storage": storage, "command": command},
-                                 tags={"harness.experiment": cfg.name})
-    study.set_user_attr("mlflow_parent_run_id", parent)
+    open_parent_run(study, tracker, cfg, storage, command)
+    # A --n-jobs worker leaves the parent run to the process that started the workers.
+    owns_parent = not os.environ.get("HARNESS_WORKER")
     outcomes, status = [], "KILLED"      # stays KILLED unless the loop ends normally
     try:
         while True:
@@ -211,15 +213,43 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
         status = "FINISHED"
     finally:
         progress.clear()
-        tracker.end_sweep(status)
+        if owns_parent:
+            tracker.end_sweep(status)
     return outcomes
+
+
+def open_parent_run(study, tracker: Tracker, cfg: Config, storage: str, command: str) -> str:
+    """The sweep's MLflow parent run: one per study, reopened on resume."""
+    parent = tracker.start_sweep(study.user_attrs.get("mlflow_parent_run_id"),
+                                 params={"study": study.study_name, "storage": storage, "command": command},
+                                 tags={"harness.experiment": cfg.name})
+    study.set_user_attr("mlflow_parent_run_id", parent)
+    return parent
+
+
+@contextlib.contextmanager
+def workers_parent_run(cfg: Config, results: Path, storage: str | None, tracking_uri: str | None, command: str):
+    """For --n-jobs: open the study and the parent run before the workers start (so they all share
+    one), and close it once they are done."""
+    storage = storage or default_storage(results)
+    study = open_study(cfg, storage)
+    tracker = Tracker(tracking_uri or default_tracking_uri(results), cfg.name, results)
+    open_parent_run(study, tracker, cfg, storage, command)
+    status = "KILLED"
+    try:
+        yield
+        status = "FINISHED"
+    finally:
+        tracker.end_sweep(status)
 
 
 def with_progress_cleared(log: Callable[[str], None], progress: Progress) -> Callable[[str], None]:
     """Log lines wipe the live progress line first, so the two never share a terminal line."""
+    prefix = f"[worker {os.environ['HARNESS_WORKER']}] " if os.environ.get("HARNESS_WORKER") else ""
+
     def logged(message: str) -> None:
         progress.clear()
-        log(message)
+        log(prefix + message)
     return logged
 
 

@@ -21,7 +21,8 @@ def clock(seconds: float) -> str:
 class Progress:
     def __init__(self, total: int, done: int, stream=None, every_s: float | None = None):
         self.stream = stream or sys.stderr
-        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.live = (hasattr(self.stream, "isatty") and self.stream.isatty()
+                     and os.environ.get("HARNESS_PROGRESS_LIVE", "1") != "0")
         self.every_s = float(os.environ.get("HARNESS_PROGRESS_S", 30)) if every_s is None else every_s
         self.total, self.done = total, done
         self.started = time.monotonic()

@@ -115,6 +115,27 @@ def test_two_workers_share_one_study_and_train_each_point_once(tmp_path):
 
 
 @pytest.mark.slow
+def test_n_jobs_shares_the_grid_between_worker_processes(tmp_path):
+    """`--n-jobs 2` on the default SQLite stores: each point trained once, one parent run, one report."""
+    results = tmp_path / "r"
+    p = start(*FAST, "--set", "train.epochs=2", "--set", 'variants=["image_only","no_featurewise"]',
+              "--set", "train.seeds=[1,2]", "--n-jobs", "2", "--results", results, cwd=tmp_path)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    assert "2 workers started" in out and "[worker 1]" in out and "[worker 2]" in out
+    per_worker = Counter(line.split("]")[0] for line in out.splitlines()
+                         if line.startswith("[worker") and "training (" in line)
+    assert sum(per_worker.values()) == 4
+    runs = mlflow_runs(results)
+    assert finished_per_point(runs) == {(v, s): 1 for v in ("image_only", "no_featurewise") for s in (1, 2)}
+    assert runs["tags.mlflow.parentRunId"].nunique() == 1
+    from harness.tracking import client_for
+    parent = client_for(f"sqlite:///{results / 'mlflow.db'}").get_run(runs["tags.mlflow.parentRunId"].iloc[0])
+    assert parent.info.status == "FINISHED"
+    assert (results / "tiny" / "summary.csv").read_text().count("\n") == 3     # header + 2 variants
+
+
+@pytest.mark.slow
 def test_a_crashing_variant_is_recorded_and_the_sweep_goes_on(tmp_path):
     results = tmp_path / "r"
     spec = tmp_path / "e.toml"
