@@ -150,8 +150,10 @@ def options_figure(cfg: Config, dataset) -> dict:
 
 
 def tracking_figure(cfg: Config, dataset, experiment: Path) -> dict:
-    """A small sweep through Optuna + MLflow against the same trainings called directly."""
-    from harness.grid import run_sweep
+    """A small sweep through Optuna + MLflow against the same trainings called directly. Creating the
+    two stores is a one-time cost of a results folder, not of a sweep: timed apart."""
+    from harness.grid import default_storage, open_study, run_sweep
+    from harness.tracking import Tracker, default_tracking_uri
     from harness.train import train_variant
     small = cfg.with_overrides({"train.seeds": [1, 2]})
     start = time.perf_counter()
@@ -160,21 +162,37 @@ def tracking_figure(cfg: Config, dataset, experiment: Path) -> dict:
     bare = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        run_sweep(small, Path(tmp), log=lambda _: None, run_check=False)
+        open_study(small, default_storage(Path(tmp)))
+        Tracker(default_tracking_uri(Path(tmp)), small.name, Path(tmp))
+        setup = time.perf_counter() - start
+        start = time.perf_counter()
+        run_sweep(small, Path(tmp), log=lambda _: None, run_check=False, dataset=dataset)
         tracked = time.perf_counter() - start
-    return {"tracking_overhead": tracked / bare, "tracking_seconds": {"with": tracked, "without": bare}}
+    return {"tracking_overhead": tracked / bare,
+            "tracking_seconds": {"with": tracked, "without": bare, "store_creation_once": setup}}
 
 
-def memory_figure(experiment: Path, quick: bool, overrides: list[str] = ()) -> dict:
-    """Peak resident memory of a real `harness sweep` of the default experiment, in a child process."""
+def timed_sweep(experiment: Path, sets: list[str], n_jobs: int = 1) -> float:
+    """Wall seconds of a real `harness sweep` in a child process, in a fresh results folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(experiment), "--results", tmp,
+                        "--n-jobs", str(n_jobs), *sets], check=True, capture_output=True,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        return time.perf_counter() - start
+
+
+def memory_and_jobs_figure(experiment: Path, quick: bool, overrides: list[str] = ()) -> dict:
+    """Peak resident memory of a real `harness sweep` of the default experiment, then the same sweep
+    with --n-jobs 2 against it (wall-time ratio: what a second worker process gives on this device)."""
     sets = ["--set", "train.epochs=1", "--set", "train.seeds=[1]"] if quick else []
     sets += [arg for o in overrides for arg in ("--set", o)]
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(experiment), "--results", tmp, *sets],
-                       check=True, capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"peak_memory_gib": peak_kib / 2 ** 20, "peak_memory_sweep": "default experiment" + (
-        ", 1 epoch, 1 seed (--quick)" if quick else "")}
+    one = timed_sweep(experiment, sets)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss     # the largest child so far
+    two = timed_sweep(experiment, sets, n_jobs=2)
+    return {"peak_memory_gib": peak_kib / 2 ** 20,
+            "peak_memory_sweep": "default experiment" + (", 1 epoch, 1 seed (--quick)" if quick else ""),
+            "n_jobs_seconds": {"1": one, "2": two}, "n_jobs_2_speedup": one / two}
 
 
 def machine() -> dict:
@@ -184,28 +202,97 @@ def machine() -> dict:
 
 
 def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=print,
-              overrides: list[str] = ()) -> dict:
+              overrides: list[str] = (), sweep_quick: bool | None = None, name: str = "bench") -> dict:
+    """Every figure, written to <results>/bench/<name>.json and .md. `sweep_quick` shrinks only the
+    child sweeps (memory, --n-jobs) where the rest runs at full size."""
     from harness.data import load_dataset
     cfg = bench_config(quick, experiment, overrides)
     dataset = load_dataset(cfg["data"])
     reps = 3 if quick else 5
     reps = int(os.environ.get("HARNESS_BENCH_REPS", reps))
     figures: dict = {}
-    for name, measure in (("pipeline", lambda: pipeline_figure(cfg, dataset, reps)),
+    stage_seconds: dict = {}
+    for stage, measure in (("pipeline", lambda: pipeline_figure(cfg, dataset, reps)),
                           ("train", lambda: train_figure(cfg, dataset, 2 if quick else 3)),
                           ("tracking", lambda: tracking_figure(cfg, dataset, experiment)),
                           ("options", lambda: options_figure(cfg, dataset)),
-                          ("memory", lambda: memory_figure(experiment, quick, overrides))):
+                          ("memory and --n-jobs", lambda: memory_and_jobs_figure(
+                              experiment, quick if sweep_quick is None else sweep_quick, overrides))):
+        started = time.perf_counter()
         figures.update(measure())
-        log(f"bench: {name} measured")
+        stage_seconds[stage] = time.perf_counter() - started
+        log(f"bench: {stage} measured in {stage_seconds[stage]:.0f}s")
     out = {"command": command, "quick": quick, "machine": machine(), "data": dataset.description,
            "model": {"image_size": cfg["data"]["image_size"], "start_depth": cfg["model"]["start_depth"],
                      "batch_size": cfg["train"]["batch_size"]},
-           "figures": figures, "targets": TARGETS}
+           "figures": figures, "targets": TARGETS, "stage_seconds": stage_seconds}
     folder = results / "bench"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "bench.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
-    (folder / "bench.md").write_text(render(out))
+    (folder / f"{name}.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
+    (folder / f"{name}.md").write_text(render(out))
+    return out
+
+
+def extrapolate_sweep(experiment: Path, epochs: int, overrides: list[str] = ()) -> dict:
+    """Run `experiment` for `epochs` epochs and one seed, then extrapolate from its per-epoch wall
+    times (logged as `epoch_seconds`) to the experiment's own epochs and seeds, one worker."""
+    from harness.config import load_config
+    from harness.tracking import default_tracking_uri, load_runs
+    full = load_config(experiment, list(overrides))
+    sets = ["--set", f"train.epochs={epochs}", "--set", f"train.seeds=[{full.seeds[0]}]"]
+    sets += [arg for o in overrides for arg in ("--set", o)]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(experiment), "--results", tmp, *sets],
+                       check=True, capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        wall = time.perf_counter() - start
+        runs = load_runs(default_tracking_uri(Path(tmp)), full.name)
+    trained, per_point = 0.0, {}
+    for _, run in runs.iterrows():
+        seconds = run["history"].get("epoch_seconds", [])
+        if not seconds:
+            continue
+        per_epoch = statistics.median(seconds[1:] or seconds)     # epoch 1 also builds and traces
+        trained += sum(seconds)
+        # A diverged run stops early; at full length it would too, so count the epochs it ran.
+        run_epochs = full["train"]["epochs"] if len(seconds) == epochs else len(seconds)
+        per_point[run["variant"]] = sum(seconds) + (run_epochs - len(seconds)) * per_epoch
+    fixed = max(0.0, wall - trained)       # start-up, data, check, report: once per sweep
+    estimate = fixed + len(full.seeds) * sum(per_point.values())
+    return {"experiment": full.name, "measured_epochs": epochs, "measured_points": len(per_point),
+            "measured_wall_s": wall, "full_epochs": full["train"]["epochs"], "full_seeds": len(full.seeds),
+            "full_points": len(per_point) * len(full.seeds), "estimated_full_sweep_s": estimate,
+            "seconds_per_point_at_full_epochs": per_point}
+
+
+def run_gpu_check(results: Path, command: str, log=print, bench_experiment: Path | None = None,
+                  full_experiment: Path | None = None, epochs: int = 2, overrides: list[str] = (),
+                  full_overrides: list[str] = ()) -> dict:
+    """One short run for a GPU machine: the device TensorFlow uses, every bench figure at full size,
+    and the full-scale case's sweep time extrapolated from a few epochs."""
+    import tensorflow as tf
+    root = Path(__file__).resolve().parent.parent / "experiments"
+    bench_experiment = bench_experiment or root / "whitening.toml"
+    full_experiment = full_experiment or root / "whitening-full.toml"
+    build = tf.sysconfig.get_build_info()
+    device = {"used": machine()["device"], "logical": [d.name for d in tf.config.list_logical_devices()],
+              "cuda": build.get("cuda_version", "none"), "cudnn": build.get("cudnn_version", "none")}
+    log(f"device: {device['used']} (TensorFlow sees {', '.join(device['logical'])}; "
+        f"built with CUDA {device['cuda']}, cuDNN {device['cudnn']})")
+    bench = run_bench(bench_experiment, results, quick=False, command=command, log=log, overrides=overrides,
+                      sweep_quick=True, name="gpu-check")
+    for line in figure_lines(bench):
+        log(line)
+    sweep = extrapolate_sweep(full_experiment, epochs, full_overrides)
+    log(f"{sweep['experiment']}: {sweep['measured_points']} points x {epochs} epochs took "
+        f"{sweep['measured_wall_s']:.0f}s; the full sweep ({sweep['full_points']} points x {sweep['full_epochs']} "
+        f"epochs, one worker) is estimated at {sweep['estimated_full_sweep_s'] / 60:.1f} min")
+    out = {**bench, "device": device, "full_sweep": sweep}
+    folder = results / "bench"
+    (folder / "gpu-check.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
+    (folder / "gpu-check.md").write_text(render(out) + "\n## Full-scale sweep, extrapolated\n\n```json\n"
+                                         + json.dumps({"device": device, **sweep}, indent=1, default=float)
+                                         + "\n```\n")
     return out
 
 
@@ -216,7 +303,8 @@ def figure_lines(out: dict) -> list[str]:
             f"tracking_overhead: {f['tracking_overhead']:.3f} (target {TARGETS['tracking_overhead']})",
             f"peak_memory: {f['peak_memory_gib']:.2f} GiB (target {TARGETS['peak_memory_gib']})",
             f"jit_compile_speedup: {f['option_speedups']['jit_compile']:.2f} (on when > 1)",
-            f"mixed_precision_speedup: {f['option_speedups']['mixed_precision']:.2f} (on when > 1)"]
+            f"mixed_precision_speedup: {f['option_speedups']['mixed_precision']:.2f} (on when > 1)",
+            f"n_jobs_2_speedup: {f['n_jobs_2_speedup']:.2f} (--n-jobs 2 over 1 for the same sweep; use when > 1)"]
 
 
 def render(out: dict) -> str:

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("experiment", nargs="?", help=f"experiment to shrink (default: {DEFAULT_EXPERIMENT})")
     bench.add_argument("--quick", action="store_true", help="small sizes: under 3 minutes on 2 CPU cores")
     bench.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/bench/")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a value of the benchmarked experiment")
+    bench.add_argument("--gpu-check", action="store_true",
+                       help="for a GPU machine: device, every figure at full size, and whitening-full's sweep "
+                            "time extrapolated from 2 epochs; writes <results>/bench/gpu-check.{json,md}")
     report = sub.add_parser("report", help="write the report from the runs in MLflow")
     add_experiment_args(report)
     ui = sub.add_parser("ui", help="serve the MLflow UI on the results store")
@@ -223,9 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return cmd_sweep(args, argv, command)
         if args.command == "bench":
-            from harness.bench import figure_lines, run_bench
+            from harness.bench import figure_lines, run_bench, run_gpu_check
             check_writable(args.results)
-            out = run_bench(find_experiment(args.experiment), args.results, args.quick, command)
+            if args.gpu_check:
+                run_gpu_check(args.results, command, overrides=args.overrides)
+                print(f"wrote {args.results / 'bench' / 'gpu-check.json'} and gpu-check.md")
+                return 0
+            out = run_bench(find_experiment(args.experiment), args.results, args.quick, command,
+                            overrides=args.overrides)
             print("\n".join(figure_lines(out)))
             print(f"wrote {args.results / 'bench' / 'bench.json'} and bench.md")
             return 0

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import random
 import subprocess
 import threading
 import time
@@ -55,16 +56,28 @@ def open_study(cfg: Config, storage_url: str, study_name: str | None = None, **s
     and pruner)."""
     import optuna
     quiet_optuna()
-    try:
-        if storage_url.startswith("journal:"):
-            from optuna.storages.journal import JournalFileBackend
-            storage = optuna.storages.JournalStorage(JournalFileBackend(storage_url.removeprefix("journal:")))
-        else:
-            storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=connect_timeout(storage_url))
-        return optuna.create_study(study_name=study_name or cfg.study_name, storage=storage, load_if_exists=True,
-                                   direction="maximize", **study_kwargs)
-    except Exception as e:  # noqa: BLE001 - any failure here means the storage is unusable
-        raise StorageError(f"Optuna storage {storage_url} is not usable: {first_line(e)}") from None
+    for attempt in range(5):
+        try:
+            if storage_url.startswith("journal:"):
+                from optuna.storages.journal import JournalFileBackend
+                storage = optuna.storages.JournalStorage(JournalFileBackend(storage_url.removeprefix("journal:")))
+            else:
+                storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=connect_timeout(storage_url))
+            return optuna.create_study(study_name=study_name or cfg.study_name, storage=storage, load_if_exists=True,
+                                       direction="maximize", **study_kwargs)
+        except Exception as e:  # noqa: BLE001 - any failure here means the storage is unusable
+            # Workers starting together on a fresh database race to create Optuna's tables; the
+            # loser gets a unique violation or "already exists", and a retry finds the tables.
+            if attempt < 4 and schema_race(e):
+                time.sleep(0.5 + random.random())
+                continue
+            raise StorageError(f"Optuna storage {storage_url} is not usable: {first_line(e)}") from None
+
+
+def schema_race(e: Exception) -> bool:
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    return isinstance(e, (IntegrityError, ProgrammingError)) and any(
+        word in str(e).lower() for word in ("duplicate", "already exists", "unique"))
 
 
 def connect_timeout(url: str) -> dict:
@@ -168,7 +181,8 @@ def versions() -> dict:
 
 
 def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_uri: str | None = None,
-              command: str = "", log: Callable[[str], None] = print, run_check: bool = True) -> list[PointOutcome]:
+              command: str = "", log: Callable[[str], None] = print, run_check: bool = True,
+              dataset=None) -> list[PointOutcome]:
     """Train every (variant, seed) point not finished yet; return what this call trained."""
     from harness.data import load_dataset
 
@@ -180,7 +194,7 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
 
     for variant in cfg.variants:                            # unknown or broken losses fail first
         get_loss(variant.loss)
-    dataset = load_dataset(cfg["data"])                     # bad data fails before any trial
+    dataset = dataset or load_dataset(cfg["data"])          # bad data fails before any trial
     study = open_study(cfg, storage)
     tracker = Tracker(tracking_uri, cfg.name, results)
     fail_stale_trials(study)
@@ -314,7 +328,12 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
     progress = progress or Progress(total=1, done=0)
     progress.start_point(variant.name, seed, cfg["train"]["epochs"])
 
+    last_epoch_end = [time.perf_counter()]
+
     def on_epoch(epoch: int, metrics: dict) -> None:
+        now = time.perf_counter()        # wall time per epoch, validation included (bench extrapolates it)
+        metrics = {**metrics, "epoch_seconds": now - last_epoch_end[0]}
+        last_epoch_end[0] = now
         tracker.log_epoch(run_id, epoch, metrics)
         progress.epoch(epoch, metrics.get("loss"))
 

@@ -283,7 +283,8 @@ def tune_section(cfg: Config, tracking_uri: str, out: Path, summary: pd.DataFram
     return "\n".join([
         "## Best tuned result per variant", "",
         f"`harness tune VARIANT`: Optuna's TPE sampler over {ranges}, seed {cfg['tune']['seed']}, with a median "
-        f"pruner on the per-epoch val_miou (no pruning before epoch {cfg['tune']['pruner_warmup_epochs']}). "
+        f"pruner on the per-epoch val_miou averaged over the last {cfg['verdict']['window']} epochs (no pruning "
+        f"before epoch {cfg['tune']['pruner_warmup_epochs']}; pruned trials are not candidates for best). "
         "`grid_*` is the fixed-setting grid above (mean over seeds); a verdict that holds at the best tuned "
         "setting is the variant's own, not its learning rate's.", "",
         markdown_table(table, list(table.columns)), "", *lines, "",

@@ -32,6 +32,9 @@ class RunResult:
 
 def select_device() -> str:
     import tensorflow as tf
+    # Every run builds a new model, so its functions are traced anew: TensorFlow's "retracing"
+    # warning says nothing useful here.
+    tf.get_logger().setLevel("ERROR")
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:
@@ -57,8 +60,19 @@ def start_clean_session(seed: int, deterministic: bool, mixed_precision: bool = 
 
 
 def predict_binary(model, images: np.ndarray, threshold: float, batch_size: int) -> np.ndarray:
-    pred = model.predict(images, batch_size=batch_size, verbose=0)
+    # predict_on_batch per chunk reuses one traced function; model.predict would build a new
+    # tf.data pipeline on every call, which costs more than the forward pass on a small validation set.
+    pred = np.concatenate([np.asarray(model.predict_on_batch(images[i:i + batch_size]), np.float32)
+                           for i in range(0, len(images), batch_size)])
     return pred >= threshold, pred
+
+
+def validation_loss(loss_fn, targets: np.ndarray, pred: np.ndarray) -> float:
+    """The training loss on the validation set, as the variant feeds it (mean over images)."""
+    import keras
+    value = loss_fn(keras.ops.convert_to_tensor(targets, "float32"),
+                    keras.ops.convert_to_tensor(np.asarray(pred, np.float32)))
+    return float(keras.ops.mean(value))
 
 
 def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callable | None = None):
@@ -91,9 +105,13 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
             logs = logs if logs is not None else {}
             truth = model_eval["truth"]
             for prefix, images in model_eval["inputs"].items():
-                pred, _ = predict_binary(self.model, images, model_eval["threshold"], model_eval["batch_size"])
+                pred, raw = predict_binary(self.model, images, model_eval["threshold"], model_eval["batch_size"])
                 for key, value in data_lib.confusion_ious(pred, truth).items():
                     logs[f"{prefix}_{key}"] = value
+                if prefix == "val":
+                    model_eval["last_pred"] = raw          # the sample figure reuses the last epoch's
+                    # From the same forward pass: Keras' own validation would run the model twice.
+                    logs["val_loss"] = validation_loss(model_eval["loss"], model_eval["targets"], raw)
             if on_epoch is not None:
                 on_epoch(epoch + 1, {k: float(v) for k, v in logs.items()})
 
@@ -128,18 +146,21 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
                        cfg["model"]["bn_momentum"])
     model.compile(optimizer=keras.optimizers.Adam(train_cfg["learning_rate"]), loss=loss.fn,
                   jit_compile=cfg["speed"]["jit_compile"])
-    stop, metrics = make_callbacks(
-        {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": head.threshold,
-         "batch_size": train_cfg["batch_size"]}, on_epoch, on_batch)
+    model_eval = {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": head.threshold,
+                  "batch_size": train_cfg["batch_size"], "loss": loss.fn, "targets": val_y}
+    stop, metrics = make_callbacks(model_eval, on_epoch, on_batch)
 
     started = time.perf_counter()
-    fit = model.fit(train_ds, validation_data=(val_x, val_y), steps_per_epoch=steps,
+    fit = model.fit(train_ds, steps_per_epoch=steps,
                     epochs=train_cfg["epochs"], callbacks=[stop, metrics], verbose=verbose,
                     shuffle=False)  # the tf.data pipeline shuffles
     seconds = time.perf_counter() - started
 
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
-    _, raw_pred = predict_binary(model, eval_inputs["val"][:N_SAMPLES], head.threshold, N_SAMPLES)
+    raw_pred = model_eval.get("last_pred")
+    if raw_pred is None:
+        _, raw_pred = predict_binary(model, eval_inputs["val"][:N_SAMPLES], head.threshold, N_SAMPLES)
+    raw_pred = raw_pred[:N_SAMPLES]
     samples = {"images": dataset.val_images[:N_SAMPLES], "truth": dataset.val_masks[:N_SAMPLES],
                "prediction": raw_pred, "threshold": np.float32(head.threshold)}
     stats = {"image_mean": transform.image_stats.mean.tolist(), "image_std": transform.image_stats.std.tolist(),

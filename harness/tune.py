@@ -135,13 +135,20 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
     log(f"[tune {variant.name} #{trial.number}] {shown}")
     started = time.perf_counter()
 
+    seen: list[float] = []
+    window = cfg["verdict"]["window"]
+
     def on_epoch(epoch: int, metrics: dict) -> None:
         tracker.log_epoch(run_id, epoch, metrics)
         value = metrics.get("val_miou")
-        if value is not None and math.isfinite(value):
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"val_miou {value:.3f} at epoch {epoch} trails the median")
+        seen.append(value if value is not None and math.isfinite(value) else 0.0)
+        # The pruner sees what the verdict judges: the mean over the last `window` epochs (a single
+        # epoch's mIoU swings by 0.3 and more in this case).
+        smoothed = sum(seen[-window:]) / len(seen[-window:])
+        trial.report(smoothed, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"val_miou {smoothed:.3f} (mean of the last {window} epochs) at epoch "
+                                     f"{epoch} trails the median of finished trials")
 
     try:
         with Heartbeat(trial):
