@@ -24,6 +24,7 @@ from harness.tracking import Tracker, default_tracking_uri, first_line
 # worker and is marked FAILED, then retrained. Environment overrides serve tests and slow storages.
 HEARTBEAT_S = float(os.environ.get("HARNESS_HEARTBEAT_S", 5))
 GRACE_S = float(os.environ.get("HARNESS_GRACE_S", 20))
+HOST = platform.node()
 
 
 @dataclass
@@ -107,6 +108,7 @@ class Heartbeat:
                 pass
 
     def __enter__(self):
+        self.trial.set_user_attr("host", HOST)
         self.trial.set_user_attr("heartbeat", time.time())
         self.thread.start()
         return self
@@ -117,18 +119,35 @@ class Heartbeat:
 
 
 def fail_stale_trials(study) -> int:
-    """RUNNING trials whose heartbeat is older than GRACE_S: their worker died. Mark them FAILED."""
+    """RUNNING trials whose heartbeat stopped: their worker died. Mark them FAILED."""
     import optuna
     now, failed = time.time(), 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
-        if now - beat > GRACE_S:
+        if is_stale(t, now):
             try:
                 if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
                     failed += 1
             except Exception:  # noqa: BLE001 - another worker failed it first
                 pass
     return failed
+
+
+# Heartbeats this process has seen change: trial id -> (stamp, this host's time when first seen).
+OBSERVED: dict[int, tuple[float, float]] = {}
+
+
+def is_stale(trial, now: float) -> bool:
+    """A trial stamped by this host is compared with this host's clock. One stamped by another
+    host is judged on this host's clock alone: stale once its stamp has not changed for GRACE_S,
+    so hosts whose clocks disagree never fail each other's live trials."""
+    beat = trial.user_attrs.get("heartbeat", trial.datetime_start.timestamp() if trial.datetime_start else now)
+    if trial.user_attrs.get("host") == HOST:
+        return now - beat > GRACE_S
+    seen = OBSERVED.get(trial._trial_id)
+    if seen is None or seen[0] != beat:
+        OBSERVED[trial._trial_id] = (beat, now)
+        return False
+    return now - seen[1] > GRACE_S
 
 
 def trials_by_state(study):

@@ -52,3 +52,4 @@ def test_estimate_uses_finished_points():
     p.start_point("a", 1, epochs=2)
     assert 19 <= p.remaining_s(0) <= 20                   # two points left at 10 s each
     assert clock(3725) == "1:02:05" and clock(65) == "1:05" and clock(float("nan")) == "?"
+
