@@ -261,6 +261,8 @@ def tune_section(cfg: Config, tracking_uri: str, out: Path, summary: pd.DataFram
         return ""
     grid = summary.set_index("variant") if summary is not None and not summary.empty else pd.DataFrame()
     rows, lines = [], []
+    order = {v.name: i for i, v in enumerate(cfg.variants)}
+    trials = trials.sort_values(["variant", "trial"], key=lambda c: c.map(order) if c.name == "variant" else c)
     for variant, group in trials.groupby("variant", sort=False):
         complete = group[group["state"] == "complete"].dropna(subset=["val_miou"])
         best = complete.loc[complete["val_miou"].idxmax()] if not complete.empty else None
@@ -297,18 +299,27 @@ def fmt_range(spec: dict) -> str:
     return f"in [{spec['low']:g}, {spec['high']:g}]" + (" (log scale)" if spec.get("log") else "")
 
 
+TRAINS = ("converged", "learning")
+
+
 def tune_reading(row: dict, best) -> str:
-    """One sentence: did tuning change the variant's verdict?"""
+    """One sentence: does the variant fail at every setting tried, or did tuning change the verdict?"""
     if best is None:
         return f"no trial finished ({row['verdicts_over_trials']})."
-    text = (f"best val_miou {row['best_val_miou']:.3f} ({row['best_verdict']}) at {row['best_setting']}, "
+    text = (f"best val_miou {row['best_val_miou']:.3f} (`{row['best_verdict']}`) at {row['best_setting']}, "
             f"over {row['trials']} trials ({row['verdicts_over_trials']})")
-    if not row["grid_verdict"]:
+    grid, tuned = row["grid_verdict"], row["best_verdict"]
+    if not grid:
         return text + "; no grid run to compare with."
-    if row["best_verdict"] == row["grid_verdict"]:
-        return text + f"; the grid's verdict `{row['grid_verdict']}` holds at the best tuned setting too."
-    return (text + f"; the grid's `{row['grid_verdict']}` (val_miou {row['grid_val_miou']:.3f}) came from the "
-            "fixed setting, not the variant.")
+    if tuned not in TRAINS and grid not in TRAINS + ("unstable",):
+        return text + f"; it fails at the best setting found as at the fixed one (`{grid}`): the failure is the variant's."
+    if tuned in TRAINS and grid not in TRAINS + ("unstable",):
+        return (text + f"; the grid's `{grid}` (val_miou {row['grid_val_miou']:.3f}) came from the fixed setting: "
+                "tuning rescues the variant.")
+    if tuned in TRAINS:
+        return (text + f"; it trains at the fixed setting (`{grid}`, val_miou {row['grid_val_miou']:.3f}) and at "
+                "the best tuned one: no failure to explain.")
+    return text + f"; the grid's `{grid}` trains while the best tuned trial does not: see the trials."
 
 
 def collect_samples(points: pd.DataFrame, tracking_uri: str, out: Path) -> list[str]:
