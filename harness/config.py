@@ -102,6 +102,9 @@ DEFAULTS: dict[str, Any] = {
     "speed": {
         "mixed_precision": False,
         "jit_compile": False,
+        # Augment batches on all cores, each from its own stateless key (affine engine): as
+        # reproducible, another random stream. What it gives: `harness bench` (parallel_augment).
+        "parallel_augment": False,
     },
     # `harness tune VARIANT`: Optuna's TPE sampler over these ranges, one seed, a median pruner on
     # the per-epoch val_miou. Each range is "section.key" = {low, high, log} or {choices = [...]};

@@ -331,11 +331,21 @@ def make_affine_augmenter(aug: dict, size: int, seed: int):
     theta_max = math.radians(aug["rotation_range"])
     shift_x, shift_y = aug["width_shift_range"] * size, aug["height_shift_range"] * size
     z = aug["zoom_range"]
+    draw = {"key": None, "count": 0}     # a stateless key for this call (parallel map), else None
 
     def uniform(n, lo, hi):
-        return keras.random.uniform((n,), lo, hi, seed=gen) if hi > lo else ops.full((n,), lo)
+        if not hi > lo:
+            return ops.full((n,), lo)
+        if draw["key"] is None:
+            return keras.random.uniform((n,), lo, hi, seed=gen)
+        import tensorflow as tf
+        draw["count"] += 1
+        return tf.random.stateless_uniform((n,), seed=draw["key"] + [0, draw["count"]], minval=lo, maxval=hi)
 
-    def augment(images, masks):
+    def augment(images, masks, key=None):
+        """`key`: a [2] int tensor; with it every draw is stateless (the same key, the same
+        transform), so batches can be augmented in parallel and still reproducibly."""
+        draw["key"], draw["count"] = key, 0
         n = ops.shape(images)[0]
         theta = uniform(n, -theta_max, theta_max)
         zx, zy = uniform(n, 1 - z, 1 + z), uniform(n, 1 - z, 1 + z)
@@ -401,19 +411,29 @@ def fit_transform(dataset: Dataset, images: str, masks: str, aug: dict, seed: in
     return Transform(images, masks, image_stats, mask_stats)
 
 
-def train_pipeline(dataset: Dataset, transform: Transform, aug: dict, batch_size: int, seed: int):
-    """Shuffle -> batch -> augment image and mask together -> the variant's transform -> prefetch."""
+def train_pipeline(dataset: Dataset, transform: Transform, aug: dict, batch_size: int, seed: int,
+                   parallel: bool = False):
+    """Shuffle -> batch -> augment image and mask together -> the variant's transform -> prefetch.
+
+    By default batches are augmented one after another from one random stream. `parallel` (the
+    affine engine only) gives each batch its own stateless key, drawn per epoch from the seed, and
+    augments batches on all cores: reproducible still, but another random stream."""
     import tensorflow as tf
     augment = make_augmenter(aug, dataset.train_images.shape[1], seed)
 
-    def feed(images, masks):
-        images, masks = augment(images, masks)
+    def feed(images, masks, key=None):
+        images, masks = augment(images, masks) if key is None else augment(images, masks, key)
         return transform.image(images), transform.mask(masks)
 
-    return (tf.data.Dataset.from_tensor_slices((dataset.train_images, dataset.train_masks))
-            .shuffle(len(dataset.train_images), seed=seed, reshuffle_each_iteration=True)
-            .batch(batch_size)
-            .map(feed)
+    batches = (tf.data.Dataset.from_tensor_slices((dataset.train_images, dataset.train_masks))
+               .shuffle(len(dataset.train_images), seed=seed, reshuffle_each_iteration=True)
+               .batch(batch_size))
+    if not (parallel and aug["engine"] == "affine"):
+        return batches.map(feed).prefetch(tf.data.AUTOTUNE)
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return (tf.data.Dataset.zip(batches, keys)
+            .map(lambda pair, key: feed(*pair, key=tf.cast(key % (2 ** 31 - 1), tf.int32)),
+                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
 

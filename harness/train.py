@@ -134,7 +134,8 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
                                                               train_cfg["batch_size"], seed)
     else:
         transform = data_lib.fit_transform(dataset, variant.images, variant.masks, aug, seed)
-        train_ds = data_lib.train_pipeline(dataset, transform, aug, train_cfg["batch_size"], seed)
+        train_ds = data_lib.train_pipeline(dataset, transform, aug, train_cfg["batch_size"], seed,
+                                           parallel=cfg["speed"]["parallel_augment"])
         steps = None
     val_x, val_y = data_lib.validation_arrays(dataset, transform, variant.validation)
     eval_inputs = {"val": val_x}

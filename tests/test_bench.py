@@ -18,7 +18,8 @@ def test_bench_command_writes_every_figure(tmp_path, monkeypatch):
     run = harness("bench", TINY_TOML, "--quick", "--results", tmp_path, *[a for o in TINY for a in ("--set", o)],
                   cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    for name in ("pipeline_speedup", "train_vs_bound", "tracking_overhead", "peak_memory", "n_jobs_2_speedup"):
+    for name in ("pipeline_speedup", "train_vs_bound", "tracking_overhead", "peak_memory", "n_jobs_2_speedup",
+                 "parallel_augment_pipeline_speedup"):
         assert f"{name}: " in run.stdout, name
     assert (tmp_path / "bench" / "bench.json").exists(), run.stdout[-2000:]
     saved = json.loads((tmp_path / "bench" / "bench.json").read_text())
