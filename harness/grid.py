@@ -11,6 +11,7 @@ import random
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -234,6 +235,7 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     # A --n-jobs worker leaves the parent run to the process that started the workers.
     owns_parent = not os.environ.get("HARNESS_WORKER")
     outcomes, status = [], "KILLED"      # stays KILLED unless the loop ends normally
+    figures = ThreadPoolExecutor(max_workers=1, thread_name_prefix="figures")
     try:
         while True:
             trial = next_trial(study, points, on_stale=lambda: fail_orphaned_runs(study, tracker))
@@ -242,9 +244,10 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
             variant, seed = points[trial.user_attrs["point"]]
             progress.set_done(len(trials_by_state(study)[0] & set(points)))
             outcomes.append(run_point(cfg, study, trial, variant, seed, dataset, tracker, log,
-                                      checks.get(variant.name, {}), progress))
+                                      checks.get(variant.name, {}), progress, figures))
         status = "FINISHED"
     finally:
+        figures.shutdown(wait=True)
         progress.clear()
         if owns_parent:
             tracker.end_sweep(status)
@@ -330,7 +333,7 @@ def fail_orphaned_runs(study, tracker: Tracker) -> int:
 
 
 def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, check_tags: dict,
-              progress: Progress | None = None) -> PointOutcome:
+              progress: Progress | None = None, figures=None) -> PointOutcome:
     import optuna
     from harness import plots
     from harness.train import train_variant
@@ -370,10 +373,18 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
             tags["diverged_epoch"], tags["diverged_batch"] = result.diverged_at
         tracker.set_tags(run_id, tags)
         tracker.log_params(run_id, {"device": result.device})
-        tracker.log_figure(run_id, plots.loss_curve(result.history, result.loss_floor, variant.name), "loss_curve.png")
-        tracker.log_figure(run_id, plots.prediction_samples(result.samples, variant.name), "predictions.png")
-        plots.close_all()
         tracker.end_point(run_id, "FINISHED")
+
+        def draw_figures():
+            try:
+                tracker.log_figure(run_id, plots.loss_curve(result.history, result.loss_floor, variant.name),
+                                   "loss_curve.png")
+                tracker.log_figure(run_id, plots.prediction_samples(result.samples, variant.name),
+                                   "predictions.png")
+            except Exception as e:  # noqa: BLE001 - a missing figure never costs a finished run
+                log(f"note: figures of run {run_id} not logged: {first_line(e)}")
+        # Drawn while the next point trains; the sweep waits for them before it ends.
+        (figures.submit(draw_figures) if figures is not None else draw_figures())
         progress.end_point()
         value = judged["final_miou"]
         tell(study, trial, value if math.isfinite(value) else 0.0, log=log)

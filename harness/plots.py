@@ -15,13 +15,21 @@ def close_all() -> None:
     plt.close("all")
 
 
+def subplots(*args, figsize, squeeze=True):
+    """A figure outside pyplot's registry: nothing global, so figures can be drawn off the main thread
+    (the sweep draws each run's figures while the next point trains) and are freed with their object."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, squeeze=squeeze)
+
+
 def finite_points(values):
     xs = [i + 1 for i, v in enumerate(values) if v is not None and math.isfinite(v)]
     return xs, [values[i - 1] for i in xs]
 
 
 def loss_curve(history: dict, floor: float, title: str):
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, ax = subplots(1, 2, figsize=(9, 3.2))
     for key, style in (("loss", "-"), ("val_loss", "--")):
         if key in history:
             ax[0].plot(*finite_points(history[key]), style, label=key)
@@ -41,7 +49,7 @@ def prediction_samples(samples: dict, title: str):
     """Rows: input image (raw), ground truth, raw prediction, prediction thresholded through the head."""
     images, truth, pred = samples["images"], samples["truth"], samples["prediction"]
     n = len(images)
-    fig, ax = plt.subplots(4, n, figsize=(1.8 * n, 7.2), squeeze=False)
+    fig, ax = subplots(4, n, figsize=(1.8 * n, 7.2), squeeze=False)
     for i in range(n):
         img = images[i]
         img = img[..., 0] if img.shape[-1] == 1 else np.clip(img / 255.0, 0, 1)
@@ -64,7 +72,7 @@ def all_loss_curves(histories: dict[str, list[tuple[int, dict]]], floors: dict[s
     names = list(histories)
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         twin = ax.twinx()
         for seed, hist in histories[name]:
@@ -82,7 +90,7 @@ def all_loss_curves(histories: dict[str, list[tuple[int, dict]]], floors: dict[s
 
 def miou_bars(summary, trivial: float):
     """Mean validation mIoU per variant with the seed spread, against the trivial predictor."""
-    fig, ax = plt.subplots(figsize=(1.3 * len(summary) + 2, 3.2))
+    fig, ax = subplots(figsize=(1.3 * len(summary) + 2, 3.2))
     x = np.arange(len(summary))
     ax.bar(x, summary["val_miou"].fillna(0), yerr=summary["val_miou_std"].fillna(0), capsize=4, color="tab:blue",
            label="val mIoU as fed: mean over seeds, whisker ±1 std (seed spread)")
@@ -101,7 +109,7 @@ def tuning_scatter(trials, ranges: dict):
     """`harness tune`: each trial's val_miou against the first tuned setting, per variant; pruned
     trials hollow (their mIoU is where they were stopped)."""
     key = next(iter(ranges))
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    fig, ax = subplots(figsize=(6.5, 3.4))
     for i, (variant, group) in enumerate(trials.groupby("variant", sort=False)):
         color = f"C{i % 10}"
         x = [float(t.get(key, "nan")) for t in group["tuned"]]
