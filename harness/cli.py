@@ -33,7 +33,7 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    parser = argparse.ArgumentParser(prog="harness", description="Compare Keras training variants (first case: 'negative loss when whitening input data'): sweep, tune, check, report, ui, bench.")
     sub = parser.add_subparsers(dest="command", required=True)
     sweep = sub.add_parser("sweep", help="train every variant x seed, track in MLflow, write the report")
     add_experiment_args(sweep)
