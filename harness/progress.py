@@ -29,6 +29,7 @@ class Progress:
         self.point_seconds: list[float] = []       # wall time of points finished by this worker
         self.point = ""
         self.epochs = 1
+        self.epoch_ends: list[float] = []
         self.point_started = self.started
         self.last_line = self.last_batch = -math.inf
         self.width = 0
@@ -40,10 +41,12 @@ class Progress:
     def start_point(self, variant: str, seed: int, epochs: int) -> None:
         self.point, self.epochs = f"{variant} seed={seed}", max(1, epochs)
         self.point_started = time.monotonic()
+        self.epoch_ends: list[float] = []
         if self.live:
             self.show(epoch=0, loss=None)
 
     def epoch(self, epoch: int, loss: float | None) -> None:
+        self.epoch_ends.append(time.monotonic())
         self.show(epoch, loss)
 
     def batch(self, epoch: int, batch: int, loss) -> None:
@@ -64,8 +67,11 @@ class Progress:
         left = max(0, self.total - self.done)
         if self.point_seconds:
             per_point = sum(self.point_seconds) / len(self.point_seconds)
-        elif epoch > 0:
-            per_point = (time.monotonic() - self.point_started) / epoch * self.epochs
+        elif len(self.epoch_ends) >= 2:
+            # The first epoch also builds the model and traces it: time it once, pace the rest by the others.
+            first = self.epoch_ends[0] - self.point_started
+            pace = (self.epoch_ends[-1] - self.epoch_ends[0]) / (len(self.epoch_ends) - 1)
+            per_point = first + pace * (self.epochs - 1)
         else:
             return math.nan
         in_point = (time.monotonic() - self.point_started)

@@ -53,3 +53,16 @@ def test_estimate_uses_finished_points():
     assert 19 <= p.remaining_s(0) <= 20                   # two points left at 10 s each
     assert clock(3725) == "1:02:05" and clock(65) == "1:05" and clock(float("nan")) == "?"
 
+
+
+def test_estimate_before_any_point_finished_discounts_the_first_epoch():
+    p = Progress(total=2, done=0, stream=io.StringIO(), every_s=3600)
+    p.start_point("a", 1, epochs=11)
+    start = p.point_started
+    p.epoch_ends = [start + 20.0, start + 21.0, start + 22.0]      # 20 s to build and trace, then 1 s/epoch
+    left = p.remaining_s(3)                    # (the real clock has barely moved since start_point)
+    assert 59 <= left <= 60                    # 2 points x (20 s + 10 x 1 s), not 2 x 11 x 7.3 s
+    p2 = Progress(total=2, done=0, stream=io.StringIO(), every_s=3600)
+    p2.start_point("a", 1, epochs=5)
+    p2.epoch(1, 0.5)
+    assert "left ~?" in p2.line(1, 0.5)                           # one epoch says nothing about the pace yet
