@@ -156,6 +156,10 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
                     epochs=train_cfg["epochs"], callbacks=[stop, metrics], verbose=verbose,
                     shuffle=False)  # the tf.data pipeline shuffles
     seconds = time.perf_counter() - started
+    if INTERRUPTED.is_set():
+        # A Ctrl-C that lands inside TensorFlow's input iterator can end fit() as if the data ran
+        # out; the flag set by the signal handler still says what happened.
+        raise KeyboardInterrupt
 
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     raw_pred = model_eval.get("last_pred")

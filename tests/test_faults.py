@@ -161,7 +161,9 @@ def test_a_crashing_variant_is_recorded_and_the_sweep_goes_on(tmp_path):
 @pytest.mark.parametrize("delay", [1.0, 4.0, 7.0])
 def test_ctrl_c_marks_the_run_and_exits_130(tmp_path, delay):
     results = tmp_path / "r"
-    p = start(*FAST, "--set", "train.epochs=30", "--set", 'variants=["image_only"]', "--results", results, cwd=tmp_path)
+    # Many epochs: training must still run when the signal comes (an epoch here takes a fraction of a second).
+    p = start(*FAST, "--set", "train.epochs=500", "--set", 'variants=["image_only"]', "--results", results,
+              cwd=tmp_path)
     wait_for(p, "training (")
     time.sleep(delay)
     p.send_signal(signal.SIGINT)
