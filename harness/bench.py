@@ -96,12 +96,11 @@ def bare_fit_seconds(cfg: Config, dataset, epochs: int, **compile_kw) -> float:
     """The upper bound: the same model on pre-computed in-memory tensors, no augmentation, no callbacks."""
     import keras
     from harness.data import featurewise_stats, standardize
-    from harness.models import build_unet
+    from harness.models import build_model
     from harness.train import start_clean_session
     start_clean_session(1, cfg["train"]["deterministic"])
     x = standardize(dataset.train_images, featurewise_stats(dataset.train_images)).astype(np.float32)
-    model = build_unet(x.shape[1], x.shape[-1], cfg["model"]["start_depth"], cfg["model"]["levels"], "sigmoid",
-                       cfg["model"]["bn_momentum"])
+    model = build_model(cfg, x.shape[1:], "sigmoid")
     model.compile(optimizer=keras.optimizers.Adam(cfg["train"]["learning_rate"]), loss="binary_crossentropy",
                   **compile_kw)
     model.fit(x, dataset.train_masks, batch_size=cfg["train"]["batch_size"], epochs=1, verbose=0)   # warm-up

@@ -13,6 +13,7 @@ import numpy as np
 from harness import data as data_lib
 from harness.config import Config, Variant
 from harness.data import Dataset
+from harness import probe
 from harness.losses import get_head, get_loss
 
 # Each flag: what it means and the fix, one line each (also the README's table).
@@ -24,11 +25,14 @@ FLAGS = {
         "on these targets the loss can be driven below any bound: its value stops meaning anything",
         "keep targets inside the loss's domain; a lower loss will not mean a better model"),
     "loss_not_minimized_at_target": (
-        "the loss is lowest on the wrong side of the head's threshold: minimizing it learns the wrong class",
+        "the loss is lowest on the wrong side of the measured threshold: minimizing it learns the wrong class",
         "fix the loss's sign (e.g. -0.5*((1-y)log(1-p) + (1+y)log(1+p)) for tanh)"),
     "loss_floor_not_zero": (
         "the loss's minimum at a perfect prediction is below 0, so negative values are expected, not a bug",
-        "compare the loss with its own floor, or shift it (e.g. + log 2) so its floor is 0"),
+        "nothing to fix: the verdicts compare the loss with its measured floor (shift it to make 0 its floor)"),
+    "declared_floor_differs": (
+        "the loss's declared lower_bound is not the floor measured at perfect predictions",
+        "fix the declared lower_bound (the verdicts use the measured floor)"),
     "validation_not_transformed_like_training": (
         "validation inputs or targets skip a transform the training data gets",
         "apply the training statistics to validation inputs (and targets) before evaluating"),
@@ -39,10 +43,9 @@ FLAGS = {
         "masks have more than two levels, before or after augmentation",
         "binarize masks and augment them with nearest-neighbour interpolation"),
 }
-# Predictions are probed through the head over this range of pre-activations (logits): wide enough to
-# reach p = 1e-6 of the head's bounds, not so wide that float32 saturates to exactly 0 or 1.
-PROBE_LIMIT = {"sigmoid": 14.0, "tanh": 7.0}
 TOLERANCE = 1e-3
+# A declared floor differing from the measured one by more than this is reported.
+FLOOR_AGREEMENT = 0.01
 
 
 @dataclass
@@ -52,8 +55,9 @@ class CheckRow:
     target_levels: dict[str, float]            # transformed value of background / foreground pixels
     head_range: tuple[float, float]
     loss_domain: tuple[float, float]
-    loss_floor: float                          # declared lower bound
-    probed_floor: float                        # least value found at the targets' perfect predictions
+    loss_floor: float                          # measured floor: the verdicts compare the loss with it
+    declared_floor: float | None               # what the loss declares (None: nothing declared)
+    threshold: float                           # measured: prediction >= threshold means foreground
     probed_min: float                          # least value found anywhere in the probe
     flags: list[str] = field(default_factory=list)
     details: dict[str, str] = field(default_factory=dict)
@@ -74,41 +78,27 @@ def predicted_verdict(flags: list[str]) -> str:
     return "trains"
 
 
-def probe_loss(loss_fn, head: str, levels: dict[int, float]):
-    """Loss of a constant prediction act(z) against a constant target, for a grid of z per class.
-
-    -> (z grid, {class: values over z})."""
-    import keras
-    limit = PROBE_LIMIT.get(head, 10.0)
-    z = np.linspace(-limit, limit, 141).astype(np.float32)
-    p = np.asarray(keras.activations.get(get_head(head).activation)(z), np.float32)
-    out = {}
-    for cls, y in levels.items():
-        y_t = np.full((len(z), 2, 2, 1), y, np.float32)
-        p_t = np.broadcast_to(p[:, None, None, None], y_t.shape).astype(np.float32)
-        with np.errstate(all="ignore"):
-            out[cls] = np.asarray(loss_fn(y_t, p_t), np.float64).reshape(len(z), -1).mean(axis=1)
-    return z, out
-
-
 def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=None, seed: int = 1) -> CheckRow:
     import tensorflow as tf
 
-    head, loss = get_head(variant.head), get_loss(variant.loss)
+    head, loss = get_head(variant.head), get_loss(variant.loss, cfg.source_dir)
     aug, batch = cfg["augment"], cfg["train"]["batch_size"]
     pipeline = cfg["pipeline"]
     if transform is None and pipeline == "imagedatagenerator":
         _, _, transform = data_lib.legacy_pipeline(dataset, variant.images, variant.masks, aug, batch, seed)
     transform = transform or data_lib.fit_transform(dataset, variant.images, variant.masks, aug, seed)
+    check_model(cfg, dataset, head.activation)
 
     # Targets as training sees them: a few augmented batches through the variant's transform.
     raw_batches = list(data_lib.augmented_batches(dataset, aug, batch, seed, max_batches=8, pipeline=pipeline))
     aug_masks = np.concatenate([m for _, m in raw_batches])
     targets = np.asarray(transform.mask(tf.constant(aug_masks)))
     t_lo, t_hi = float(targets.min()), float(targets.max())
-    levels = {c: float(np.asarray(transform.mask(np.float32(c))).ravel()[0]) for c in (0, 1)}
+    levels = target_levels(transform)
+    measured = probe.measure(loss, head.activation, levels, head.threshold)
     row = CheckRow(variant.name, (t_lo, t_hi), {"background": levels[0], "foreground": levels[1]},
-                   head.output_range, loss.target_range, loss.lower_bound, math.nan, math.nan)
+                   head.output_range, loss.target_range, measured.floor, loss.lower_bound, measured.threshold,
+                   math.nan)
 
     def flag(name: str, detail: str) -> None:
         row.flags.append(name)
@@ -118,34 +108,31 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=Non
     if t_lo < d_lo - TOLERANCE or t_hi > d_hi + TOLERANCE:
         flag("targets_outside_loss_domain", f"targets span [{t_lo:.3g}, {t_hi:.3g}], loss domain [{d_lo:g}, {d_hi:g}]")
 
-    z, values = probe_loss(loss.fn, variant.head, levels)
+    z, values = probe.probe_loss(loss.fn, head.activation, levels)
+    _, outputs = probe.head_outputs(head.activation)
     finite_min = min(float(np.nanmin(np.where(np.isfinite(v), v, np.nan))) for v in values.values())
     row.probed_min = -math.inf if any(np.any(v == -math.inf) for v in values.values()) else finite_min
-    threshold_z = 0.0   # both heads cross their threshold at z = 0
-    at_target, wrong_side, falling = [], [], []
+    floor = measured.floor if math.isfinite(measured.floor) else 0.0
+    wrong_side, falling = [], []
     for cls, v in values.items():
         v = np.where(np.isnan(v), np.inf, v)
         best = int(np.argmin(v))
-        right = z > threshold_z if cls == 1 else z < threshold_z
-        at_target.append(float(v[-1] if cls == 1 else v[0]))
-        if not right[best] and v[best] < np.min(v[right]) - TOLERANCE:
-            wrong_side.append(f"class {cls} (target {levels[cls]:.3g}): lowest {v[best]:.3g} at p={float(activation_value(variant.head, z[best])):.3g}")
-        # Still falling at the probe's edge, and already well below the declared floor.
+        right = outputs >= measured.threshold if cls == 1 else outputs < measured.threshold
+        if right.any() and not right[best] and v[best] < np.min(v[right]) - TOLERANCE:
+            wrong_side.append(f"class {cls} (target {levels[cls]:.3g}): lowest {v[best]:.3g} at p={outputs[best]:.3g}, "
+                              f"threshold {measured.threshold:.3g}")
+        # Still falling at the probe's edge, and already well below the measured floor.
         edge, inner = (best, best + (10 if best < len(z) // 2 else -10))
-        if best in (0, len(z) - 1) and v[edge] < loss.lower_bound - 1.0 and v[edge] < v[inner] - 0.1:
-            falling.append(f"class {cls} (target {levels[cls]:.3g}): {v[inner]:.3g} -> {v[edge]:.3g} toward p={float(activation_value(variant.head, z[edge])):.3g}")
-    row.probed_floor = min(at_target)
+        if best in (0, len(z) - 1) and v[edge] < floor - 1.0 and v[edge] < v[inner] - 0.1:
+            falling.append(f"class {cls} (target {levels[cls]:.3g}): {v[inner]:.3g} -> {v[edge]:.3g} toward p={outputs[edge]:.3g}")
     if falling:
         flag("loss_unbounded_below", "; ".join(falling))
     if wrong_side:
         flag("loss_not_minimized_at_target", "; ".join(wrong_side))
-
-    # The floor proper: the loss at perfect predictions of valid binary targets (its domain's ends).
-    ends = {0: d_lo, 1: d_hi}
-    _, proper = probe_loss(loss.fn, variant.head, ends)
-    floor = min(float(np.nanmin(np.where(np.isfinite(proper[c]), proper[c], np.nan))) for c in (0, 1))
     if floor < -TOLERANCE and not wrong_side and not falling:
-        flag("loss_floor_not_zero", f"least value at valid targets {floor:.4g} (declared floor {loss.lower_bound:.4g})")
+        flag("loss_floor_not_zero", f"least value at perfect predictions {floor:.4g}")
+    if loss.lower_bound is not None and not abs(loss.lower_bound - measured.floor) <= FLOOR_AGREEMENT:
+        flag("declared_floor_differs", f"declared {loss.lower_bound:.4g}, measured {measured.floor:.4g}")
 
     val_x, val_y = data_lib.validation_arrays(dataset, transform, variant.validation)
     train_x = np.asarray(transform.image(tf.constant(np.concatenate([x for x, _ in raw_batches]))))
@@ -157,6 +144,24 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=Non
     if raw_levels > 2 or aug_levels > 2:
         flag("masks_not_binary", f"{raw_levels} levels as loaded, {aug_levels} after augmentation")
     return row
+
+
+def target_levels(transform) -> dict[int, float]:
+    """What a background (0) and a foreground (1) pixel become under the variant's mask transform."""
+    return {c: float(np.asarray(transform.mask(np.float32(c))).ravel()[0]) for c in (0, 1)}
+
+
+def check_model(cfg: Config, dataset: Dataset, activation: str) -> None:
+    """The model (the built-in U-Net or the user's `model.builder`) must map the images to one
+    output channel of the same size; a builder that does not is a finding before any training."""
+    from harness.models import build_model
+    if not cfg["model"]["builder"]:
+        return                      # the built-in U-Net: right by construction (tests/test_models.py)
+    shape = dataset.train_images.shape[1:]
+    model = build_model(cfg, shape, activation)
+    out = tuple(model.output_shape[1:])
+    if out != (shape[0], shape[1], 1):
+        raise ValueError(f"model output shape {out}, expected {(shape[0], shape[1], 1)} (one mask channel)")
 
 
 def activation_value(head: str, z: float) -> float:
@@ -201,7 +206,7 @@ def safe_check(variant: Variant, dataset: Dataset, cfg: Config) -> CheckRow:
     except Exception as e:  # noqa: BLE001
         nan = (math.nan, math.nan)
         return CheckRow(variant.name, nan, {"background": math.nan, "foreground": math.nan}, nan, nan, math.nan,
-                        math.nan, math.nan, ["check_failed"], {"check_failed": f"{type(e).__name__}: {e}"})
+                        None, math.nan, math.nan, ["check_failed"], {"check_failed": f"{type(e).__name__}: {e}"})
 
 
 def format_rows(rows: list[CheckRow]) -> str:
@@ -210,7 +215,7 @@ def format_rows(rows: list[CheckRow]) -> str:
         lines.append(f"{r.variant}: targets [{r.target_range[0]:.3g}, {r.target_range[1]:.3g}] "
                      f"(background {r.target_levels['background']:.3g}, foreground {r.target_levels['foreground']:.3g}), "
                      f"head {fmt_range(r.head_range)}, loss domain {fmt_range(r.loss_domain)}, "
-                     f"floor {r.loss_floor:.3g} -> predicted: {predicted_verdict(r.flags)}")
+                     f"floor {r.loss_floor:.3g}, threshold {r.threshold:.3g} -> predicted: {predicted_verdict(r.flags)}")
         if not r.flags:
             lines.append("  no flag")
         for f in r.flags:

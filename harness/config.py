@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
         "foreground_fraction": 0.15, # synthetic only: mean share of foreground pixels (0.05-0.25)
         "fit": "tile",               # folder images larger than the input: "tile" or "resize"
         "mask_threshold": 0.5,       # folder masks: foreground where value >= threshold * max level
+        # Folder masks coded with labels ({0, 1, 2}, or 0/1 with a 255 "void" border): the values
+        # that are foreground; every other value is background. Empty: masks must have two levels.
+        "foreground_values": [],
         "val_fraction": 0.2,
         "split_seed": 0,             # the train/validation split depends on this only
         "data_seed": 0,              # synthetic images depend on this only
@@ -83,6 +86,9 @@ DEFAULTS: dict[str, Any] = {
         "engine": "affine",
     },
     "model": {
+        # A user's model as "module:function": function((H, W, C), head_activation) -> keras.Model
+        # with output (H, W, 1). Empty: the case's U-Net, from the settings below.
+        "builder": "",
         "start_depth": 16,
         "levels": 4,
         # Keras' default; a short run with few steps per epoch needs a faster moving average
@@ -149,6 +155,7 @@ class Config:
     name: str
     raw: dict = field(repr=False)           # the resolved experiment, plain data (logged as params)
     variants: tuple[Variant, ...] = ()
+    source_dir: str = ""                    # the experiment file's folder: user modules are found there
 
     def __getitem__(self, section: str) -> Any:
         return self.raw[section]
@@ -176,7 +183,7 @@ class Config:
         raw = copy.deepcopy(self.raw)
         for key, value in overrides.items():
             set_dotted(raw, key, value)
-        return validate(raw)
+        return validate(raw, self.source_dir)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -196,7 +203,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
-    return validate(raw)
+    return validate(raw, str(path.resolve().parent) if path is not None else "")
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -262,7 +269,7 @@ def valid_keys() -> list[str]:
     return keys
 
 
-def validate(raw: dict) -> Config:
+def validate(raw: dict, source_dir: str = "") -> Config:
     data, train = raw["data"], raw["train"]
     choose("pipeline", raw["pipeline"], PIPELINES)
     choose("data.source", data["source"], DATA_SOURCES)
@@ -270,7 +277,7 @@ def validate(raw: dict) -> Config:
     if data["source"] == "folder" and not data["path"]:
         raise ConfigError("data.source = 'folder' needs data.path (a folder holding images/ and masks/)")
     positive("data.image_size", data["image_size"], minimum=16)
-    if data["image_size"] % 2 ** raw["model"]["levels"]:
+    if not raw["model"]["builder"] and data["image_size"] % 2 ** raw["model"]["levels"]:
         raise ConfigError(f"data.image_size must be divisible by 2**model.levels = {2 ** raw['model']['levels']}")
     if data["channels"] not in (1, 3):
         raise ConfigError("data.channels must be 1 or 3")
@@ -280,6 +287,7 @@ def validate(raw: dict) -> Config:
         raise ConfigError("data.val_fraction must be between 0 and 1")
     if data["n_images"] < 0:
         raise ConfigError("data.n_images must be >= 0")
+    validate_user_names(raw)
     positive("model.start_depth", raw["model"]["start_depth"])
     positive("model.levels", raw["model"]["levels"])
     if not 0.0 < raw["model"]["bn_momentum"] < 1.0:
@@ -297,7 +305,18 @@ def validate(raw: dict) -> Config:
         raise ConfigError("augment.fill_mode must be one of nearest, reflect, wrap, constant")
     validate_tune(raw)
     variants = resolve_variants(raw)
-    return Config(name=str(raw["name"]), raw=raw, variants=variants)
+    return Config(name=str(raw["name"]), raw=raw, variants=variants, source_dir=source_dir)
+
+
+def validate_user_names(raw: dict) -> None:
+    """The forms of user-named code and label values; the code itself is imported where it is used."""
+    from harness.user_code import parse_spec
+    if raw["model"]["builder"]:
+        parse_spec(raw["model"]["builder"])
+    values = raw["data"]["foreground_values"]
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in values):
+        raise ConfigError("data.foreground_values must be a list of mask values, e.g. [1, 2]")
 
 
 def validate_tune(raw: dict) -> None:

@@ -60,7 +60,7 @@ def load_dataset(data: dict) -> Dataset:
     else:
         images, masks, groups = load_folder(Path(data["path"]), data["image_size"], data["channels"],
                                             data["fit"], data["mask_threshold"], data["n_images"],
-                                            data["split_seed"])
+                                            data["split_seed"], data["foreground_values"])
         description = (f"folder {data['path']}: {len(images)} samples {data['image_size']}x{data['image_size']}x"
                        f"{data['channels']} ({data['fit']}) from {len(np.unique(groups))} files")
     train, val = split_groups(groups, data["val_fraction"], data["split_seed"])
@@ -134,23 +134,27 @@ def smooth_noise(rng, size: int, channels: int) -> np.ndarray:
     return rows[:, i0] * (1 - wc) + rows[:, i0 + 1] * wc              # (size, size, C)
 
 
-def load_folder(root: Path, size: int, channels: int, fit: str, threshold: float, limit: int, seed: int = 0
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_folder(root: Path, size: int, channels: int, fit: str, threshold: float, limit: int, seed: int = 0,
+                foreground_values: list | tuple = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read images/ and masks/ paired by file stem; tile or resize each to size x size.
 
+    The image intensity scale and the mask levels are decided once for the whole set (a file
+    that is all background, or darker than the others, is read on the same scale as the rest).
     With `limit`, at most that many samples, taken evenly from every file (a seeded choice of
     tiles), so the train/validation split still spans all files."""
     pairs = pair_files(root)
+    read = [(read_image(i, channels), read_mask_values(m)) for i, m in pairs]
+    for (image_path, mask_path), (image, mask) in zip(pairs, read):
+        if image[0].shape[:2] != mask.shape[:2]:
+            raise DataError(f"{image_path.name}: image is {image[0].shape[1]}x{image[0].shape[0]} but its mask "
+                            f"is {mask.shape[1]}x{mask.shape[0]}")
+    scale = intensity_scale([image for image, _ in read])
+    binarize = mask_binarizer([mask for _, mask in read], [m for _, m in pairs], threshold, foreground_values)
     per_file = math.ceil(limit / len(pairs)) if limit else None
     rng = np.random.default_rng(seed)
     images, masks, groups = [], [], []
-    for index, (image_path, mask_path) in enumerate(pairs):
-        image = read_image(image_path, channels)
-        mask = read_mask(mask_path, threshold)
-        if image.shape[:2] != mask.shape[:2]:
-            raise DataError(f"{image_path.name}: image is {image.shape[1]}x{image.shape[0]} but its mask "
-                            f"is {mask.shape[1]}x{mask.shape[0]}")
-        tiles = fit_to_size(image, mask, size, fit)
+    for index, ((image, _), mask) in enumerate(read):
+        tiles = fit_to_size(image * scale, binarize(mask), size, fit)
         if per_file and len(tiles) > per_file:
             tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), per_file, replace=False))]
         for img, msk in tiles:
@@ -197,44 +201,88 @@ def open_image(path: Path):
         raise DataError(f"cannot read image {path}: {e}") from None
 
 
-def to_array(img) -> np.ndarray:
-    """PIL image -> float32 (H, W, C) scaled to 0..255 whatever the bit depth or mode."""
+def to_array(img) -> tuple[np.ndarray, str]:
+    """PIL image -> (float32 (H, W, C) as stored, kind): kind "8bit" (0..255), "int" (16/32-bit
+    integers) or "float". Scaling is decided for the whole set (intensity_scale)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(img, dtype=np.float32)
-        top = 65535.0 if a.max() > 255 else 255.0
-        return (a * (255.0 / top))[..., None]
+        return np.asarray(img, dtype=np.float32)[..., None], "int"
+    if img.mode == "F":
+        return np.asarray(img, dtype=np.float32)[..., None], "float"
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode == "F":
-        return np.asarray(img, dtype=np.float32)[..., None]
     if img.mode in ("1", "L", "LA"):
         img = img.convert("L")
     elif img.mode != "RGB":
         img = img.convert("RGB")   # RGBA, CMYK, YCbCr: drop alpha, go to RGB
     a = np.asarray(img, dtype=np.float32)
-    return a[..., None] if a.ndim == 2 else a
+    return (a[..., None] if a.ndim == 2 else a), "8bit"
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
-    a = to_array(open_image(path))
+def read_image(path: Path, channels: int) -> tuple[np.ndarray, str]:
+    a, kind = to_array(open_image(path))
     if channels == 3 and a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)     # gray slices into a 3-channel model
     elif channels == 1 and a.shape[-1] == 3:
         a = a.mean(axis=-1, keepdims=True)
-    return a
+    return a, kind
 
 
-def read_mask(path: Path, threshold: float) -> np.ndarray:
-    """Binarize at `threshold` of the mask's scale (0/1, 0/255 or 0/65535); refuse grey-level images."""
-    a = to_array(open_image(path)).mean(axis=-1)
-    raw_max = float(a.max())
-    scale = 1.0 if raw_max <= 1.0 else 255.0
-    a = a / scale
-    # JPEG noise leaves a few values near the two levels; a grey-level image has many in between.
-    between = np.mean((a > 0.1) & (a < 0.9))
-    if between > 0.01:
-        raise DataError(f"mask {path} is not binary: {between:.1%} of its pixels are between the two levels")
-    return (a >= threshold).astype(np.float32)[..., None]
+def intensity_scale(images: list[tuple[np.ndarray, str]]) -> float:
+    """One factor taking every image of the set to 0..255: 8-bit images as they are; integer
+    images by the bit depth that holds the set's largest value (12-bit data in 16-bit files: 4095);
+    float images in [0, 1] by 255, others by the set's largest value."""
+    kinds = {kind for _, kind in images}
+    top = max(float(a.max()) for a, _ in images)
+    if kinds == {"8bit"} or top <= 0:
+        return 1.0
+    if "float" in kinds:
+        return 255.0 if top <= 1.0 else 255.0 / top
+    depth = 2.0 ** math.ceil(math.log2(top + 1)) - 1
+    return 255.0 / max(depth, 255.0)
+
+
+MAX_LABELS = 16   # a mask set with at most this many distinct values is label-coded (exact levels)
+
+
+def read_mask_values(path: Path) -> np.ndarray:
+    """A mask's stored values, (H, W), as float32; colour masks averaged over their channels."""
+    return to_array(open_image(path))[0].mean(axis=-1)
+
+
+def mask_binarizer(masks: list[np.ndarray], paths: list[Path], threshold: float, foreground_values):
+    """-> binarize(mask) -> float32 {0, 1} (H, W, 1), one rule for the whole set:
+    - `foreground_values` given: those values are foreground, every other value background;
+    - at most MAX_LABELS distinct values: exactly two levels (the higher is foreground), else refused
+      with the levels found (label-coded masks, or 0/1 with a 255 "void" border, need
+      `data.foreground_values`);
+    - more (JPEG noise): foreground at `threshold` of the set's largest value; a mask with more than
+      1 % of its pixels between the two levels is grey-level, and refused."""
+    levels = np.unique(np.concatenate([np.unique(m) for m in masks]))
+    if len(foreground_values):
+        wanted = np.asarray(foreground_values, np.float32)
+        if not np.isin(wanted, levels).any():
+            raise DataError(f"none of data.foreground_values {list(foreground_values)} occur in the masks "
+                            f"(values found: {format_levels(levels)})")
+        return lambda m: np.isin(m, wanted).astype(np.float32)[..., None]
+    if len(levels) <= MAX_LABELS:
+        if len(levels) > 2:
+            raise DataError(f"masks have {len(levels)} levels ({format_levels(levels)}), not two: for label-coded "
+                            "masks set data.foreground_values to the values that are foreground, e.g. "
+                            f"--set 'data.foreground_values=[{format_levels(levels[1:2])}]'")
+        cut = float(levels.max()) * threshold
+        return lambda m: (m >= cut).astype(np.float32)[..., None] if cut > 0 else np.zeros(m.shape + (1,), np.float32)
+    top = float(levels.max())
+    for mask, path in zip(masks, paths):
+        # JPEG noise leaves a few values near the two levels; a grey-level image has many in between.
+        between = np.mean((mask > 0.1 * top) & (mask < 0.9 * top))
+        if between > 0.01:
+            raise DataError(f"mask {path} is not binary: {between:.1%} of its pixels are between the two levels")
+    return lambda m: (m >= threshold * top).astype(np.float32)[..., None]
+
+
+def format_levels(levels: np.ndarray) -> str:
+    shown = ", ".join(f"{v:g}" for v in levels[:8])
+    return shown + (f", ... ({len(levels)} in all)" if len(levels) > 8 else "")
 
 
 def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int, fit: str):
@@ -287,24 +335,9 @@ class Transform:
             return 2.0 * m - 1.0
         return m
 
-
-def trivial_miou(masks: np.ndarray) -> float:
-    """Mean IoU of predicting every pixel as the majority class: the floor a model must beat."""
-    f = float(masks.mean())
-    return max(f, 1 - f) / 2
-
-
-def confusion_ious(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Foreground IoU, background IoU, their mean and Dice, pooled over every pixel given."""
-    p, t = pred.astype(bool), truth.astype(bool)
-    tp = np.sum(p & t)
-    fp = np.sum(p & ~t)
-    fn = np.sum(~p & t)
-    tn = np.sum(~p & ~t)
-    iou = tp / (tp + fp + fn) if tp + fp + fn else 1.0
-    bg_iou = tn / (tn + fp + fn) if tn + fp + fn else 1.0
-    dice = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-    return {"iou": float(iou), "bg_iou": float(bg_iou), "miou": float((iou + bg_iou) / 2), "dice": float(dice)}
+    def levels(self) -> dict[int, float]:
+        """What a background (0) and a foreground (1) pixel become as training targets."""
+        return {c: float(np.asarray(self.mask(np.float32(c))).ravel()[0]) for c in (0, 1)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -211,9 +211,11 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     tracking_uri = tracking_uri or default_tracking_uri(results)
     from harness.check import check_experiment, predicted_verdict
     from harness.losses import get_loss
+    from harness.models import load_model_builder
 
     for variant in cfg.variants:                            # unknown or broken losses fail first
-        get_loss(variant.loss)
+        get_loss(variant.loss, cfg.source_dir)
+    load_model_builder(cfg)
     dataset = dataset or load_dataset(cfg["data"])          # bad data fails before any trial
     study = open_study(cfg, storage)
     tracker = Tracker(tracking_uri, cfg.name, results)
@@ -229,7 +231,8 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     checks = {}
     for row in check_experiment(cfg, dataset) if run_check else []:
         checks[row.variant] = {"check.flags": ",".join(row.flags) or "none",
-                               "check.predicted": predicted_verdict(row.flags)}
+                               "check.predicted": predicted_verdict(row.flags),
+                               "check.details": json.dumps(row.details)[:5000]}
         log(f"check {row.variant}: predicted {predicted_verdict(row.flags)}; flags: {', '.join(row.flags) or 'none'}")
     open_parent_run(study, tracker, cfg, storage, command)
     # A --n-jobs worker leaves the parent run to the process that started the workers.
@@ -363,10 +366,13 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         with Heartbeat(trial):
             result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch, on_batch=progress.batch)
         judged = judge(result.history, result.loss_floor, result.trivial_miou, cfg["verdict"],
-                       diverged=result.diverged_at is not None)
+                       diverged=result.diverged_at is not None,
+                       diverged_epoch=result.diverged_at[0] if result.diverged_at else None)
         tags = {"verdict": judged["verdict"], "diverged": judged["diverged"],
                 "negative_loss": judged["negative_loss"], "converged": judged["converged"],
                 "device": result.device, "loss_floor": result.loss_floor, "trivial_miou": result.trivial_miou,
+                "loss_floor_declared": result.loss_floor_declared, "threshold": result.threshold,
+                "scored_epochs": judged["scored_epochs"], "score_note": judged["score_note"],
                 "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
                 "featurewise_stats": json.dumps(result.stats)}
         if result.diverged_at:

@@ -2,7 +2,8 @@
 
 A loss value is only meaningful against its own floor: BCE never goes below 0 on targets in
 [0, 1], while the sign-corrected tanh loss of the case bottoms out at -log 2. The verdicts and
-`harness check` compare observed losses with `lower_bound`, never with 0.
+`harness check` compare observed losses with the floor measured by harness/probe.py, never with 0;
+`lower_bound` is what a loss declares, kept as a cross-check.
 """
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ class Head:
 @dataclass(frozen=True)
 class Loss:
     name: str
-    fn: Callable              # fn(y_true, y_pred) -> per-sample loss, mean over pixels
+    fn: Callable              # fn(y_true, y_pred) -> per-pixel, per-sample or one value per batch
     target_range: tuple[float, float]  # targets the loss is defined for
-    lower_bound: float        # value at a perfect prediction: the least it should ever reach
+    lower_bound: float | None  # declared value at a perfect prediction (None: not declared)
     about: str
 
 
@@ -97,24 +98,26 @@ def get_head(name: str) -> Head:
     return HEADS[name]
 
 
-def get_loss(name: str) -> Loss:
-    """A built-in loss by name, or a user's as "module:function" (fn(y_true, y_pred) -> per-sample
-    loss). A user's function may carry `target_range` (default (0, 1)) and `lower_bound` (default 0)."""
+def get_loss(name: str, search_dir=None) -> Loss:
+    """A built-in loss by name, or a user's as "module:function", "module:Class" or
+    "module:Class(arg=value)" (a Keras loss class or instance works as is). The function or object
+    may carry `target_range` (default (0, 1)) and `lower_bound` (default: none declared; the floor
+    is measured anyway). `search_dir`: the experiment file's folder, searched for the module."""
     if ":" in name:
-        return import_loss(name)
+        return import_loss(name, search_dir)
     if name not in LOSSES:
         raise ConfigError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)} or module:function")
     return LOSSES[name]
 
 
-def import_loss(spec: str) -> Loss:
-    import importlib
-    module_name, _, attr = spec.partition(":")
+def import_loss(spec: str, search_dir=None) -> Loss:
+    from harness.user_code import load_object
+    fn, _ = load_object(spec, search_dir, what="loss")
+    declared = getattr(fn, "lower_bound", None)
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot load loss {spec!r}: {e}") from None
-    if not callable(fn):
-        raise ConfigError(f"loss {spec!r} is not a function")
-    lo, hi = getattr(fn, "target_range", (0.0, 1.0))
-    return Loss(spec, fn, (float(lo), float(hi)), float(getattr(fn, "lower_bound", 0.0)), f"user loss {spec}")
+        lo, hi = getattr(fn, "target_range", (0.0, 1.0))
+        declared = None if declared is None else float(declared)
+        domain = (float(lo), float(hi))
+    except (TypeError, ValueError):
+        raise ConfigError(f"loss {spec!r}: target_range must be (low, high) and lower_bound a number") from None
+    return Loss(spec, fn, domain, declared, f"user loss {spec}")

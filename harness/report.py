@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 import re
 from datetime import datetime, timezone
@@ -14,9 +15,9 @@ import pandas as pd
 from harness import plots
 from harness.config import Config
 from harness.tracking import artifact_path, load_runs
-from harness.verdict import judge, rules_markdown
+from harness.verdict import FAILED, HEALTHY, combine, judge, rules_markdown
 
-PREDICTED = {"negative_loss_or_diverged": ("negative_loss", "diverged"), "trains": ("converged", "learning"),
+PREDICTED = {"negative_loss_or_diverged": ("negative_loss", "diverged"), "trains": HEALTHY,
              "crashed": ("crashed",)}
 
 
@@ -24,21 +25,26 @@ def agrees(predicted: str, observed: str) -> bool:
     """The check's prediction (harness/check.py) against the verdict the sweep observed."""
     return observed in PREDICTED.get(predicted, ())
 
-NUMERIC = ["final_loss", "min_loss", "loss_floor", "val_iou", "val_miou", "val_dice", "val_as_train_miou",
+NUMERIC = ["final_loss", "min_loss", "loss_floor", "loss_floor_declared", "threshold", "val_iou", "val_miou", "val_dice", "val_as_train_miou",
            "trivial_miou", "seconds_per_epoch"]
 FLAGS = ["negative_loss", "diverged", "converged"]
 
 WHY = {
-    "negative_loss": "the targets leave the loss's valid range (e.g. whitened masks fed to BCE), so the loss "
-                     "can fall below its lower bound without limit; a lower loss no longer means a better model",
-    "diverged": "a loss reached NaN/Inf: e.g. the posted modified BCE, whose missing minus sign makes "
-                "minimizing push tanh outputs to +-1 where log(0) = -inf",
-    "converged": "targets inside the loss's domain and validation fed like training: the loss is bounded by "
-                 "its floor and validation mIoU settles clearly above the trivial predictor",
+    "negative_loss": "the training loss fell below the loss's measured floor",
+    "diverged": "a training loss reached NaN/Inf",
+    "converged": "the loss stays above its floor and validation mIoU settles clearly above the trivial predictor",
     "learning": "validation mIoU is clearly above the trivial predictor and still improving: more epochs needed",
+    "too_short": "validation mIoU is clearly above the trivial predictor, but too few epochs ran to judge a plateau",
+    "degrading": "validation mIoU fell clearly from an earlier, better level: the model is getting worse",
     "not_learning": "validation mIoU stays at the trivial predictor's level",
-    "unstable": "seeds disagree on the verdict",
+    "unstable": "some seeds train and others fail",
     "crashed": "an exception ended the run; its reason is recorded in MLflow",
+}
+# Measured causes of a negative loss, from `harness check`'s flags (tags check.flags, check.details).
+NEGATIVE_CAUSES = {
+    "targets_outside_loss_domain": "the training targets leave the loss's domain",
+    "loss_unbounded_below": "on these targets the loss has no lower bound",
+    "loss_not_minimized_at_target": "the loss is least on the wrong side of the threshold",
 }
 
 
@@ -55,16 +61,20 @@ def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         floor = float(run.get("tags.loss_floor", 0.0))
         trivial = float(run.get("tags.trivial_miou", 0.5))
         diverged = run.get("tags.diverged") == "True"
-        judged = judge(history, floor, trivial, cfg["verdict"], diverged=diverged)
+        judged = judge(history, floor, trivial, cfg["verdict"], diverged=diverged,
+                       diverged_epoch=tag_int(run.get("tags.diverged_epoch")))
         epochs = max(1, int(run.get("tags.epochs_run", 1) or 1))
         recent = cfg["verdict"]["window"]
         rows.append({
             "variant": run["variant"], "seed": int(run["seed"]), "run_id": run["run_id"],
             "final_loss": judged["final_loss"], "min_loss": judged["min_loss"], "loss_floor": floor,
-            "val_iou": tail_mean(history.get("val_iou", []), recent),
+            "loss_floor_declared": tag_float(run.get("tags.loss_floor_declared")),
+            "threshold": tag_float(run.get("tags.threshold")),
+            "val_iou": tail_mean(scored(history, "val_iou", judged), recent),
             "val_miou": judged["final_miou"],
-            "val_dice": tail_mean(history.get("val_dice", []), recent),
-            "val_as_train_miou": tail_mean(history.get("val_as_train_miou", []), recent),
+            "val_dice": tail_mean(scored(history, "val_dice", judged), recent),
+            "val_as_train_miou": tail_mean(scored(history, "val_as_train_miou", judged), recent),
+            "scored_epochs": judged["scored_epochs"], "score_note": judged["score_note"],
             "trivial_miou": trivial,
             "seconds_per_epoch": float(run.get("tags.seconds", "nan")) / epochs,
             "negative_loss": judged["negative_loss"], "diverged": judged["diverged"],
@@ -74,6 +84,7 @@ def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
             "device": run.get("tags.device", ""), "history": history,
             "predicted": run.get("tags.check.predicted") if isinstance(run.get("tags.check.predicted"), str) else "",
             "check_flags": run.get("tags.check.flags") if isinstance(run.get("tags.check.flags"), str) else "",
+            "check_details": run.get("tags.check.details") if isinstance(run.get("tags.check.details"), str) else "",
         })
     if not rows:
         return pd.DataFrame()
@@ -81,6 +92,27 @@ def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["order"] = df["variant"].map(order).fillna(len(order))
     return df.sort_values(["order", "seed"]).drop(columns="order").reset_index(drop=True)
+
+
+def tag_float(value) -> float:
+    """A numeric tag; NaN where absent or "None" (a loss that declares no floor)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def tag_int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def scored(history: dict, key: str, judged: dict) -> list[float]:
+    """A quality metric's epochs that the verdict scored (those before a divergence)."""
+    values = history.get(key, [])
+    return values[:judged["scored_epochs"]] if judged["diverged"] else values
 
 
 def tail_mean(values, n: int) -> float:
@@ -92,18 +124,21 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
     """One row per variant: means over seeds with `<column>_std`, flags true when true for every seed."""
     rows = []
     for variant, group in points.groupby("variant", sort=False):
-        row = {"variant": variant, "seeds": len(group)}
+        row = {"variant": variant, "seeds": len(group),
+               # Seeds whose quality could be scored (a run that diverged in its first epoch has none).
+               "seeds_scored": int(group["val_miou"].astype(float).notna().sum())}
         for col in NUMERIC:
             values = group[col].astype(float)
             row[col] = values.mean()
             row[f"{col}_std"] = values.std(ddof=0) if len(values) > 1 else 0.0
         for flag in FLAGS:
             row[flag] = bool(group[flag].all())
-        verdicts = list(dict.fromkeys(group["verdict"]))
-        row["verdict"] = verdicts[0] if len(verdicts) == 1 else "unstable"
+        row["verdict"] = combine(list(group["verdict"]))
         row["verdict_per_seed"] = " ".join(f"s{s}:{v}" for s, v in zip(group["seed"], group["verdict"]))
         row["predicted"] = group["predicted"].iloc[0]
         row["check_flags"] = group["check_flags"].iloc[0]
+        row["check_details"] = group["check_details"].iloc[0]
+        row["score_note"] = "; ".join(f"s{s}: {n}" for s, n in zip(group["seed"], group["score_note"]) if n)
         row["agrees"] = bool(row["predicted"]) and all(agrees(row["predicted"], v) for v in group["verdict"])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -150,8 +185,15 @@ def explain(summary: pd.DataFrame) -> str:
     for _, row in summary.iterrows():
         why = WHY.get(row["verdict"], "")
         extra = ""
-        if row["negative_loss"]:
-            extra = f" Min training loss {row['min_loss']:.3g} against a lower bound of {row['loss_floor']:.3g}."
+        if row["negative_loss"] or row["verdict"] == "negative_loss":
+            extra += (f" Min training loss {row['min_loss']:.3g} against a measured floor of {row['loss_floor']:.3g}"
+                      f"; {negative_cause(row)}.")
+        if row["diverged"] or row["verdict"] == "diverged":
+            wrong = check_detail(row, "loss_not_minimized_at_target")
+            extra += (" Measured before training: the loss is least on the wrong side of the threshold "
+                      f"({wrong}), so minimizing it drives outputs to the head's bounds." if wrong else "")
+            if row.get("score_note"):
+                extra += f" Quality: {row['score_note']}."
         if not math.isnan(row["val_as_train_miou"]):
             extra += (f" Validation was fed raw: mIoU {row['val_miou']:.3f} as fed, {row['val_as_train_miou']:.3f} "
                       f"with inputs transformed like training (trivial {row['trivial_miou']:.3f}); ")
@@ -159,9 +201,34 @@ def explain(summary: pd.DataFrame) -> str:
                 extra += "the model did learn, and the raw validation inputs hide it."
             else:
                 extra += "fed like training it is no better: the model itself did not learn."
+        declared = row.get("loss_floor_declared", float("nan"))
+        if isinstance(declared, float) and math.isfinite(declared) and abs(declared - row["loss_floor"]) > 0.01:
+            extra += f" The loss declares a floor of {declared:.3g}; measured {row['loss_floor']:.3g} (the verdicts use the measured one)."
         why = why[:1].upper() + why[1:]
         lines.append(f"- **{row['variant']}**: `{row['verdict']}` ({row['verdict_per_seed']}). {why}.{extra}")
     return "\n".join(lines)
+
+
+def check_detail(row, flag: str) -> str:
+    """What `harness check` measured for a flag of this variant ('' when not flagged)."""
+    if flag not in str(row.get("check_flags", "")).split(","):
+        return ""
+    try:
+        return json.loads(row.get("check_details") or "{}").get(flag, "flagged")
+    except json.JSONDecodeError:
+        return "flagged"
+
+
+def negative_cause(row) -> str:
+    """The measured cause of a negative loss: a check flag with its measurement, never a guess."""
+    causes = [f"{text} ({check_detail(row, flag)})" for flag, text in NEGATIVE_CAUSES.items()
+              if check_detail(row, flag)]
+    if causes:
+        return "measured before training: " + "; ".join(causes)
+    if not row.get("check_flags"):
+        return "no measurement of the cause was recorded for these runs (`harness check` explains it)"
+    return ("the targets stay inside the loss's domain and the loss is bounded there: "
+            "the loss itself goes below its own floor")
 
 
 def write_report(cfg: Config, results: Path, tracking_uri: str, command: str) -> Path:
@@ -177,11 +244,11 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str) ->
         (out / "report.html").write_text(render_html(md, out))
         return out / "report.md"
     summary = summarize(points)
-    summary_cols = (["variant", "seeds"] + [c for n in NUMERIC for c in (n, f"{n}_std")] + FLAGS
-                    + ["verdict", "predicted", "agrees", "check_flags"])
+    summary_cols = (["variant", "seeds", "seeds_scored"] + [c for n in NUMERIC for c in (n, f"{n}_std")] + FLAGS
+                    + ["verdict", "predicted", "agrees", "check_flags", "score_note"])
     csv_table(summary[summary_cols]).to_csv(out / "summary.csv", index=False, float_format="%.6g",
                                             na_rep="nan", lineterminator="\n")
-    csv_table(points.drop(columns="history")).to_csv(out / "runs.csv", index=False, float_format="%.6g",
+    csv_table(points.drop(columns=["history", "check_details"])).to_csv(out / "runs.csv", index=False, float_format="%.6g",
                                                      lineterminator="\n")
 
     floors = dict(zip(summary["variant"], summary["loss_floor"]))
@@ -243,7 +310,8 @@ def tune_rows(cfg: Config, tracking_uri: str) -> pd.DataFrame:
         state = run.get("tags.tune.state", "complete")
         judged = judge(history, float(run.get("tags.loss_floor", 0.0) or 0.0),
                        float(run.get("tags.trivial_miou", 0.5) or 0.5), cfg["verdict"],
-                       diverged=run.get("tags.diverged") == "True")
+                       diverged=run.get("tags.diverged") == "True",
+                       diverged_epoch=tag_int(run.get("tags.diverged_epoch")))
         rows.append({"variant": run["variant"], "trial": int(run.get("tags.optuna.trial", -1)), "state": state,
                      "verdict": judged["verdict"] if state == "complete" else state,
                      "val_miou": judged["final_miou"], "min_loss": judged["min_loss"],
@@ -264,8 +332,7 @@ def tune_section(cfg: Config, tracking_uri: str, out: Path, summary: pd.DataFram
     order = {v.name: i for i, v in enumerate(cfg.variants)}
     trials = trials.sort_values(["variant", "trial"], key=lambda c: c.map(order) if c.name == "variant" else c)
     for variant, group in trials.groupby("variant", sort=False):
-        complete = group[group["state"] == "complete"].dropna(subset=["val_miou"])
-        best = complete.loc[complete["val_miou"].idxmax()] if not complete.empty else None
+        best, all_failed = pick_best(group)
         fixed = grid.loc[variant] if variant in grid.index else None
         row = {"variant": variant, "trials": len(group), "pruned": int((group["state"] == "pruned").sum()),
                "best_setting": ", ".join(f"{k}={float(v):.4g}" for k, v in best["tuned"].items()) if best is not None else "",
@@ -273,7 +340,8 @@ def tune_section(cfg: Config, tracking_uri: str, out: Path, summary: pd.DataFram
                "best_verdict": best["verdict"] if best is not None else "",
                "grid_val_miou": fixed["val_miou"] if fixed is not None else float("nan"),
                "grid_verdict": fixed["verdict"] if fixed is not None else "",
-               "verdicts_over_trials": " ".join(f"{v}:{n}" for v, n in group["verdict"].value_counts().items())}
+               "verdicts_over_trials": " ".join(f"{v}:{n}" for v, n in group["verdict"].value_counts().items()),
+               "every_trial_failed": all_failed}
         rows.append(row)
         lines.append(f"- **{variant}**: {tune_reading(row, best)}")
     table = pd.DataFrame(rows)
@@ -293,20 +361,32 @@ def tune_section(cfg: Config, tracking_uri: str, out: Path, summary: pd.DataFram
         "![tuning](tuning.png)", ""])
 
 
+def pick_best(trials: pd.DataFrame):
+    """The best finished trial by val_miou among those that did not fail (diverged, negative loss,
+    ...); only when every trial failed, the best of those, flagged. -> (row or None, every_failed)."""
+    complete = trials[trials["state"] == "complete"].dropna(subset=["val_miou"])
+    if complete.empty:
+        return None, bool(len(trials))
+    healthy = complete[~complete["verdict"].isin(FAILED)]
+    pool = healthy if not healthy.empty else complete
+    return pool.loc[pool["val_miou"].idxmax()], healthy.empty
+
+
 def fmt_range(spec: dict) -> str:
     if "choices" in spec:
         return "in {" + ", ".join(map(str, spec["choices"])) + "}"
     return f"in [{spec['low']:g}, {spec['high']:g}]" + (" (log scale)" if spec.get("log") else "")
 
 
-TRAINS = ("converged", "learning")
+TRAINS = HEALTHY
 
 
 def tune_reading(row: dict, best) -> str:
     """One sentence: does the variant fail at every setting tried, or did tuning change the verdict?"""
     if best is None:
         return f"no trial finished ({row['verdicts_over_trials']})."
-    text = (f"best val_miou {row['best_val_miou']:.3f} (`{row['best_verdict']}`) at {row['best_setting']}, "
+    text = ("every trial failed; the best of the failed ones: " if row["every_trial_failed"] else "") + (
+        f"best val_miou {row['best_val_miou']:.3f} (`{row['best_verdict']}`) at {row['best_setting']}, "
             f"over {row['trials']} trials ({row['verdicts_over_trials']})")
     grid, tuned = row["grid_verdict"], row["best_verdict"]
     if not grid:
@@ -346,13 +426,16 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
         "",
         "## Verdicts",
         "",
-        markdown_table(summary, ["variant", "seeds", "verdict", "predicted", "agrees", "negative_loss", "diverged",
+        markdown_table(summary, ["variant", "seeds", "seeds_scored", "verdict", "predicted", "agrees", "negative_loss",
+                                 "diverged",
                                  "converged",
                                  "min_loss", "loss_floor", "final_loss", "val_miou", "val_miou_std",
                                  "val_as_train_miou", "trivial_miou", "val_iou", "val_dice"]),
         "",
-        "Numbers are means over seeds (`_std`: spread over seeds); IoU/Dice over the last "
-        f"{cfg['verdict']['window']} epochs. `val_as_train_miou` is shown where validation was fed raw.",
+        "Numbers are means over the seeds that could be scored (`seeds_scored`; a run that diverged is "
+        "scored on its epochs before the divergence, or not at all), `_std` the spread over seeds; IoU/Dice "
+        f"over the last {cfg['verdict']['window']} scored epochs. `loss_floor` is measured: the loss at perfect "
+        "predictions of valid targets. `val_as_train_miou` is shown where validation was fed raw.",
         "",
         "## Why",
         "",
@@ -367,9 +450,12 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
         "",
         "Flags measured on the data and probed on the loss before any training; `predicted` is "
         "`negative_loss_or_diverged` when the loss is unbounded below or not minimized at the target, "
-        "else `trains`; `agrees` compares it with every seed's observed verdict.",
+        "else `trains`; `agrees` compares it with every seed's observed verdict. `loss_floor` and "
+        "`threshold` are measured by the same probe; `loss_floor_declared` is what the loss declares "
+        "(nan: nothing declared).",
         "",
-        markdown_table(summary, ["variant", "check_flags", "predicted", "verdict", "agrees"]),
+        markdown_table(summary, ["variant", "check_flags", "predicted", "verdict", "agrees", "loss_floor",
+                                 "loss_floor_declared", "threshold"]),
         "",
     ]
     if not failed.empty:

@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from harness import data as data_lib
+from harness import metrics, probe
 from harness.config import Config, Variant
 from harness.data import Dataset
 from harness.errors import INTERRUPTED
@@ -24,7 +25,9 @@ class RunResult:
     device: str
     seconds: float
     epochs_run: int
-    loss_floor: float
+    loss_floor: float                        # measured (harness/probe.py): the verdicts compare with it
+    loss_floor_declared: float | None        # what the loss declares, a cross-check
+    threshold: float                         # measured: prediction >= threshold is foreground
     trivial_miou: float
     stats: dict[str, list[float]]
     samples: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
@@ -97,16 +100,26 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
                 self.where = (self.epoch + 1, batch + 1)
                 self.model.stop_training = True
 
+    stop = StopOnNonFinite()
+
     class SegmentationMetrics(keras.callbacks.Callback):
         """val_iou, val_bg_iou, val_miou, val_dice on the validation inputs as the variant feeds them,
-        and val_as_train_* with the inputs transformed like training, where the two differ."""
+        and val_as_train_* with the inputs transformed like training, where the two differ. Once the
+        loss went non-finite the weights are NaN: nothing is scored (NaN), never their predictions."""
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
             truth = model_eval["truth"]
+            if stop.where is not None:
+                for prefix in model_eval["inputs"]:
+                    logs.update({f"{prefix}_{key}": math.nan for key in ("iou", "bg_iou", "miou", "dice")})
+                logs["val_loss"] = math.nan
+                if on_epoch is not None:
+                    on_epoch(epoch + 1, {k: float(v) for k, v in logs.items()})
+                return
             for prefix, images in model_eval["inputs"].items():
                 pred, raw = predict_binary(self.model, images, model_eval["threshold"], model_eval["batch_size"])
-                for key, value in data_lib.confusion_ious(pred, truth).items():
+                for key, value in metrics.confusion_ious(pred, truth).items():
                     logs[f"{prefix}_{key}"] = value
                 if prefix == "val":
                     model_eval["last_pred"] = raw          # the sample figure reuses the last epoch's
@@ -115,20 +128,20 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
             if on_epoch is not None:
                 on_epoch(epoch + 1, {k: float(v) for k, v in logs.items()})
 
-    return StopOnNonFinite(), SegmentationMetrics()
+    return stop, SegmentationMetrics()
 
 
 def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
                   on_epoch: Callable[[int, dict], None] | None = None, verbose: int = 0,
                   on_batch: Callable[[int, int, float], None] | None = None) -> RunResult:
-    """Fit the case's U-Net for one variant and seed; a NaN/Inf loss ends the run, not the caller."""
+    """Fit the experiment's model for one variant and seed; a NaN/Inf loss ends the run, not the caller."""
     import keras
-    from harness.models import build_unet
+    from harness.models import build_model
 
     train_cfg, aug = cfg["train"], cfg["augment"]
     device = select_device()
     start_clean_session(seed, train_cfg["deterministic"], cfg["speed"]["mixed_precision"])
-    head, loss = get_head(variant.head), get_loss(variant.loss)
+    head, loss = get_head(variant.head), get_loss(variant.loss, cfg.source_dir)
     if cfg["pipeline"] == "imagedatagenerator":
         train_ds, steps, transform = data_lib.legacy_pipeline(dataset, variant.images, variant.masks, aug,
                                                               train_cfg["batch_size"], seed)
@@ -142,18 +155,19 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
     if variant.validation == "raw":
         eval_inputs["val_as_train"] = data_lib.validation_arrays(dataset, transform, "like_training")[0]
 
-    size, channels = dataset.train_images.shape[1], dataset.train_images.shape[-1]
-    model = build_unet(size, channels, cfg["model"]["start_depth"], cfg["model"]["levels"], head.activation,
-                       cfg["model"]["bn_momentum"])
+    # The floor the verdicts compare with and the threshold that scores predictions, measured on
+    # this variant's own targets (harness/probe.py, the same numbers as `harness check`).
+    measured = probe.measure(loss, head.activation, transform.levels(), head.threshold)
+    model = build_model(cfg, dataset.train_images.shape[1:], head.activation)
     model.compile(optimizer=keras.optimizers.Adam(train_cfg["learning_rate"]), loss=loss.fn,
                   jit_compile=cfg["speed"]["jit_compile"])
-    model_eval = {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": head.threshold,
+    model_eval = {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": measured.threshold,
                   "batch_size": train_cfg["batch_size"], "loss": loss.fn, "targets": val_y}
-    stop, metrics = make_callbacks(model_eval, on_epoch, on_batch)
+    stop, scoring = make_callbacks(model_eval, on_epoch, on_batch)
 
     started = time.perf_counter()
     fit = model.fit(train_ds, steps_per_epoch=steps,
-                    epochs=train_cfg["epochs"], callbacks=[stop, metrics], verbose=verbose,
+                    epochs=train_cfg["epochs"], callbacks=[stop, scoring], verbose=verbose,
                     shuffle=False)  # the tf.data pipeline shuffles
     seconds = time.perf_counter() - started
     if INTERRUPTED.is_set():
@@ -164,12 +178,14 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     raw_pred = model_eval.get("last_pred")
     if raw_pred is None:
-        _, raw_pred = predict_binary(model, eval_inputs["val"][:N_SAMPLES], head.threshold, N_SAMPLES)
+        _, raw_pred = predict_binary(model, eval_inputs["val"][:N_SAMPLES], measured.threshold, N_SAMPLES)
     raw_pred = raw_pred[:N_SAMPLES]
     samples = {"images": dataset.val_images[:N_SAMPLES], "truth": dataset.val_masks[:N_SAMPLES],
-               "prediction": raw_pred, "threshold": np.float32(head.threshold)}
+               "prediction": raw_pred, "threshold": np.float32(measured.threshold)}
     stats = {"image_mean": transform.image_stats.mean.tolist(), "image_std": transform.image_stats.std.tolist(),
              "mask_mean": transform.mask_stats.mean.tolist(), "mask_std": transform.mask_stats.std.tolist()}
     return RunResult(history=history, diverged_at=stop.where, device=device, seconds=seconds,
-                     epochs_run=len(history.get("loss", [])), loss_floor=loss.lower_bound,
-                     trivial_miou=data_lib.trivial_miou(dataset.val_masks), stats=stats, samples=samples)
+                     epochs_run=len(history.get("loss", [])),
+                     loss_floor=measured.floor if math.isfinite(measured.floor) else (loss.lower_bound or 0.0),
+                     loss_floor_declared=loss.lower_bound, threshold=measured.threshold,
+                     trivial_miou=metrics.trivial_miou(dataset.val_masks), stats=stats, samples=samples)

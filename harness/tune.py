@@ -73,7 +73,7 @@ def run_tune(cfg: Config, variant_name: str, trials: int, results: Path, storage
     from harness.losses import get_loss
 
     variant = find_variant(cfg, variant_name)
-    get_loss(variant.loss)
+    get_loss(variant.loss, cfg.source_dir)
     tune = cfg["tune"]
     dataset = load_dataset(cfg["data"])
     storage = storage or default_storage(results)
@@ -154,18 +154,27 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
         with Heartbeat(trial):
             result = train_variant(trial_cfg, variant, seed, dataset, on_epoch=on_epoch)
         judged = judge(result.history, result.loss_floor, result.trivial_miou, trial_cfg["verdict"],
-                       diverged=result.diverged_at is not None)
+                       diverged=result.diverged_at is not None,
+                       diverged_epoch=result.diverged_at[0] if result.diverged_at else None)
         value = judged["final_miou"] if math.isfinite(judged["final_miou"]) else 0.0
         tracker.set_tags(run_id, {"verdict": judged["verdict"], "diverged": judged["diverged"],
                                   "negative_loss": judged["negative_loss"], "converged": judged["converged"],
                                   "loss_floor": result.loss_floor, "trivial_miou": result.trivial_miou,
+                                  "loss_floor_declared": result.loss_floor_declared, "threshold": result.threshold,
+                                  "scored_epochs": judged["scored_epochs"], "score_note": judged["score_note"],
                                   "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
                                   "device": result.device, "tune.state": "complete"})
         tracker.log_figure(run_id, plots.loss_curve(result.history, result.loss_floor,
                                                     f"{variant.name} #{trial.number}"), "loss_curve.png")
         plots.close_all()
         tracker.end_point(run_id, "FINISHED")
-        tell(study, trial, value, log=log)
+        if judged["diverged"]:
+            # A diverged trial has no honest score: failed in Optuna, so it is never the study's
+            # best trial; it still counts towards --trials (its error says why).
+            trial.set_user_attr("error", judged["score_note"])
+            tell(study, trial, state=optuna.trial.TrialState.FAIL, log=log)
+        else:
+            tell(study, trial, value, log=log)
         log(f"[tune {variant.name} #{trial.number}] {judged['verdict']}: val_miou {value:.3f} "
             f"(min loss {judged['min_loss']:.4g}, floor {result.loss_floor:.4g}), "
             f"{time.perf_counter() - started:.0f}s")

@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from harness.check import check_variant, predicted_verdict, probe_loss
+from harness.check import check_variant, predicted_verdict
+from harness.probe import probe_loss
 from harness.config import Variant, load_config
 from harness.data import Dataset, make_synthetic
 

@@ -3,8 +3,9 @@ import pytest
 from PIL import Image
 
 from harness.config import DEFAULTS
-from harness.data import (augment_array, confusion_ious, featurewise_stats, load_dataset, make_augmenter,
-                          make_synthetic, split_groups, standardize, trivial_miou)
+from harness.data import (augment_array, featurewise_stats, load_dataset, make_augmenter, make_synthetic,
+                          split_groups, standardize)
+from harness.metrics import confusion_ious, trivial_miou
 from harness.errors import DataError
 
 
@@ -176,17 +177,70 @@ def test_folder_reads_common_image_modes(tmp_path, mode):
 
 def test_masks_as_0_1_and_with_jpeg_noise(tmp_path):
     folder(tmp_path)
-    mask = np.zeros((32, 32), np.uint8)
-    mask[:16] = 1
-    save(tmp_path / "masks" / "im0.png", mask)                       # 0/1
-    noisy = np.zeros((32, 32), np.uint8)
+    for i in range(4):                                                # a 0/1 set
+        mask = np.zeros((32, 32), np.uint8)
+        mask[:16] = 1
+        save(tmp_path / "masks" / f"im{i}.png", mask)
+    ds = load_dataset(data_cfg(tmp_path))
+    assert np.concatenate([ds.train_masks, ds.val_masks]).mean() == pytest.approx(0.5)
+    noisy = np.zeros((32, 32), np.uint8)                              # a 0/255 set, one of them JPEG
     noisy[:16] = 255
+    for i in range(4):
+        save(tmp_path / "masks" / f"im{i}.png", noisy)
     Image.fromarray(noisy).save(tmp_path / "masks" / "im1.jpg", quality=80)
     (tmp_path / "masks" / "im1.png").unlink()
     ds = load_dataset(data_cfg(tmp_path))
     allm = np.concatenate([ds.train_masks, ds.val_masks])
     assert set(np.unique(allm)) == {0.0, 1.0}
     assert allm.mean() == pytest.approx(0.5, abs=0.02)
+
+
+def label_masks(tmp_path, values_per_file):
+    folder(tmp_path)
+    for i, (low, high) in enumerate(values_per_file):
+        mask = np.full((32, 32), low, np.uint8)
+        mask[:16] = high
+        save(tmp_path / "masks" / f"im{i}.png", mask)
+
+
+def test_mask_levels_are_decided_for_the_whole_set(tmp_path):
+    # One file 0/1, the others 0/255: per file each looks binary, as a set 1 is ambiguous.
+    label_masks(tmp_path, [(0, 1), (0, 255), (0, 255), (0, 255)])
+    with pytest.raises(DataError, match=r"3 levels \(0, 1, 255\).*foreground_values"):
+        load_dataset(data_cfg(tmp_path))
+    ds = load_dataset(data_cfg(tmp_path, foreground_values=[1, 255]))
+    assert np.concatenate([ds.train_masks, ds.val_masks]).mean() == pytest.approx(0.5)
+
+
+def test_label_coded_and_void_bordered_masks_map_by_foreground_values(tmp_path):
+    label_masks(tmp_path, [(0, 1), (0, 2), (1, 2), (0, 2)])          # labels {0, 1, 2}
+    with pytest.raises(DataError, match=r"3 levels \(0, 1, 2\)"):
+        load_dataset(data_cfg(tmp_path))
+    ds = load_dataset(data_cfg(tmp_path, foreground_values=[2]))
+    allm = np.concatenate([ds.train_masks, ds.val_masks])
+    assert set(np.unique(allm)) == {0.0, 1.0} and allm.mean() == pytest.approx(3 / 8)
+    mask = np.zeros((32, 32), np.uint8)                               # 0/1 with a 255 "void" border
+    mask[:16] = 1
+    mask[:2], mask[:, :2] = 255, 255
+    for i in range(4):
+        save(tmp_path / "masks" / f"im{i}.png", mask)
+    with pytest.raises(DataError, match=r"\(0, 1, 255\)"):
+        load_dataset(data_cfg(tmp_path))
+    ds = load_dataset(data_cfg(tmp_path, foreground_values=[1]))
+    assert np.concatenate([ds.train_masks, ds.val_masks]).mean() == pytest.approx((14 * 30) / 1024)
+    with pytest.raises(DataError, match="none of data.foreground_values"):
+        load_dataset(data_cfg(tmp_path, foreground_values=[7]))
+
+
+def test_16_bit_images_share_one_intensity_scale(tmp_path):
+    folder(tmp_path)
+    for i, top in enumerate((4095, 1000, 4095, 2000)):               # 12-bit data in 16-bit files
+        Image.fromarray(np.full((32, 32), top, np.uint16)).save(tmp_path / "images" / f"im{i}.tif")
+        (tmp_path / "images" / f"im{i}.png").unlink()
+    ds = load_dataset(data_cfg(tmp_path, fit="resize"))
+    levels = sorted({round(float(a.max()), 1) for a in np.concatenate([ds.train_images, ds.val_images])})
+    # One scale (255 / 4095) for all: a dimmer file stays dimmer, it is not stretched to 255 on its own.
+    assert levels == [round(1000 * 255 / 4095, 1), round(2000 * 255 / 4095, 1), 255.0]
 
 
 @pytest.mark.parametrize("break_it, message", [

@@ -1,0 +1,115 @@
+"""Probe a loss numerically through a head: its floor and its threshold, measured, not declared.
+
+The probe evaluates the loss of a constant prediction act(z) against a constant target, for z over
+the head's whole range. Two numbers come from it, and `harness check`, training and the verdicts
+all use these same numbers:
+- the floor: the loss's least value for the variant's own targets, each taken inside the loss's
+  declared domain (a whitened mask is no valid BCE target), over the predictions on that target's
+  side of the threshold: the value at a perfect prediction for a proper loss, at its optimum for a
+  label-smoothed one;
+- the threshold: midway between the head outputs at which the loss is least for a background
+  pixel and for a foreground pixel (0.5 for sigmoid + BCE, 0 for tanh on {-1, +1}, 0.5 for tanh
+  on {0, 1}).
+Each z is its own call of the loss, so losses that return one value per pixel, per sample or per
+batch (a Keras loss object reduces over the batch) are probed alike.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# Pre-activations (logits) probed: wide enough to reach within 1e-6 of the head's bounds, not so
+# wide that float32 saturates to exactly 0 or 1.
+PROBE_LIMIT = {"sigmoid": 14.0, "tanh": 7.0}
+N_POINTS = 141
+PIXELS = (4, 4)          # a tiny constant image per call: spatial losses (Dice) see a real mask
+FLAT = 1e-6              # loss values this close to the least count as least (a flat minimum)
+EDGE_STEPS, FALLING = 10, 0.1   # a loss still falling by this much over the last steps has no floor
+
+
+@dataclass(frozen=True)
+class Measured:
+    floor: float         # least value at perfect predictions of valid targets (NaN: not measurable)
+    threshold: float     # prediction >= threshold means foreground
+    class_best: dict     # class -> head output where its loss is least (the side used for the threshold)
+
+
+def head_outputs(activation: str) -> tuple[np.ndarray, np.ndarray]:
+    """-> (z grid, act(z)), both float32 of shape (N_POINTS,)."""
+    import keras
+    limit = PROBE_LIMIT.get(activation, 10.0)
+    z = np.linspace(-limit, limit, N_POINTS).astype(np.float32)
+    return z, np.asarray(keras.activations.get(activation)(z), np.float32)
+
+
+def loss_curve(loss_fn, outputs: np.ndarray, target: float) -> np.ndarray:
+    """Loss of each constant prediction in `outputs` against a constant `target`, float64 (N,)."""
+    y = np.full((1, *PIXELS, 1), target, np.float32)
+    values = np.empty(len(outputs), np.float64)
+    with np.errstate(all="ignore"):
+        for i, p in enumerate(outputs):
+            out = loss_fn(y, np.full_like(y, p))
+            values[i] = float(np.mean(np.asarray(out, np.float64)))
+    return values
+
+
+def probe_loss(loss_fn, activation: str, levels: dict[int, float]):
+    """-> (z grid, {class: loss values over z}) for constant targets `levels` {0: bg, 1: fg}."""
+    z, p = head_outputs(activation)
+    return z, {cls: loss_curve(loss_fn, p, y) for cls, y in levels.items()}
+
+
+def least_set(values: np.ndarray) -> np.ndarray:
+    """Indices where the loss is within FLAT (relative for large values) of its least: a clipped loss
+    is exactly flat over a range of outputs, float32 noise aside."""
+    v = np.where(np.isnan(values), np.inf, values)
+    best = np.min(v)
+    if not math.isfinite(best):
+        return np.flatnonzero(v == best) if best == -math.inf else np.array([], int)
+    return np.flatnonzero(v <= best + FLAT * max(1.0, abs(best)))
+
+
+def measure_threshold(outputs: np.ndarray, curves: dict[int, np.ndarray], default: float) -> tuple[float, dict]:
+    """Midway between the outputs where each class's loss is least: of a flat minimum, the end
+    nearest the other class (a tanh fed BCE is least for background all over [-1, 0])."""
+    best = {}
+    for cls, values in curves.items():
+        where = least_set(values)
+        if len(where):
+            side = outputs[where]
+            best[cls] = float(side.max() if cls == 0 else side.min())
+    if 0 not in best or 1 not in best:
+        return default, best
+    return (best[0] + best[1]) / 2.0, best
+
+
+def measure_floor(loss_fn, outputs: np.ndarray, levels: dict[int, float], domain: tuple[float, float],
+                  threshold: float) -> float:
+    """The least value of the loss for each class's target (taken inside the loss's domain) over
+    the predictions on that class's side of the threshold; the least over both classes. For a
+    proper loss that is its value at a perfect prediction; for a label-smoothed one, at its optimum.
+    -inf where it still falls at the head's bound (no floor); NaN where nothing is finite."""
+    values = []
+    for cls, y in levels.items():
+        target = min(max(y, domain[0]), domain[1])
+        side = outputs >= threshold if cls == 1 else outputs < threshold
+        curve = loss_curve(loss_fn, outputs, target)
+        curve = np.where(side & np.isfinite(curve), curve, np.inf)
+        if not np.isfinite(curve).any():
+            continue
+        best = int(np.argmin(curve))
+        inner = best + (EDGE_STEPS if best == 0 else -EDGE_STEPS)
+        at_bound = best in (0, len(outputs) - 1)
+        values.append(-math.inf if at_bound and curve[best] < curve[inner] - FALLING else float(curve[best]))
+    return min(values) if values else math.nan
+
+
+def measure(loss, activation: str, levels: dict[int, float], default_threshold: float) -> Measured:
+    """Floor and threshold of `loss` (a losses.Loss) through a head, for the variant's target
+    levels {0: background, 1: foreground} as training sees them."""
+    _, outputs = head_outputs(activation)
+    curves = {cls: loss_curve(loss.fn, outputs, y) for cls, y in levels.items()}
+    threshold, best = measure_threshold(outputs, curves, default_threshold)
+    return Measured(measure_floor(loss.fn, outputs, levels, loss.target_range, threshold), threshold, best)

@@ -1,0 +1,108 @@
+"""The measured floor and threshold (harness/probe.py), and losses of every shape and kind."""
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from harness.errors import ConfigError
+from harness.losses import Loss, get_loss
+from harness.probe import measure
+from harness.verdict import judge
+from harness.config import DEFAULTS
+
+BINARY, SIGNED = {0: 0.0, 1: 1.0}, {0: -1.0, 1: 1.0}
+WHITENED = {0: -0.446, 1: 2.43}          # binary masks at 15 % foreground, whitened as in the case
+
+
+def user_loss(fn, lower_bound=None, target_range=(0.0, 1.0)):
+    return Loss("user", fn, target_range, lower_bound, "")
+
+
+def shifted_bce(y, p):          # BCE - 1: floor -1, declared nowhere
+    return keras.losses.binary_crossentropy(y, p) - 1.0
+
+
+def smoothed_bce(y, p):         # least at p = 0.95 for y = 1: entropy 0.199, not 0 and not its value at p = 1
+    return keras.losses.binary_crossentropy(y, p, label_smoothing=0.1)
+
+
+def scalar_bce(y, p):           # one value per batch
+    return keras.ops.mean(keras.losses.binary_crossentropy(y, p))
+
+
+def squared_error(y, p):
+    return keras.ops.mean((y - p) ** 2, axis=(1, 2, 3))
+
+
+@pytest.mark.parametrize("name, head, levels, floor, threshold", [
+    ("bce", "sigmoid", BINARY, 0.0, 0.5),
+    ("bce", "sigmoid", WHITENED, 0.0, 0.5),           # whitened targets: still scored at 0.5
+    ("dice", "sigmoid", BINARY, 0.0, 0.5),
+    ("modified_bce_corrected", "tanh", SIGNED, 0.0, 0.0),
+    ("modified_bce_signed", "tanh", SIGNED, -math.log(2), 0.0),
+    ("bce", "tanh", BINARY, 0.0, 0.5),                # tanh on {0, 1}: background sits at 0, not at a threshold of 0
+])
+def test_builtin_floors_and_thresholds(name, head, levels, floor, threshold):
+    m = measure(get_loss(name), head, levels, default_threshold=99.0)
+    assert m.floor == pytest.approx(floor, abs=1e-4)
+    assert m.threshold == pytest.approx(threshold, abs=1e-3)
+
+
+def test_posted_formula_on_whitened_targets_has_no_floor():
+    assert measure(get_loss("modified_bce_posted"), "tanh", WHITENED, 0.0).floor == -math.inf
+
+
+def test_user_floors_are_measured_not_assumed():
+    assert measure(user_loss(shifted_bce), "sigmoid", BINARY, 0.5).floor == pytest.approx(-1.0, abs=1e-4)
+    smoothed = measure(user_loss(smoothed_bce), "sigmoid", BINARY, 0.5)
+    assert smoothed.floor == pytest.approx(0.1985, abs=2e-3) and smoothed.threshold == pytest.approx(0.5, abs=1e-3)
+    assert measure(user_loss(squared_error), "tanh", BINARY, 0.0).threshold == pytest.approx(0.5, abs=1e-3)
+
+
+def test_a_healthy_shifted_loss_is_not_called_negative():
+    floor = measure(user_loss(shifted_bce), "sigmoid", BINARY, 0.5).floor
+    history = {"loss": [-0.3, -0.6, -0.7, -0.72, -0.74, -0.75], "val_miou": [0.72, 0.74, 0.75, 0.76, 0.76, 0.76]}
+    judged = judge(history, floor, 0.42, DEFAULTS["verdict"])
+    assert not judged["negative_loss"] and judged["verdict"] == "converged"
+    # ... while the old assumption, a floor of 0, called it negative.
+    assert judge(history, 0.0, 0.42, DEFAULTS["verdict"])["verdict"] == "negative_loss"
+
+
+@pytest.mark.parametrize("spec", ["keras.losses:BinaryFocalCrossentropy(gamma=2.0)",
+                                  "keras.losses:BinaryCrossentropy", "keras.losses:binary_crossentropy"])
+def test_keras_losses_by_name_class_and_instance(spec):
+    loss = get_loss(spec)
+    assert loss.lower_bound is None and loss.target_range == (0.0, 1.0)
+    m = measure(loss, "sigmoid", BINARY, 0.0)
+    assert m.floor == pytest.approx(0.0, abs=1e-4) and m.threshold == pytest.approx(0.5, abs=1e-3)
+
+
+def test_scalar_returning_loss_is_probed_like_a_per_sample_one():
+    scalar = measure(user_loss(scalar_bce), "sigmoid", WHITENED, 0.0)
+    per_pixel = measure(get_loss("bce"), "sigmoid", WHITENED, 0.0)
+    assert scalar.floor == pytest.approx(per_pixel.floor, abs=1e-6)
+    assert scalar.threshold == pytest.approx(per_pixel.threshold, abs=1e-6)
+
+
+def test_loss_module_beside_the_experiment_is_found(tmp_path):
+    (tmp_path / "beside_losses.py").write_text(
+        "import keras\n\nclass Shifted(keras.losses.Loss):\n"
+        "    lower_bound = -2.0\n"
+        "    def __init__(self, shift=1.0):\n        super().__init__()\n        self.shift = shift\n"
+        "    def call(self, y, p):\n        return keras.losses.binary_crossentropy(y, p) - self.shift\n")
+    loss = get_loss("beside_losses:Shifted(shift=2.0)", search_dir=tmp_path)
+    assert loss.lower_bound == -2.0
+    assert measure(loss, "sigmoid", BINARY, 0.5).floor == pytest.approx(-2.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nowhere_module:loss", "cannot load loss"),
+    ("keras.losses:NoSuchLoss", "cannot load loss"),
+    ("keras.losses:BinaryFocalCrossentropy(gamma=x)", "literal"),
+    ("keras.losses:BinaryFocalCrossentropy(2.0)", "literal|by name|module:name"),
+    ("keras.losses:BinaryFocalCrossentropy(nope=1)", "cannot create loss"),
+])
+def test_bad_loss_names_are_one_clear_error(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        get_loss(spec)

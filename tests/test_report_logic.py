@@ -1,0 +1,93 @@
+"""Report logic on hand-built runs (no training, no MLflow): which run counts, how seeds combine,
+how a negative loss is explained, and which tuned trial is best."""
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from harness.config import load_config
+from harness.report import explain, failures, pick_best, point_rows, summarize
+
+from conftest import ROOT
+
+TRIVIAL = 0.414
+PLATEAU = [0.84, 0.85, 0.86, 0.86, 0.86, 0.86]
+RISING = [0.5, 0.55, 0.6, 0.7, 0.75, 0.8]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(ROOT / "experiments" / "whitening.toml")
+
+
+def run(variant, seed, miou, loss=None, start=1, status="FINISHED", floor=0.0, **tags):
+    loss = loss or [0.5 - 0.05 * i for i in range(len(miou))]
+    return {"run_id": f"{variant}-{seed}-{start}", "status": status, "start_time": start, "variant": variant,
+            "seed": seed, "history": {"loss": loss, "val_miou": miou, "val_iou": miou, "val_dice": miou},
+            "tags.loss_floor": str(floor), "tags.trivial_miou": str(TRIVIAL), "tags.epochs_run": str(len(miou)),
+            "tags.seconds": "6", "tags.device": "CPU", "tags.check.predicted": "trains", "tags.check.flags": "none",
+            **{f"tags.{k}": v for k, v in tags.items()}}
+
+
+def test_the_newest_finished_run_of_a_point_counts(cfg):
+    runs = pd.DataFrame([run("image_only", 1, [0.4] * 6, start=1), run("image_only", 1, PLATEAU, start=2),
+                         run("image_only", 1, PLATEAU, start=3, status="FAILED")])
+    points = point_rows(runs, cfg)
+    assert len(points) == 1 and points.iloc[0]["run_id"] == "image_only-1-2"
+    assert points.iloc[0]["verdict"] == "converged"
+
+
+def test_a_crash_later_finished_is_not_a_failure(cfg):
+    runs = pd.DataFrame([run("seed", 1, PLATEAU, start=2), run("seed", 1, PLATEAU, start=1, status="FAILED"),
+                         run("seed", 2, PLATEAU, start=1, status="FAILED")])
+    failed = failures(runs)
+    assert list(zip(failed["variant"], failed["seed"])) == [("seed", 2)]
+
+
+def test_learning_and_converged_seeds_are_healthy_not_unstable(cfg):
+    runs = pd.DataFrame([run("no_featurewise", 1, RISING), run("no_featurewise", 2, PLATEAU)])
+    summary = summarize(point_rows(runs, cfg)).iloc[0]
+    assert summary["verdict"] == "learning" and summary["agrees"]
+    assert summary["verdict_per_seed"] == "s1:learning s2:converged"
+
+
+def test_a_diverged_seed_is_not_scored_as_the_trivial_predictor(cfg):
+    # Epoch 4 diverged: NaN weights predict every pixel background, which scores exactly trivial.
+    runs = pd.DataFrame([run("tanh_posted", 1, [0.6, 0.7, 0.75, TRIVIAL], loss=[0.1, -0.5, -1.0, math.nan],
+                             diverged="True", diverged_epoch="4", diverged_batch="3"),
+                         run("tanh_posted", 2, [TRIVIAL], loss=[math.nan], diverged="True", diverged_epoch="1",
+                             diverged_batch="2")])
+    points = point_rows(runs, cfg)
+    assert points.iloc[0]["val_miou"] == pytest.approx((0.6 + 0.7 + 0.75) / 3)
+    assert math.isnan(points.iloc[1]["val_miou"])
+    summary = summarize(points).iloc[0]
+    assert summary["seeds_scored"] == 1 and summary["val_miou"] == pytest.approx(0.6833, abs=1e-3)
+    assert "no finite epoch" in summary["score_note"] and summary["verdict"] == "diverged"
+
+
+def test_a_negative_loss_is_explained_by_what_check_measured(cfg):
+    details = json.dumps({"targets_outside_loss_domain": "targets span [-0.446, 2.43], loss domain [0, 1]"})
+    runs = pd.DataFrame([run("seed", 1, PLATEAU, loss=[0.2, -0.5, -1.0, -1.5, -2.0, -2.5], **{
+        "check.flags": "targets_outside_loss_domain", "check.details": details,
+        "check.predicted": "negative_loss_or_diverged"})])
+    text = explain(summarize(point_rows(runs, cfg)))
+    assert "negative_loss" in text and "targets span [-0.446, 2.43]" in text
+    # A loss that goes below its floor on valid targets is said to, not blamed on the targets.
+    runs = pd.DataFrame([run("image_only", 1, PLATEAU, loss=[0.2, -0.5, -1.0, -1.5, -2.0, -2.5])])
+    text = explain(summarize(point_rows(runs, cfg)))
+    assert "goes below its own floor" in text and "targets span" not in text
+
+
+def trials(*rows):
+    return pd.DataFrame([{"variant": "v", "trial": i, "state": s, "verdict": v, "val_miou": m, "tuned": {}}
+                         for i, (s, v, m) in enumerate(rows)])
+
+
+def test_a_diverged_trial_is_never_the_best_unless_all_failed():
+    best, all_failed = pick_best(trials(("complete", "diverged", 0.9), ("complete", "learning", 0.7),
+                                        ("pruned", "pruned", math.nan)))
+    assert best["verdict"] == "learning" and best["val_miou"] == 0.7 and not all_failed
+    best, all_failed = pick_best(trials(("complete", "diverged", 0.5), ("complete", "negative_loss", 0.6)))
+    assert best["verdict"] == "negative_loss" and all_failed
+    assert pick_best(trials(("pruned", "pruned", math.nan))) == (None, True)
