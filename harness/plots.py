@@ -33,7 +33,10 @@ def loss_curve(history: dict, floor: float, title: str):
     for key, style in (("loss", "-"), ("val_loss", "--")):
         if key in history:
             ax[0].plot(*finite_points(history[key]), style, label=key)
-    ax[0].axhline(floor, color="k", lw=0.8, ls=":", label=f"lower bound {floor:.3g}")
+    if math.isfinite(floor):
+        ax[0].axhline(floor, color="k", lw=0.8, ls=":", label=f"measured floor {floor:.3g}")
+    else:
+        ax[0].plot([], [], " ", label="no floor: the loss falls without bound")
     ax[0].set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
     ax[0].legend(fontsize=7)
     for key in ("val_miou", "val_iou", "val_as_train_miou"):
@@ -78,7 +81,8 @@ def all_loss_curves(histories: dict[str, list[tuple[int, dict]]], floors: dict[s
         for seed, hist in histories[name]:
             line, = ax.plot(*finite_points(hist.get("loss", [])), label=f"loss s{seed}")
             twin.plot(*finite_points(hist.get("val_miou", [])), ls="--", color=line.get_color(), alpha=0.7)
-        ax.axhline(floors[name], color="k", lw=0.8, ls=":")
+        if math.isfinite(floors[name]):
+            ax.axhline(floors[name], color="k", lw=0.8, ls=":")
         ax.set(title=name, xlabel="epoch", ylabel="training loss (solid)")
         twin.set(ylim=(0, 1), ylabel="val mIoU (dashed)")
         ax.legend(fontsize=7, loc="upper right")
