@@ -94,3 +94,27 @@ def test_probe_sees_bce_fall_without_bound_above_one():
     z, values = probe_loss(keras.losses.binary_crossentropy, "sigmoid", {1: 2.0})
     v = values[1]
     assert v[-1] < -10 and np.all(np.diff(v[-20:]) < 0) and math.isfinite(v[-1])
+
+
+def two_channel_net(input_shape, activation):
+    inputs = keras.Input(input_shape)
+    return keras.Model(inputs, keras.layers.Conv2D(2, 1, activation=activation)(inputs))
+
+
+def test_a_model_builder_without_one_mask_channel_is_a_finding(setup):
+    from harness.check import safe_check
+    cfg, ds = setup
+    bad = cfg.with_overrides({"model.builder": "test_check:two_channel_net"})
+    row = safe_check(Variant("v", "featurewise", "binary", "sigmoid", "bce", "like_training"), ds, bad)
+    assert row.flags == ["check_failed"] and "one mask channel" in row.details["check_failed"]
+    assert predicted_verdict(row.flags) == "crashed"
+
+
+def test_declared_and_measured_floors_are_cross_checked(setup):
+    cfg, ds = setup
+    row = check_variant(Variant("v", "featurewise", "binary", "sigmoid", "test_check:bce_plus_shift",
+                                "like_training"), ds, cfg)
+    assert row.loss_floor == pytest.approx(-0.5, abs=1e-3) and row.declared_floor == -0.5
+    posted = check_variant(Variant("v", "featurewise", "signed", "tanh", "modified_bce_posted", "like_training"),
+                           ds, cfg)
+    assert "declared_floor_differs" in posted.flags and posted.threshold == pytest.approx(0.0, abs=1e-6)
