@@ -186,6 +186,7 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
              "mask_mean": transform.mask_stats.mean.tolist(), "mask_std": transform.mask_stats.std.tolist()}
     return RunResult(history=history, diverged_at=stop.where, device=device, seconds=seconds,
                      epochs_run=len(history.get("loss", [])),
-                     loss_floor=measured.floor if math.isfinite(measured.floor) else (loss.lower_bound or 0.0),
+                     # NaN: not measurable (the loss is NaN at every probe point); -inf: no floor.
+                     loss_floor=measured.floor if not math.isnan(measured.floor) else (loss.lower_bound or 0.0),
                      loss_floor_declared=loss.lower_bound, threshold=measured.threshold,
                      trivial_miou=metrics.trivial_miou(dataset.val_masks), stats=stats, samples=samples)

@@ -5,8 +5,10 @@ Rules (also printed in the README and in every report):
   first non-finite loss (NaN weights would score exactly as the trivial predictor).
 - negative_loss: some epoch's training loss fell below the loss's measured floor (harness/probe.py)
   by more than `bound_slack`.
-- Then the validation mIoU (mean of foreground and background IoU against the binary ground truth)
-  over the last `window` epochs against the `window` epochs before:
+- Then the validation mIoU (mean of foreground and background IoU against the binary ground truth):
+  its mean over the last `window` epochs against trivial + `margin`, and its trend, the median of
+  the last `window` epochs against the median of the `window` epochs before (per-epoch mIoU swings
+  by 0.3 on small validation sets: one dipped epoch must not make a fall, nor one lucky one a rise):
   converged (at least trivial + `margin`, changed by less than `tolerance`), learning (at least
   trivial + margin, rising by `tolerance` or more), degrading (fell by `tolerance` or more from a
   window that was at least trivial + margin), too_short (at least trivial + margin, but fewer than
@@ -26,9 +28,9 @@ RULES_TEXT = """\
 |---|---|
 | `diverged` | some training loss was NaN or Inf (the run stops there; the epoch and batch are recorded). Quality is scored on the epochs before it, or not at all |
 | `negative_loss` | some epoch's training loss < the loss's measured floor - {bound_slack:g} (the floor: the loss at perfect predictions of valid targets, probed before training) |
-| `degrading` | mean `val_miou` over the last {window} epochs fell by {tolerance:g} or more from the {window} epochs before, which were >= trivial mIoU + {margin:g} |
-| `converged` | mean `val_miou` over the last {window} epochs >= trivial mIoU + {margin:g}, and within {tolerance:g} of the mean of the {window} epochs before (a plateau) |
-| `learning` | mean `val_miou` over the last {window} epochs >= trivial mIoU + {margin:g}, and {tolerance:g} or more above the {window} epochs before (still improving) |
+| `degrading` | the median `val_miou` of the last {window} epochs fell by {tolerance:g} or more from the median of the {window} epochs before, which was >= trivial mIoU + {margin:g} |
+| `converged` | mean `val_miou` over the last {window} epochs >= trivial mIoU + {margin:g}, and its median within {tolerance:g} of the median of the {window} epochs before (a plateau) |
+| `learning` | mean `val_miou` over the last {window} epochs >= trivial mIoU + {margin:g}, and its median {tolerance:g} or more above the median of the {window} epochs before (still improving) |
 | `too_short` | mean `val_miou` over the last {window} epochs >= trivial mIoU + {margin:g}, but fewer than {two_windows} scored epochs: too few to judge a plateau |
 | `not_learning` | none of the above: validation mIoU within {margin:g} of predicting every pixel as the majority class |
 
@@ -58,6 +60,14 @@ def scored(history: dict[str, list[float]], key: str, diverged_epoch: int | None
     return [x for x in values if is_finite(x)]
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    if not n:
+        return float("nan")
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
 def judge(history: dict[str, list[float]], loss_floor: float, trivial_miou: float, rules: dict,
           diverged: bool = False, diverged_epoch: int | None = None) -> dict:
     """-> {diverged, negative_loss, converged, verdict, min_loss, final_loss, final_miou, scored_epochs,
@@ -76,10 +86,10 @@ def judge(history: dict[str, list[float]], loss_floor: float, trivial_miou: floa
     miou = scored(history, "val_miou", diverged_epoch if diverged else None)
     window = rules["window"]
     final_miou = mean(miou[-window:])
-    before = mean(miou[-2 * window:-window]) if len(miou) >= 2 * window else float("nan")
+    before = median(miou[-2 * window:-window]) if len(miou) >= 2 * window else float("nan")
     bar = trivial_miou + rules["margin"]
     above = is_finite(final_miou) and final_miou >= bar
-    change = final_miou - before
+    change = median(miou[-window:]) - before
     if diverged:
         verdict = "diverged"
     elif negative:

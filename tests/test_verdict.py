@@ -87,3 +87,12 @@ def test_a_loss_without_floor_is_never_negative_and_an_unmeasured_one_is_held_to
     h = history([-5.0, -9.0], [0.5, 0.5])
     assert not judge(h, -math.inf, TRIVIAL, RULES)["negative_loss"]
     assert judge(h, math.nan, TRIVIAL, RULES)["negative_loss"]
+
+
+def test_one_dipped_epoch_is_noise_not_a_fall():
+    # Seen in the default sweep: one epoch at 0.71 among epochs above 0.9.
+    dipped = [0.94, 0.87, 0.96, 0.92, 0.71, 0.96]
+    assert judge(history([0.1] * 6, dipped), 0.0, TRIVIAL, RULES)["verdict"] == "converged"
+    # ... and one lucky epoch is no rise.
+    lucky = [0.8, 0.8, 0.8, 0.8, 0.95, 0.81]
+    assert judge(history([0.1] * 6, lucky), 0.0, TRIVIAL, RULES)["verdict"] == "converged"
