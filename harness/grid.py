@@ -237,7 +237,9 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     dataset = dataset or load_dataset(cfg["data"])          # bad data fails before any trial
     study = open_study(cfg, storage)
     tracker = Tracker(tracking_uri, cfg.name, results)
-    fail_stale_trials(study)
+    stale_trials = fail_stale_trials(study)         # of any grid: their workers died
+    if stale_trials:
+        log(f"{stale_trials} running trial(s) without a heartbeat for {GRACE_S:.0f}s marked FAILED: their worker died")
     stale_runs = fail_orphaned_runs(study, tracker)
     sweep_id = sweep_id or uuid.uuid4().hex[:12]
     points = grid_points(cfg)
