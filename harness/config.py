@@ -147,7 +147,7 @@ RESULT_SPEED_KEYS = ("parallel_augment", "mixed_precision")
 # existed: left out of the digest at that value, so studies (and their runs) made before the key
 # keep their names. Any other value is in the digest.
 NEUTRAL: dict[str, Any] = {"speed.parallel_augment": False, "speed.mixed_precision": False,
-                           "model.builder": ""}
+                           "model.builder": "", "data.foreground_values": []}
 
 PIPELINES = ("tfdata", "imagedatagenerator")
 DATA_SOURCES = ("synthetic", "folder")

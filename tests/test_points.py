@@ -21,7 +21,8 @@ def test_study_names_of_the_default_settings_are_unchanged():
 def test_settings_that_change_numbers_start_a_new_study_and_the_grid_does_not():
     base = study()
     for changed in ("speed.parallel_augment=true", "speed.mixed_precision=true", "train.epochs=3",
-                    "data.data_seed=1", "model.bn_momentum=0.5"):
+                    "data.data_seed=1", "model.bn_momentum=0.5", "model.builder='my_models:unet'",
+                    "data.foreground_values=[1, 2]"):
         assert study(changed) != base, changed
     # jit_compile is ignored under determinism and within the noise without it (config.py).
     for same in ("speed.jit_compile=true", "train.seeds=[1,2,3]", 'variants=["seed"]', "description='x'",
