@@ -1,4 +1,4 @@
-"""Command line: parse arguments, hand off, turn known errors into one clear line and exit code 2."""
+"""Command line: parse arguments, hand off, turn known errors into one clear line and an exit code."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,13 @@ from pathlib import Path
 from harness.errors import INTERRUPTED, HarnessError
 
 DEFAULT_EXPERIMENT = "whitening"
+
+# Exit codes (README, "Exit codes"): a script or CI job tells these apart.
+EXIT_DONE = 0
+EXIT_CRASHED = 1          # some point crashed and --strict was given; `check --strict`: a predicted failure
+EXIT_BAD_INPUT = 2        # a `harness: error:` line: bad settings, data or stores (argparse uses 2 too)
+EXIT_INTERNAL = 3         # a bug or an unforeseen failure, here or in an --n-jobs worker
+EXIT_INTERRUPTED = 130    # Ctrl-C (128 + SIGINT, as shells report it)
 
 
 def find_experiment(name: str | None) -> Path:
@@ -33,9 +40,11 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="Compare Keras training variants (first case: 'negative loss when whitening input data'): sweep, tune, check, report, ui, bench.")
+    parser = argparse.ArgumentParser(prog="harness", allow_abbrev=False, description="Compare Keras training variants (first case: 'negative loss when whitening input data'): sweep, tune, check, report, ui, bench.")
+    # allow_abbrev=False everywhere: an abbreviated option ("--n-j 3") would slip past what
+    # run_workers strips from the workers' arguments, and a later option could make it ambiguous.
     sub = parser.add_subparsers(dest="command", required=True)
-    sweep = sub.add_parser("sweep", help="train every variant x seed, track in MLflow, write the report")
+    sweep = sub.add_parser("sweep", allow_abbrev=False, help="train every variant x seed, track in MLflow, write the report")
     add_experiment_args(sweep)
     sweep.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<results>/optuna.db)")
     sweep.add_argument("--strict", action="store_true", help="exit 1 if any grid point crashed")
@@ -43,16 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train N grid points at once, in N worker processes sharing the study "
                             "(GPUs: one each, round-robin, via CUDA_VISIBLE_DEVICES)")
     sweep.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)   # set for --n-jobs workers
-    tune = sub.add_parser("tune", help="tune one variant's learning rate (TPE + pruner), then rewrite the report")
+    sweep.add_argument("--sweep-id", help=argparse.SUPPRESS)   # the --n-jobs parent's, shared by its workers
+    status = sub.add_parser("status", allow_abbrev=False, help="every point of the grid with its state, and the study (no training)")
+    add_experiment_args(status)
+    status.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<results>/optuna.db)")
+    tune = sub.add_parser("tune", allow_abbrev=False, help="tune one variant's learning rate (TPE + pruner), then rewrite the report")
     tune.add_argument("variant", help="a variant of the experiment, e.g. seed")
     add_experiment_args(tune)
     tune.add_argument("--trials", type=int, help="trials in all, counting finished ones (default: tune.trials)")
     tune.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<results>/optuna.db)")
-    check = sub.add_parser("check", help="predict each variant's failure before training, and say why")
+    check = sub.add_parser("check", allow_abbrev=False, help="predict each variant's failure before training, and say why")
     check.add_argument("experiment", nargs="?", help=f"experiment .toml file or name (default: {DEFAULT_EXPERIMENT})")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     check.add_argument("--json", action="store_true", help="print one JSON array, an object per variant")
-    bench = sub.add_parser("bench", help="measure speed and memory as ratios in one run")
+    check.add_argument("--strict", action="store_true", help="exit 1 if any variant is predicted to fail (for CI)")
+    bench = sub.add_parser("bench", allow_abbrev=False, help="measure speed and memory as ratios in one run")
     bench.add_argument("experiment", nargs="?", help=f"experiment to shrink (default: {DEFAULT_EXPERIMENT})")
     bench.add_argument("--quick", action="store_true", help="small sizes: under 3 minutes on 2 CPU cores")
     bench.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/bench/")
@@ -61,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--gpu-check", action="store_true",
                        help="for a GPU machine: device, every figure at full size, and whitening-full's sweep "
                             "time extrapolated from 2 epochs; writes <results>/bench/gpu-check.{json,md}")
-    report = sub.add_parser("report", help="write the report from the runs in MLflow")
+    report = sub.add_parser("report", allow_abbrev=False, help="write the report from the runs in MLflow")
     add_experiment_args(report)
-    ui = sub.add_parser("ui", help="serve the MLflow UI on the results store")
+    ui = sub.add_parser("ui", allow_abbrev=False, help="serve the MLflow UI on the results store")
     ui.add_argument("--results", type=Path, default=Path("results"))
     ui.add_argument("--tracking-uri")
     ui.add_argument("--port", type=int, default=5000)
@@ -95,21 +109,42 @@ def cmd_sweep(args, argv: list[str], command: str) -> int:
     if args.n_jobs < 1:
         raise HarnessError("--n-jobs must be >= 1")
     if args.n_jobs > 1:
+        import uuid
         from harness.grid import workers_parent_run
         with workers_parent_run(cfg, args.results, args.storage, args.tracking_uri, command):
-            codes = run_workers(argv, args.n_jobs)
-        if any(code not in (0, 1) for code in codes):     # bad input, interrupted or an internal error
-            return max(codes)
-        crashed = 1 in codes
+            codes = run_workers(argv, args.n_jobs, sweep_id=uuid.uuid4().hex[:12])
+        failed = workers_exit(codes)
+        if failed:
+            return failed
+        crashed = EXIT_CRASHED in codes
     else:
-        outcomes = run_sweep(cfg, args.results, args.storage, args.tracking_uri, command=command)
+        outcomes = run_sweep(cfg, args.results, args.storage, args.tracking_uri, command=command,
+                             sweep_id=args.sweep_id)
         crashed = any(o.verdict == "crashed" for o in outcomes)
+    done = EXIT_CRASHED if (args.strict and crashed) else EXIT_DONE
     if args.no_report:
-        return 1 if (args.strict and crashed) else 0
+        return done
     report = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
     print(f"report: {report}")
     print_summary(report.parent / "summary.csv")
-    return 1 if (args.strict and crashed) else 0
+    return done
+
+
+def workers_exit(codes: list[int]) -> int:
+    """The --n-jobs parent's exit code from its workers' (0 when they all finished their share).
+    Each worker has printed its own error line; a worker that died is named here."""
+    if EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    died = [(i + 1, code) for i, code in enumerate(codes)
+            if code not in (EXIT_DONE, EXIT_CRASHED, EXIT_BAD_INPUT, EXIT_INTERRUPTED)]
+    for worker, code in died:
+        why = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+        print(f"harness: internal error: worker {worker} of {len(codes)} {why}"
+              + (" (an internal error, its line is above)" if code == EXIT_INTERNAL else "")
+              + "; finished runs are kept, rerun the same command to train what is left", file=sys.stderr)
+    if died:
+        return EXIT_INTERNAL
+    return EXIT_BAD_INPUT if EXIT_BAD_INPUT in codes else EXIT_DONE
 
 
 def gpu_count() -> int:
@@ -125,7 +160,7 @@ def gpu_count() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
-def run_workers(argv: list[str], n: int) -> list[int]:
+def run_workers(argv: list[str], n: int, sweep_id: str) -> list[int]:
     """`harness sweep` in n worker processes on the same study: each claims points until none is
     left (grid.next_trial), so the points are shared out without a coordinator. With GPUs, worker i
     sees GPU i mod count; workers sharing a GPU grow their memory as needed. Returns exit codes."""
@@ -140,7 +175,8 @@ def run_workers(argv: list[str], n: int) -> list[int]:
         env = dict(os.environ, HARNESS_PROGRESS_LIVE="0", HARNESS_WORKER=str(i + 1))
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", *worker_argv, "--no-report"], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", *worker_argv, "--no-report",
+                                       "--sweep-id", sweep_id], env=env))
     print(f"harness: {n} workers started" + (f" on {gpus} GPU(s)" if gpus else " on the CPU"), flush=True)
     try:
         return [p.wait() for p in procs]
@@ -196,7 +232,21 @@ def cmd_check(args) -> int:
         print(json.dumps([{**r.to_dict(), "predicted": predicted_verdict(r.flags)} for r in rows], indent=1))
     else:
         print(format_rows(rows))
-    return 0
+    failing = [r.variant for r in rows if predicted_verdict(r.flags) != "trains"]
+    if args.strict and failing:
+        print(f"harness: check: predicted to fail: {', '.join(failing)}", file=sys.stderr)
+        return EXIT_CRASHED
+    return EXIT_DONE
+
+
+def cmd_status(args) -> int:
+    """No TensorFlow and no MLflow on this path: it reads the Optuna study alone, in about a second."""
+    from harness.grid import default_storage
+    from harness.status import format_status, read_status
+    cfg = load(args)
+    storage = args.storage or default_storage(args.results)
+    print(format_status(read_status(cfg, storage)))
+    return EXIT_DONE
 
 
 def cmd_ui(args) -> int:
@@ -247,19 +297,21 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args, command)
         if args.command == "ui":
             return cmd_ui(args)
+        if args.command == "status":
+            return cmd_status(args)
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("harness: interrupted; finished runs are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line, finished runs are kept
         if os.environ.get("HARNESS_DEBUG"):
             raise
         print(f"harness: internal error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
               " (finished runs are kept; HARNESS_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_INTERNAL
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

@@ -132,6 +132,23 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+# Settings that tell the grid's points apart (harness/points.py) or change no numbers: left out of
+# the study's digest. Everything else, every key of every other section, is in it, so a key added
+# later is covered without being listed here.
+NOT_IN_STUDY = ("variants", "define", "factorial", "description", "name", "tune")
+
+# `speed` options that change the numbers: parallel augmentation draws another random stream, mixed
+# precision other arithmetic. `jit_compile` is left out: Keras ignores XLA while train.deterministic
+# is on, and with determinism off no two runs agree to the bit anyway, so XLA's rounding is within
+# the noise such a study already has; it only changes how fast a point trains.
+RESULT_SPEED_KEYS = ("parallel_augment", "mixed_precision")
+
+# Keys added after studies existed, at the value that reproduces the numbers from before they
+# existed: left out of the digest at that value, so studies (and their runs) made before the key
+# keep their names. Any other value is in the digest.
+NEUTRAL: dict[str, Any] = {"speed.parallel_augment": False, "speed.mixed_precision": False,
+                           "model.builder": "", "data.foreground_values": []}
+
 PIPELINES = ("tfdata", "imagedatagenerator")
 DATA_SOURCES = ("synthetic", "folder")
 FIT_MODES = ("tile", "resize")
@@ -166,13 +183,11 @@ class Config:
 
     @property
     def study_name(self) -> str:
-        """The experiment's name plus a hash of everything but the grid axes: change a hyperparameter
-        and a new study starts; add a seed or a variant and the finished points are kept."""
-        raw = {k: v for k, v in self.raw.items()
-               if k not in ("variants", "define", "factorial", "description", "name", "speed", "tune")}
-        raw["train"] = {k: v for k, v in raw["train"].items() if k != "seeds"}
-        digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.name}-{digest}"
+        """The experiment's name plus a digest of every setting that changes a point's numbers, except
+        what tells the points apart (variants, their definitions, seeds: see harness/points.py).
+        Change a hyperparameter and a new study starts; add a seed or a variant and the finished
+        points are kept."""
+        return f"{self.name}-{settings_digest(self.raw)}"
 
     @property
     def report_name(self) -> str:
@@ -184,6 +199,20 @@ class Config:
         for key, value in overrides.items():
             set_dotted(raw, key, value)
         return validate(raw, self.source_dir)
+
+
+def settings_digest(raw: dict) -> str:
+    """8 hex digits over the resolved settings that make a point's numbers, seeds and variants aside."""
+    settings = {k: copy.deepcopy(v) for k, v in raw.items() if k not in NOT_IN_STUDY}
+    settings["train"].pop("seeds")
+    settings["speed"] = {k: v for k, v in settings["speed"].items() if k in RESULT_SPEED_KEYS}
+    for key, value in NEUTRAL.items():
+        section, name = key.split(".")
+        if settings.get(section, {}).get(name, value) == value:
+            settings.get(section, {}).pop(name, None)
+    if not settings["speed"]:
+        del settings["speed"]          # the digest of studies made before speed options counted
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

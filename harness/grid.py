@@ -1,5 +1,10 @@
 """The only module that speaks to Optuna: one study per experiment, the variant x seed grid,
-resume (finished points are skipped, interrupted ones retrained) and the sweep loop."""
+resume (finished points are skipped, interrupted ones retrained), the sweep loop and the points'
+states for `harness status`.
+
+Trials name their point in the user attribute `point` (harness/points.py) and suggest no
+parameters: Optuna refuses a categorical parameter whose choices change between trials, and a grid
+that grows (a seed, a variant) changes them."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +16,7 @@ import random
 import subprocess
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +24,7 @@ from typing import Callable
 
 from harness.config import Config, Variant
 from harness.errors import StorageError
+from harness.points import grid_points, point_key  # noqa: F401 - point_key: grid's own name for it
 from harness.progress import Progress
 from harness.tracking import Tracker, default_tracking_uri, first_line
 
@@ -38,11 +45,6 @@ class PointOutcome:
 
 def default_storage(results: Path) -> str:
     return f"sqlite:///{(results / 'optuna.db').resolve()}"
-
-
-def point_key(variant: Variant, seed: int) -> str:
-    axes = ",".join(f"{k}={v}" for k, v in variant.axes().items())
-    return f"{variant.name}/{seed}/{axes}"
 
 
 def quiet_optuna():
@@ -151,27 +153,42 @@ def is_stale(trial, now: float) -> bool:
     return now - seen[1] > GRACE_S
 
 
-def trials_by_state(study):
+def crashed_in(trial, sweep_id: str) -> bool:
+    """The trial's point raised during sweep `sweep_id` (a killed or starved worker's trial has no
+    `error`: its point is retried at once)."""
     import optuna
-    states = {}
+    return (trial.state == optuna.trial.TrialState.FAIL and "error" in trial.user_attrs
+            and trial.user_attrs.get("sweep") == sweep_id)
+
+
+def point_states(study, sweep_id: str = "") -> tuple[set, set, set]:
+    """Point keys with a finished trial, with a queued or running one, and crashed in this sweep."""
+    import optuna
+    states = optuna.trial.TrialState
+    done, pending, crashed = set(), set(), set()
     for t in study.get_trials(deepcopy=False):
         key = t.user_attrs.get("point")
-        if key is not None:
-            states.setdefault(key, []).append(t.state)
-    done = {k for k, s in states.items() if optuna.trial.TrialState.COMPLETE in s}
-    pending = {k for k, s in states.items()
-               if optuna.trial.TrialState.WAITING in s or optuna.trial.TrialState.RUNNING in s}
-    return done, pending
+        if key is None:
+            continue
+        if t.state == states.COMPLETE:
+            done.add(key)
+        elif t.state in (states.WAITING, states.RUNNING):
+            pending.add(key)
+        elif crashed_in(t, sweep_id):
+            crashed.add(key)
+    return done, pending, crashed
 
 
-def enqueue_missing(study, points: dict) -> list[str]:
-    """Queue each grid point that has no finished trial and is not queued or running already."""
-    done, pending = trials_by_state(study)
+def enqueue_missing(study, points: dict, sweep_id: str) -> list[str]:
+    """Queue each grid point that has no finished trial, is not queued or running already, and did
+    not crash in this sweep (a crash is retried by the next `harness sweep`, not in a loop).
+    Returns the points not finished."""
+    done, pending, crashed = point_states(study, sweep_id)
     missing = [k for k in points if k not in done]
     for key in missing:
-        if key not in pending:
+        if key not in pending and key not in crashed:
             variant, seed = points[key]
-            study.enqueue_trial({"variant": variant.name, "seed": seed}, user_attrs={"point": key})
+            study.enqueue_trial({}, user_attrs={"point": key, "variant": variant.name, "seed": seed})
     return missing
 
 
@@ -202,8 +219,9 @@ def versions() -> dict:
 
 def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_uri: str | None = None,
               command: str = "", log: Callable[[str], None] = print, run_check: bool = True,
-              dataset=None) -> list[PointOutcome]:
-    """Train every (variant, seed) point not finished yet; return what this call trained."""
+              dataset=None, sweep_id: str | None = None) -> list[PointOutcome]:
+    """Train every (variant, seed) point not finished yet; return what this call trained. Workers
+    of one `--n-jobs` sweep share its `sweep_id`: a point that crashed is tried once in it."""
     from harness.data import load_dataset
 
     results.mkdir(parents=True, exist_ok=True)
@@ -219,10 +237,13 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     dataset = dataset or load_dataset(cfg["data"])          # bad data fails before any trial
     study = open_study(cfg, storage)
     tracker = Tracker(tracking_uri, cfg.name, results)
-    fail_stale_trials(study)
+    stale_trials = fail_stale_trials(study)         # of any grid: their workers died
+    if stale_trials:
+        log(f"{stale_trials} running trial(s) without a heartbeat for {GRACE_S:.0f}s marked FAILED: their worker died")
     stale_runs = fail_orphaned_runs(study, tracker)
-    points = {point_key(v, s): (v, s) for v in cfg.variants for s in cfg.seeds}
-    missing = enqueue_missing(study, points)
+    sweep_id = sweep_id or uuid.uuid4().hex[:12]
+    points = grid_points(cfg)
+    missing = enqueue_missing(study, points, sweep_id)
     log(f"{cfg.name}: {len(points)} grid points, {len(points) - len(missing)} already finished, "
         f"{len(missing)} to train" + (f" ({stale_runs} interrupted run(s) marked FAILED)" if stale_runs else ""))
     log(f"data: {dataset.description}, fingerprint {dataset.fingerprint}")
@@ -241,13 +262,17 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     figures = ThreadPoolExecutor(max_workers=1, thread_name_prefix="figures")
     try:
         while True:
-            trial = next_trial(study, points, on_stale=lambda: fail_orphaned_runs(study, tracker))
+            trial = next_trial(study, points, sweep_id, log=log,
+                               on_stale=lambda: fail_orphaned_runs(study, tracker))
             if trial is None:
                 break
             variant, seed = points[trial.user_attrs["point"]]
-            progress.set_done(len(trials_by_state(study)[0] & set(points)))
-            outcomes.append(run_point(cfg, study, trial, variant, seed, dataset, tracker, log,
-                                      checks.get(variant.name, {}), progress, figures))
+            progress.set_done(len(point_states(study)[0] & set(points)))
+            # Stamped from the claim to `tell`: judging and the MLflow writes can be slow too, and a
+            # trial gone silent is failed and retrained by another worker.
+            with Heartbeat(trial):
+                outcomes.append(run_point(cfg, study, trial, variant, seed, dataset, tracker, log,
+                                          checks.get(variant.name, {}), progress, figures))
         status = "FINISHED"
     finally:
         figures.shutdown(wait=True)
@@ -292,38 +317,50 @@ def with_progress_cleared(log: Callable[[str], None], progress: Progress) -> Cal
     return logged
 
 
-def next_trial(study, points: dict, on_stale: Callable[[], None] = lambda: None):
-    """Claim the next grid point: pop a queued trial and keep it only if no trial with a lower number
-    already runs or finished that point (workers racing for one point all see the same lowest
-    number, so exactly one keeps it). When nothing is queued but other workers' points are running,
-    wait: a dead worker's point goes stale, is failed and queued again. None when all are done."""
+def next_trial(study, points: dict, sweep_id: str, log: Callable[[str], None] = print,
+               on_stale: Callable[[], None] = lambda: None):
+    """Claim the next grid point: pop a queued trial and keep it only if no other trial holds that
+    point (workers racing for one point all see the same lowest number, so exactly one keeps it).
+    A queued trial of another grid (an interrupted sweep's) is skipped and said so. When nothing is
+    queued but other workers' points of this grid are running, wait: a dead worker's point goes
+    stale, is failed and queued again. None when all are done."""
     import optuna
     running = optuna.trial.TrialState.RUNNING
     while True:
         if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             trial = study.ask()
             key = trial.user_attrs.get("point")
-            if key is not None and not claimed_by_another(study, key, trial.number):
+            if key not in points:
+                log(f"skipping queued trial {trial.number} ({key}): not in this grid; an earlier sweep of "
+                    "another grid left it, and that grid's next sweep queues it again")
+                trial.set_user_attr("skipped", "not in the grid of the sweep that found it queued")
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                continue
+            if not claimed_elsewhere(study, key, trial.number, sweep_id):
+                trial.set_user_attr("sweep", sweep_id)
                 return trial
             # Another worker holds this point, or took the last queued one between our look and ask.
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
-        if not study.get_trials(deepcopy=False, states=(running,)):
+        if not any(t.user_attrs.get("point") in points for t in study.get_trials(deepcopy=False, states=(running,))):
             return None
         time.sleep(HEARTBEAT_S)
         if fail_stale_trials(study):
             on_stale()
-        done, pending = trials_by_state(study)
-        for key in set(points) - done - pending:
-            variant, seed = points[key]
-            study.enqueue_trial({"variant": variant.name, "seed": seed}, user_attrs={"point": key})
+        enqueue_missing(study, points, sweep_id)
 
 
-def claimed_by_another(study, key: str, number: int) -> bool:
+def claimed_elsewhere(study, key: str, number: int, sweep_id: str) -> bool:
+    """Another trial of this point finished, runs with a lower number, or crashed in this sweep."""
     import optuna
-    held = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
-    return any(t.user_attrs.get("point") == key and t.number < number
-               for t in study.get_trials(deepcopy=False, states=held))
+    states = optuna.trial.TrialState
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("point") != key or t.number == number:
+            continue
+        if (t.state == states.COMPLETE or (t.state == states.RUNNING and t.number < number)
+                or crashed_in(t, sweep_id)):
+            return True
+    return False
 
 
 def fail_orphaned_runs(study, tracker: Tracker) -> int:
@@ -342,8 +379,6 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
     from harness.train import train_variant
     from harness.verdict import judge
 
-    trial.suggest_categorical("variant", [v.name for v in cfg.variants])
-    trial.suggest_categorical("seed", cfg.seeds)
     run_id = tracker.start_point(variant.name, seed, run_params(cfg, variant, seed, dataset.fingerprint),
                                  tags={"optuna.trial": str(trial.number), "optuna.study": study.study_name,
                                        **check_tags})
@@ -363,8 +398,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         progress.epoch(epoch, metrics.get("loss"))
 
     try:
-        with Heartbeat(trial):
-            result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch, on_batch=progress.batch)
+        result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch, on_batch=progress.batch)
         judged = judge(result.history, result.loss_floor, result.trivial_miou, cfg["verdict"],
                        diverged=result.diverged_at is not None,
                        diverged_epoch=result.diverged_at[0] if result.diverged_at else None)
@@ -391,6 +425,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
                 log(f"note: figures of run {run_id} not logged: {first_line(e)}")
         # Drawn while the next point trains; the sweep waits for them before it ends.
         (figures.submit(draw_figures) if figures is not None else draw_figures())
+        trial.set_user_attr("verdict", judged["verdict"])          # for `harness status`, without MLflow
         progress.end_point()
         value = judged["final_miou"]
         tell(study, trial, value if math.isfinite(value) else 0.0, log=log)
@@ -422,3 +457,32 @@ def tell(study, trial, value=None, state=None, log=print) -> None:
         study.tell(trial, value, state=state)
     except (RuntimeError, ValueError) as e:
         log(f"note: trial {trial.number} was already finished elsewhere ({first_line(e)})")
+
+
+def point_trials(cfg: Config, storage_url: str) -> dict[str, list[dict]] | None:
+    """For `harness status`: every trial of the grid's study as plain data, by point key (oldest
+    first); None when the storage or the study does not exist yet. Creates nothing."""
+    import optuna
+    quiet_optuna()
+    local = storage_url.removeprefix("journal:") if storage_url.startswith("journal:") else (
+        storage_url.removeprefix("sqlite:///") if storage_url.startswith("sqlite:///") else None)
+    if local is not None and not Path(local).is_file():
+        return None
+    try:
+        if storage_url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+            storage = optuna.storages.JournalStorage(JournalFileBackend(local))
+        else:
+            storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=connect_timeout(storage_url))
+        study = optuna.load_study(study_name=cfg.study_name, storage=storage)
+    except KeyError:
+        return None                     # the storage holds other studies, not this one
+    except Exception as e:  # noqa: BLE001 - any other failure means the storage is unusable
+        raise StorageError(f"Optuna storage {storage_url} is not usable: {first_line(e)}") from None
+    trials: dict[str, list[dict]] = {}
+    for t in study.get_trials(deepcopy=False):
+        if "point" in t.user_attrs:
+            trials.setdefault(t.user_attrs["point"], []).append({
+                "number": t.number, "state": t.state.name, "value": t.value, "attrs": dict(t.user_attrs),
+                "start": t.datetime_start.timestamp() if t.datetime_start else None})
+    return trials

@@ -14,6 +14,7 @@ import pandas as pd
 
 from harness import plots
 from harness.config import Config
+from harness.points import runs_of_grid
 from harness.tracking import artifact_path, load_runs
 from harness.verdict import FAILED, HEALTHY, combine, judge, rules_markdown
 
@@ -233,7 +234,7 @@ def negative_cause(row) -> str:
 
 def write_report(cfg: Config, results: Path, tracking_uri: str, command: str) -> Path:
     """Read the runs back from MLflow and write <results>/<experiment>/{report.md,html,summary.csv,...}."""
-    runs = load_runs(tracking_uri, cfg.name, study=cfg.study_name)
+    runs = runs_of_grid(load_runs(tracking_uri, cfg.name, study=cfg.study_name), cfg)   # current definitions only
     out = results / cfg.report_name
     out.mkdir(parents=True, exist_ok=True)
     points = point_rows(runs, cfg)
@@ -274,7 +275,7 @@ def compare_pipelines(cfg: Config, summary: pd.DataFrame, tracking_uri: str) -> 
     mine = cfg["pipeline"]
     other = "imagedatagenerator" if mine == "tfdata" else "tfdata"
     other_cfg = cfg.with_overrides({"pipeline": other})
-    points = point_rows(load_runs(tracking_uri, cfg.name, study=other_cfg.study_name), other_cfg)
+    points = point_rows(runs_of_grid(load_runs(tracking_uri, cfg.name, study=other_cfg.study_name), other_cfg), other_cfg)
     if points.empty:
         return ""
     theirs = summarize(points).set_index("variant")

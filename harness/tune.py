@@ -7,6 +7,8 @@ the grid, under its own name, so an interrupted tune resumes where it stopped.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -30,8 +32,13 @@ class TuneOutcome:
 
 
 def tune_study_name(cfg: Config, variant: str) -> str:
-    """Per variant, beside the grid's study: the grid's settings hash plus the variant."""
-    return f"{cfg.study_name}-tune-{variant}"
+    """Per variant, beside the grid's study: the grid's settings digest, the variant, and a digest of
+    the variant's axes and the ranges. Optuna refuses a parameter whose distribution changes within
+    a study (a categorical's choices, a range's log scale), and TPE learns from the trials of one
+    space: changed ranges or a redefined variant start a tuning study of their own."""
+    axes = next((v.axes() for v in cfg.variants if v.name == variant), {})
+    space = json.dumps({"axes": axes, "ranges": cfg["tune"]["ranges"]}, sort_keys=True)
+    return f"{cfg.study_name}-tune-{variant}-{hashlib.sha256(space.encode()).hexdigest()[:8]}"
 
 
 def find_variant(cfg: Config, name: str) -> Variant:

@@ -15,7 +15,7 @@ from conftest import ROOT
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 FAST = ["--set", "train.epochs=4", "--set", "data.n_images=96", "--set", "augment.stats_rounds=0"]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", HARNESS_HEARTBEAT_S="1",
-           HARNESS_GRACE_S="8", PYTHONPATH=str(ROOT / "tests"))
+           HARNESS_GRACE_S="8", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
 
 
 def start(*args, cwd):

@@ -1,0 +1,35 @@
+"""Exit codes a script or CI job can tell apart (README, "Exit codes"); abbreviations refused."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+TINY = ROOT / "tests" / "data" / "tiny.toml"
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+
+
+def harness(*args, cwd):
+    p = subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("args", [["sweep", TINY, "--n-j", "2"], ["sweep", TINY, "--stric"],
+                                  ["status", TINY, "--stor", "x"], ["check", TINY, "--js"]])
+def test_abbreviated_options_are_refused(tmp_path, args):
+    code, out, err = harness(*args, "--results", tmp_path / "r", cwd=tmp_path)
+    assert code == 2 and "unrecognized arguments" in err, err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("variants, code", [('["image_only", "tanh_posted"]', 1), ('["image_only"]', 0)])
+def test_check_strict_exits_1_when_a_variant_is_predicted_to_fail(tmp_path, variants, code):
+    got, out, err = harness("check", TINY, "--set", "data.n_images=48", "--set", f"variants={variants}", "--strict",
+                            cwd=tmp_path)
+    assert got == code, err[-2000:]
+    assert ("predicted to fail: tanh_posted" in err) == (code == 1)
+    plain, _, err = harness("check", TINY, "--set", "data.n_images=48", "--set", f"variants={variants}", cwd=tmp_path)
+    assert plain == 0, err[-2000:]                                   # without --strict: it ran, exit 0
