@@ -3,6 +3,7 @@ resume (finished points are skipped, interrupted ones retrained) and the sweep l
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -65,8 +66,10 @@ def open_study(cfg: Config, storage_url: str, study_name: str | None = None, **s
                 storage = optuna.storages.JournalStorage(JournalFileBackend(storage_url.removeprefix("journal:")))
             else:
                 storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=connect_timeout(storage_url))
-            return optuna.create_study(study_name=study_name or cfg.study_name, storage=storage, load_if_exists=True,
-                                       direction="maximize", **study_kwargs)
+            study = optuna.create_study(study_name=study_name or cfg.study_name, storage=storage,
+                                        load_if_exists=True, direction="maximize", **study_kwargs)
+            describe_study(study, cfg)
+            return study
         except Exception as e:  # noqa: BLE001 - any failure here means the storage is unusable
             # Workers starting together on a fresh database race to create Optuna's tables; the
             # loser gets a unique violation or "already exists", and a retry finds the tables.
@@ -235,6 +238,7 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
                                "check.details": json.dumps(row.details)[:5000]}
         log(f"check {row.variant}: predicted {predicted_verdict(row.flags)}; flags: {', '.join(row.flags) or 'none'}")
     open_parent_run(study, tracker, cfg, storage, command)
+    tracker.use_dataset(cfg["data"], dataset.fingerprint, dataset.description)
     # A --n-jobs worker leaves the parent run to the process that started the workers.
     owns_parent = not os.environ.get("HARNESS_WORKER")
     outcomes, status = [], "KILLED"      # stays KILLED unless the loop ends normally
@@ -263,6 +267,7 @@ def open_parent_run(study, tracker: Tracker, cfg: Config, storage: str, command:
                                  params={"study": study.study_name, "storage": storage, "command": command},
                                  tags={"harness.experiment": cfg.name})
     study.set_user_attr("mlflow_parent_run_id", parent)
+    tracker.log_config(parent, cfg.raw)
     return parent
 
 
@@ -422,3 +427,25 @@ def tell(study, trial, value=None, state=None, log=print) -> None:
         study.tell(trial, value, state=state)
     except (RuntimeError, ValueError) as e:
         log(f"note: trial {trial.number} was already finished elsewhere ({first_line(e)})")
+
+
+def describe_study(study, cfg: Config) -> None:
+    """Name the objective and store the settings as user attributes, so optuna-dashboard and
+    `optuna studies` show what a study is (written once, by whoever creates the study)."""
+    if "experiment" in study.user_attrs:
+        return
+    study.set_metric_names(["val_miou"])
+    for key, value in study_attrs(cfg).items():
+        study.set_user_attr(key, value)
+
+
+def study_attrs(cfg: Config) -> dict:
+    """The settings that make the study (its name hashes them), one attribute per config section;
+    the grid itself (variants, seeds) may grow later, so it is stored as it was at creation."""
+    settings = {section: cfg[section] for section in ("data", "augment", "model", "verdict")}
+    settings["train"] = {k: v for k, v in cfg["train"].items() if k != "seeds"}
+    raw = json.dumps(cfg.raw, sort_keys=True, default=str)
+    return {"experiment": cfg.name, "pipeline": cfg["pipeline"], "objective": "val_miou, maximized",
+            **json.loads(json.dumps(settings, default=str)),
+            "grid_at_creation": {"variants": [v.name for v in cfg.variants], "seeds": cfg.seeds},
+            "config_digest": hashlib.sha256(raw.encode()).hexdigest()[:12]}
