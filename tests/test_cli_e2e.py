@@ -86,29 +86,44 @@ def free_port() -> int:
 
 
 def assert_ui_serves_the_runs(results: Path, cwd: Path) -> None:
-    """`harness ui` starts the MLflow UI on the same store; its REST API lists the sweep's runs."""
+    """`harness ui` starts the MLflow UI on the same store and prints the experiment's training-runs
+    page; its REST API lists the sweep's runs, and the parent run's artifacts hold the report and config."""
     import json
+    import re
     import time
     import urllib.request
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--results", str(results), "--port", str(port)],
                           cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def api(path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/{path}", data=data,
+                                     headers={"Content-Type": "application/json"})
+        return json.load(urllib.request.urlopen(req, timeout=5))
+
     try:
-        assert f"http://127.0.0.1:{port}" in ui.stdout.readline()
-        deadline, found = time.time() + 90, None
-        while time.time() < deadline and found is None:
+        page = re.search(rf"http://127\.0\.0\.1:{port}/#/experiments/(\d+)/runs", ui.stdout.readline())
+        assert page, "harness ui must print the experiment's training-runs page"
+        deadline, exp = time.time() + 90, None
+        while time.time() < deadline and exp is None:
             try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name"
-                                             f"?experiment_name=tiny")
-                exp = json.load(urllib.request.urlopen(req, timeout=5))["experiment"]
-                body = json.dumps({"experiment_ids": [exp["experiment_id"]], "max_results": 100}).encode()
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
-                                             headers={"Content-Type": "application/json"})
-                found = json.load(urllib.request.urlopen(req, timeout=5))["runs"]
+                exp = api("experiments/get-by-name?experiment_name=tiny")["experiment"]
             except OSError:
                 time.sleep(1)
-        assert found is not None, "MLflow UI did not answer"
+        assert exp is not None, "MLflow UI did not answer"
+        assert exp["experiment_id"] == page.group(1)
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
+        found = api("runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
         assert len(found) == 6          # the sweep's parent run and its 5 nested runs
+        parent = [r for r in found if "mlflow.parentRunId" not in {t["key"] for t in r["data"]["tags"]}]
+        assert len(parent) == 1
+        for run in found:
+            tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+            assert tags["mlflow.source.name"].startswith("harness sweep") and "mlflow.source.git.commit" in tags
+            assert run["inputs"]["dataset_inputs"][0]["dataset"]["digest"]
+        listed = api(f"artifacts/list?run_id={parent[0]['info']['run_id']}")
+        assert {"config.json", "report.md", "report.html", "summary.csv"} <= {f["path"] for f in listed["files"]}
     finally:
         ui.terminate()
         ui.wait(timeout=30)
