@@ -208,14 +208,21 @@ def cmd_tune(args, command: str) -> int:
 
 
 def cmd_report(args, command: str) -> int:
+    """The current settings' report, or with --study an older study's, beside it in
+    <results>/<experiment>/<study>/ (read with the config that study's sweep logged)."""
     from harness.report import write_report
     from harness.tracking import default_tracking_uri
     uri = args.tracking_uri or default_tracking_uri(args.results)
-    cfg, study = resolve_study(args.study, args.overrides, uri) if args.study else (load(args), None)
-    if args.study and args.experiment and load(args).name != cfg.name:
-        raise HarnessError(f"study {args.study} is not a study of experiment {load(args).name}")
+    cfg, folder = load(args), None
+    study = cfg.study_name
+    if args.study and args.study != cfg.study_name:
+        named = args.experiment is not None
+        cfg, study = resolve_study(args.study, args.overrides, uri)
+        if named and load(args).name != cfg.name:
+            raise HarnessError(f"study {args.study} is not a study of experiment {load(args).name}")
+        folder = args.results / cfg.report_name / study
     check_writable(args.results)
-    report = write_report(cfg, args.results, uri, command, study=study)
+    report = write_report(cfg, args.results, uri, command, study=study, folder=folder)
     print(f"report: {report}")
     return 0
 

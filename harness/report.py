@@ -237,12 +237,13 @@ def negative_cause(row) -> str:
             "the loss itself goes below its own floor")
 
 
-def write_report(cfg: Config, results: Path, tracking_uri: str, command: str, study: str | None = None) -> Path:
-    """Read the runs back from MLflow and write <results>/<experiment>/{report.md,html,summary.csv,...};
-    an older `study` than the config's own goes to <results>/<experiment>/<study>/."""
+def write_report(cfg: Config, results: Path, tracking_uri: str, command: str, study: str | None = None,
+                 folder: Path | None = None) -> Path:
+    """Read the runs back from MLflow and write <results>/<experiment>/{report.md,html,summary.csv,...}
+    (or into `folder`), from the config's study or the given `study`."""
     study = study or cfg.study_name
     runs = load_runs(tracking_uri, cfg.name, study=study)
-    out = results / cfg.report_name / ("" if study == cfg.study_name else study)
+    out = folder or results / cfg.report_name
     out.mkdir(parents=True, exist_ok=True)
     points = point_rows(runs, cfg)
     tuned = tune_section(cfg, tracking_uri, out, summary=None)

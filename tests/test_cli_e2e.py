@@ -15,6 +15,7 @@ TINY = ROOT / "tests" / "data" / "tiny.toml"
 
 def harness(*args, cwd=None, timeout=900):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("HARNESS_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=env, timeout=timeout)
 
@@ -164,6 +165,15 @@ def test_check_json_lists_the_flags_per_variant(tmp_path):
         assert rows[name]["flags"] == [], rows[name]
     text = harness("check", TINY, "--set", 'variants=["seed"]', cwd=tmp_path, timeout=300)
     assert text.returncode == 0 and "fix:" in text.stdout and "predicted: negative_loss_or_diverged" in text.stdout
+    # TensorFlow's start-up lines (printed from C++ before any log level applies) are held back.
+    noise = [line for line in run.stderr.splitlines() + text.stderr.splitlines()
+             if "I0000" in line or "absl::InitializeLog" in line or "cudart_stub" in line]
+    assert not noise, noise
+
+
+def test_version_is_one_line_and_exit_0(tmp_path):
+    run = harness("--version", cwd=tmp_path, timeout=60)
+    assert run.returncode == 0 and run.stdout.startswith("harness ") and len(run.stdout.splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -11,39 +11,15 @@ import pytest
 
 from conftest import ROOT
 from harness.config import load_config
+from fake_runs import COMMAND, PLATEAU, STUCK, log_sweep
 from harness.tracking import Tracker, attach_report, experiment_id, study_config, sweep_commands
 
-PLATEAU = [0.5, 0.7, 0.84, 0.85, 0.86, 0.86, 0.86, 0.86]
-STUCK = [0.42] * 8
-COMMAND = "harness sweep tiny --set train.epochs=8 --set 'variants=[\"seed\",\"image_only\"]'"
 
 
 @pytest.fixture(scope="module")
 def cfg():
     return load_config(ROOT / "tests" / "data" / "tiny.toml",
                        ["train.epochs=8", 'variants=["seed","image_only"]'])
-
-
-def log_sweep(tmp, cfg, miou_by_variant: dict, command: str = COMMAND) -> Tracker:
-    """What run_sweep logs for a finished sweep, with hand-made histories instead of training."""
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    tracker = Tracker(uri, cfg.name, tmp)
-    parent = tracker.start_sweep(None, params={"study": cfg.study_name, "storage": "x", "command": command},
-                                 tags={"harness.experiment": cfg.name})
-    tracker.log_config(parent, cfg.raw)
-    tracker.use_dataset(cfg["data"], "0123456789ab", "synthetic: 8 images")
-    for variant, miou in miou_by_variant.items():
-        run = tracker.start_point(variant, 1, {"variant": variant, "pipeline": cfg["pipeline"], "python": "3.11"},
-                                  tags={"optuna.study": cfg.study_name})
-        for epoch, value in enumerate(miou, start=1):
-            tracker.log_epoch(run, epoch, {"loss": 0.5 / epoch, "val_miou": value, "val_iou": value,
-                                           "val_dice": value})
-        tracker.set_tags(run, {"verdict": "x", "loss_floor": 0.0, "trivial_miou": 0.42, "epochs_run": len(miou),
-                               "seconds": 8.0, "device": "CPU", "diverged": False, "check.predicted": "trains",
-                               "check.flags": "none"})
-        tracker.end_point(run, "FINISHED")
-    tracker.end_sweep()
-    return tracker
 
 
 def test_runs_carry_source_git_dataset_and_config(tmp_path, cfg):
@@ -114,3 +90,16 @@ def test_compare_gives_the_reports_pipelines_table(tmp_path, cfg):
     assert out.returncode == 0, out.stderr[-2000:]
     assert section in out.stdout
     assert list(pd.read_csv(tmp_path / "c.csv")["variant"]) == ["seed", "image_only"]
+
+
+def test_report_of_an_older_study_uses_the_config_its_sweep_logged(tmp_path, cfg, capsys):
+    from harness.cli import main
+    older = cfg.with_overrides({"train.epochs": 6})
+    log_sweep(tmp_path, older, {"seed": STUCK[:6], "image_only": PLATEAU[:6]}, command="harness sweep tiny --set train.epochs=6")
+    log_sweep(tmp_path, cfg, {"seed": STUCK})
+    assert main(["report", str(ROOT / "tests" / "data" / "tiny.toml"), "--results", str(tmp_path),
+                 "--study", older.study_name]) == 0
+    md = (tmp_path / "tiny" / older.study_name / "report.md").read_text()
+    assert "harness sweep tiny --set train.epochs=6" in md and "| image_only |" in md
+    assert main(["report", "--results", str(tmp_path), "--study", "tiny-0000000f"]) == 2
+    assert "harness: error: neither an experiment nor a study" in capsys.readouterr().err
