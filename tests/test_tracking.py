@@ -103,3 +103,19 @@ def test_report_of_an_older_study_uses_the_config_its_sweep_logged(tmp_path, cfg
     assert "harness sweep tiny --set train.epochs=6" in md and "| image_only |" in md
     assert main(["report", "--results", str(tmp_path), "--study", "tiny-0000000f"]) == 2
     assert "harness: error: neither an experiment nor a study" in capsys.readouterr().err
+
+
+def test_the_study_names_its_metric_and_settings(tmp_path, cfg):
+    import optuna
+    from harness.grid import open_study
+    study = open_study(cfg, f"sqlite:///{tmp_path / 'optuna.db'}")
+    loaded = optuna.load_study(study_name=cfg.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert loaded.metric_names == ["val_miou"]
+    attrs = loaded.user_attrs
+    assert attrs["experiment"] == "tiny" and attrs["pipeline"] == "tfdata" and attrs["train"]["epochs"] == 8
+    assert "seeds" not in attrs["train"] and attrs["grid_at_creation"] == {"variants": ["seed", "image_only"],
+                                                                         "seeds": [1]}
+    # Settings are written by whoever creates the study; a grown grid does not rewrite them.
+    open_study(cfg.with_overrides({"train.seeds": [1, 2]}), f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert optuna.load_study(study_name=cfg.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+                             ).user_attrs["grid_at_creation"]["seeds"] == [1]
