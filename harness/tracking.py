@@ -58,8 +58,9 @@ class Tracker:
         try:
             found = self.client.get_experiment_by_name(name)
             if found is not None:
-                if "mlflow.experimentKind" not in found.tags:     # a store written before the kind was set
-                    self.client.set_experiment_tag(found.experiment_id, *KIND_OF_EXPERIMENT)
+                if KIND_OF_EXPERIMENT[0] not in found.tags:     # a store written before the kind was set
+                    with contextlib.suppress(Exception):          # workers racing to set it: one wins
+                        self.client.set_experiment_tag(found.experiment_id, *KIND_OF_EXPERIMENT)
                 return found.experiment_id
             # Artifacts beside a local store, never in the current directory.
             location = (results / "mlartifacts").resolve().as_uri() if self.local else None
@@ -118,7 +119,19 @@ class Tracker:
                           profile=json.dumps({"description": description}))
         self.dataset = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
         if self.parent_id:
-            self.client.log_inputs(self.parent_id, datasets=[self.dataset])
+            self.log_dataset(self.parent_id)
+
+    def log_dataset(self, run_id: str) -> None:
+        """MLflow checks for the dataset, then inserts it: --n-jobs workers doing so at once collide on
+        its key, and the loser's retry finds the winner's row."""
+        for attempt in range(4):
+            try:
+                self.client.log_inputs(run_id, datasets=[self.dataset])
+                return
+            except Exception:  # noqa: BLE001 - a unique-key race; anything lasting is raised on the last try
+                if attempt == 3:
+                    raise
+                time.sleep(0.2 + 0.3 * attempt)
 
     def end_sweep(self, status: str = "FINISHED") -> None:
         if self.parent_id:
@@ -131,7 +144,7 @@ class Tracker:
                   "variant": variant, "seed": str(seed), **self.source, **tags})
         self.log_params(run.info.run_id, params)
         if self.dataset is not None:
-            self.client.log_inputs(run.info.run_id, datasets=[self.dataset])
+            self.log_dataset(run.info.run_id)
         return run.info.run_id
 
     def log_params(self, run_id: str, params: dict) -> None:
