@@ -125,6 +125,9 @@ def assert_ui_serves_the_runs(results: Path, cwd: Path) -> None:
             assert run["inputs"]["dataset_inputs"][0]["dataset"]["digest"]
         listed = api(f"artifacts/list?run_id={parent[0]['info']['run_id']}")
         assert {"config.json", "report.md", "report.html", "summary.csv"} <= {f["path"] for f in listed["files"]}
+        # Pointed at a running server, `harness ui` starts nothing and names the same runs page.
+        named = harness("ui", "tiny", "--tracking-uri", f"http://127.0.0.1:{port}", cwd=cwd, timeout=120)
+        assert named.returncode == 0 and page.group(0) in named.stdout, named.stdout + named.stderr[-2000:]
     finally:
         ui.terminate()
         ui.wait(timeout=30)

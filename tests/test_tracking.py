@@ -119,3 +119,10 @@ def test_the_study_names_its_metric_and_settings(tmp_path, cfg):
     open_study(cfg.with_overrides({"train.seeds": [1, 2]}), f"sqlite:///{tmp_path / 'optuna.db'}")
     assert optuna.load_study(study_name=cfg.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}"
                              ).user_attrs["grid_at_creation"]["seeds"] == [1]
+
+
+def test_ui_on_an_unreachable_server_is_one_line(tmp_path, capsys):
+    from harness.cli import main
+    assert main(["ui", "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("harness: error: MLflow tracking store http://127.0.0.1:9")
