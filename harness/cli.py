@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 from harness.errors import INTERRUPTED, HarnessError
 
 DEFAULT_EXPERIMENT = "whitening"
+TRAINING_COMMANDS = ("sweep", "tune", "check", "bench")      # the commands that import TensorFlow
 
 # Exit codes (README, "Exit codes"): a script or CI job tells these apart.
 EXIT_DONE = 0
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", allow_abbrev=False, description="Compare Keras training variants (first case: 'negative loss when whitening input data'): sweep, tune, check, report, ui, bench.")
     # allow_abbrev=False everywhere: an abbreviated option ("--n-j 3") would slip past what
     # run_workers strips from the workers' arguments, and a later option could make it ambiguous.
+    parser.add_argument("--version", action="version", version=f"%(prog)s {harness_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sweep = sub.add_parser("sweep", allow_abbrev=False, help="train every variant x seed, track in MLflow, write the report")
     add_experiment_args(sweep)
@@ -77,11 +80,37 @@ def build_parser() -> argparse.ArgumentParser:
                             "time extrapolated from 2 epochs; writes <results>/bench/gpu-check.{json,md}")
     report = sub.add_parser("report", allow_abbrev=False, help="write the report from the runs in MLflow")
     add_experiment_args(report)
-    ui = sub.add_parser("ui", allow_abbrev=False, help="serve the MLflow UI on the results store")
+    report.add_argument("--study", help="report an older study of the experiment (its Optuna study name, "
+                                        "as `harness report` and the MLflow runs' optuna.study tag show it)")
+    ui = sub.add_parser("ui", allow_abbrev=False, help="serve the MLflow UI on the results store; prints the training-runs page")
+    ui.add_argument("experiment", nargs="?", help="experiment whose runs page to print (default: the newest)")
     ui.add_argument("--results", type=Path, default=Path("results"))
-    ui.add_argument("--tracking-uri")
+    ui.add_argument("--tracking-uri", help="an MLflow store; an http(s) server is not started again, only named")
+    ui.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0: all)")
     ui.add_argument("--port", type=int, default=5000)
+    add_compare_args(sub)
     return parser
+
+
+def add_compare_args(sub) -> None:
+    compare = sub.add_parser("compare", allow_abbrev=False, help="two studies or two experiments side by side: verdicts, mIoU, difference")
+    compare.add_argument("a", help="an experiment (name or .toml) or an Optuna study name (EXPERIMENT-DIGEST)")
+    compare.add_argument("b", help="the other one")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="settings of both experiments, as for sweep (e.g. --set pipeline=imagedatagenerator)")
+    compare.add_argument("--set-b", dest="overrides_b", action="append", default=[], metavar="KEY=VALUE",
+                         help="settings of B only, on top of --set")
+    compare.add_argument("--results", type=Path, default=Path("results"))
+    compare.add_argument("--tracking-uri")
+    compare.add_argument("--csv", type=Path, help="also write the table as CSV to this file")
+
+
+def harness_version() -> str:
+    import importlib.metadata as md
+    try:
+        return md.version("harness")
+    except md.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def load(args):
@@ -215,11 +244,21 @@ def cmd_tune(args, command: str) -> int:
 
 
 def cmd_report(args, command: str) -> int:
+    """The current settings' report, or with --study an older study's, beside it in
+    <results>/<experiment>/<study>/ (read with the config that study's sweep logged)."""
     from harness.report import write_report
     from harness.tracking import default_tracking_uri
-    cfg = load(args)
+    uri = args.tracking_uri or default_tracking_uri(args.results)
+    cfg, folder = load(args), None
+    study = cfg.study_name
+    if args.study and args.study != cfg.study_name:
+        named = args.experiment is not None
+        cfg, study = resolve_study(args.study, args.overrides, uri)
+        if named and load(args).name != cfg.name:
+            raise HarnessError(f"study {args.study} is not a study of experiment {load(args).name}")
+        folder = args.results / cfg.report_name / study
     check_writable(args.results)
-    report = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
+    report = write_report(cfg, args.results, uri, command, study=study, folder=folder)
     print(f"report: {report}")
     return 0
 
@@ -250,17 +289,115 @@ def cmd_status(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from harness.tracking import default_tracking_uri
+    """Serve the MLflow UI on the store and print the address of the experiment's training runs
+    (MLflow 3's UI otherwise opens an experiment on its GenAI traces view). A tracking server
+    (http/https) is already serving: its runs page is printed, nothing is started."""
+    from harness.tracking import default_tracking_uri, experiment_id
     uri = args.tracking_uri or default_tracking_uri(args.results)
-    if uri.startswith("sqlite:") and not (args.results / "mlflow.db").exists():
+    if uri.startswith("sqlite:") and not args.tracking_uri and not (args.results / "mlflow.db").exists():
         raise HarnessError(f"no MLflow store at {args.results / 'mlflow.db'}: run `harness sweep` first")
-    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C to stop)", flush=True)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+    remote = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if remote else f"http://{shown_host(args.host)}:{args.port}"
+    name = experiment_name(args.experiment) if args.experiment else None
+    found = experiment_id(uri, name)
+    if found is None and name:
+        raise HarnessError(f"no experiment {name!r} in the MLflow store {uri}")
+    page = f"{base}/#/experiments/{found[0]}/runs" if found else base
+    what = f"training runs of {found[1]}" if found else "no experiment yet"
+    if remote:
+        print(f"MLflow UI: {page}  ({what}, served by {base})", flush=True)
+        return 0
+    print(f"MLflow UI: {page}  ({what}; store {uri}; Ctrl-C to stop)", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port)]
-    if uri.startswith("sqlite:"):
+    if uri.startswith("sqlite:") and not args.tracking_uri:
         cmd += ["--default-artifact-root", (args.results / "mlartifacts").resolve().as_uri()]
     os.execv(sys.executable, cmd)
     return 0
+
+
+def shown_host(host: str) -> str:
+    """The address to print: a server on every interface is reached through this host's name."""
+    import socket
+    return socket.gethostname() if host in ("0.0.0.0", "::") else host
+
+
+def experiment_name(given: str) -> str:
+    """An experiment file's name (its `name`, else its stem), or the name as given if no file has it."""
+    try:
+        from harness.config import load_config
+        return load_config(find_experiment(given)).name
+    except HarnessError:
+        return given
+
+
+def resolve_study(given: str, overrides: list[str], tracking_uri: str):
+    """An experiment (file or name, with --set) or an Optuna study name (EXPERIMENT-DIGEST) -> (config,
+    study). A study is read with the config its sweep logged (config.json), else its experiment file's."""
+    from harness.config import load_config, validate
+    from harness.tracking import study_config
+    try:
+        cfg = load_config(find_experiment(given), overrides)
+        return cfg, cfg.study_name
+    except HarnessError:
+        if "-" not in given:
+            raise
+    experiment = given.rsplit("-", 1)[0]
+    raw = study_config(tracking_uri, experiment, given)
+    if raw is not None:
+        return validate(raw), given
+    try:
+        return load_config(find_experiment(experiment), overrides), given
+    except HarnessError:
+        raise HarnessError(f"neither an experiment nor a study with a logged config: {given}") from None
+
+
+def cmd_compare(args) -> int:
+    from harness.report import compare_studies
+    from harness.tracking import default_tracking_uri
+    uri = args.tracking_uri or default_tracking_uri(args.results)
+    cfg_a, study_a = resolve_study(args.a, args.overrides, uri)
+    cfg_b, study_b = resolve_study(args.b, args.overrides + args.overrides_b, uri)
+    md, table = compare_studies(cfg_a, study_a, cfg_b, study_b, uri)
+    print(md, end="")
+    if args.csv is not None:
+        table.to_csv(args.csv, index=False, float_format="%.6g", na_rep="nan", lineterminator="\n")
+        print(f"wrote {args.csv}")
+    return 0
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hold the C-level stderr (fd 2) while TensorFlow is imported: it prints `WARNING: All log
+    messages before absl::InitializeLog()` and `I0000 ... cudart_stub` lines there before any Python
+    log level applies. What it printed is shown after all if the import fails, or with HARNESS_DEBUG=1."""
+    import tempfile
+    if os.environ.get("HARNESS_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def import_tensorflow_quietly() -> None:
+    with quiet_native_stderr():
+        try:
+            import keras  # noqa: F401 - with the default backend this imports TensorFlow
+            import tensorflow  # noqa: F401
+        except ImportError:
+            pass          # the command itself says what is missing, in one line
 
 
 def on_sigint(signum, frame):
@@ -274,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     command = "harness " + shlex.join(argv)
+    if args.command in TRAINING_COMMANDS:
+        import_tensorflow_quietly()
     try:
         if args.command == "sweep":
             return cmd_sweep(args, argv, command)
@@ -299,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_ui(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "compare":
+            return cmd_compare(args)
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -8,6 +8,7 @@ that grows (a seed, a variant) changes them."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -67,8 +68,10 @@ def open_study(cfg: Config, storage_url: str, study_name: str | None = None, **s
                 storage = optuna.storages.JournalStorage(JournalFileBackend(storage_url.removeprefix("journal:")))
             else:
                 storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=connect_timeout(storage_url))
-            return optuna.create_study(study_name=study_name or cfg.study_name, storage=storage, load_if_exists=True,
-                                       direction="maximize", **study_kwargs)
+            study = optuna.create_study(study_name=study_name or cfg.study_name, storage=storage,
+                                        load_if_exists=True, direction="maximize", **study_kwargs)
+            describe_study(study, cfg)
+            return study
         except Exception as e:  # noqa: BLE001 - any failure here means the storage is unusable
             # Workers starting together on a fresh database race to create Optuna's tables; the
             # loser gets a unique violation or "already exists", and a retry finds the tables.
@@ -256,6 +259,7 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
                                "check.details": json.dumps(row.details)[:5000]}
         log(f"check {row.variant}: predicted {predicted_verdict(row.flags)}; flags: {', '.join(row.flags) or 'none'}")
     open_parent_run(study, tracker, cfg, storage, command)
+    tracker.use_dataset(cfg["data"], dataset.fingerprint, dataset.description)
     # A --n-jobs worker leaves the parent run to the process that started the workers.
     owns_parent = not os.environ.get("HARNESS_WORKER")
     outcomes, status = [], "KILLED"      # stays KILLED unless the loop ends normally
@@ -288,6 +292,7 @@ def open_parent_run(study, tracker: Tracker, cfg: Config, storage: str, command:
                                  params={"study": study.study_name, "storage": storage, "command": command},
                                  tags={"harness.experiment": cfg.name})
     study.set_user_attr("mlflow_parent_run_id", parent)
+    tracker.log_config(parent, cfg.raw)
     return parent
 
 
@@ -486,3 +491,25 @@ def point_trials(cfg: Config, storage_url: str) -> dict[str, list[dict]] | None:
                 "number": t.number, "state": t.state.name, "value": t.value, "attrs": dict(t.user_attrs),
                 "start": t.datetime_start.timestamp() if t.datetime_start else None})
     return trials
+
+
+def describe_study(study, cfg: Config) -> None:
+    """Name the objective and store the settings as user attributes, so optuna-dashboard and
+    `optuna studies` show what a study is (written once, by whoever creates the study)."""
+    if "experiment" in study.user_attrs:
+        return
+    study.set_metric_names(["val_miou"])
+    for key, value in study_attrs(cfg).items():
+        study.set_user_attr(key, value)
+
+
+def study_attrs(cfg: Config) -> dict:
+    """The settings that make the study (its name hashes them), one attribute per config section;
+    the grid itself (variants, seeds) may grow later, so it is stored as it was at creation."""
+    settings = {section: cfg[section] for section in ("data", "augment", "model", "verdict")}
+    settings["train"] = {k: v for k, v in cfg["train"].items() if k != "seeds"}
+    raw = json.dumps(cfg.raw, sort_keys=True, default=str)
+    return {"experiment": cfg.name, "pipeline": cfg["pipeline"], "objective": "val_miou, maximized",
+            **json.loads(json.dumps(settings, default=str)),
+            "grid_at_creation": {"variants": [v.name for v in cfg.variants], "seeds": cfg.seeds},
+            "config_digest": hashlib.sha256(raw.encode()).hexdigest()[:12]}

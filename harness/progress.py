@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from typing import Callable
 
 
 def clock(seconds: float) -> str:
@@ -19,13 +20,15 @@ def clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, done: int, stream=None, every_s: float | None = None):
+    def __init__(self, total: int, done: int, stream=None, every_s: float | None = None,
+                 now: Callable[[], float] = time.monotonic):
+        self.now = now              # seconds; injected by tests, so no test depends on the wall clock
         self.stream = stream or sys.stderr
         self.live = (hasattr(self.stream, "isatty") and self.stream.isatty()
                      and os.environ.get("HARNESS_PROGRESS_LIVE", "1") != "0")
         self.every_s = float(os.environ.get("HARNESS_PROGRESS_S", 30)) if every_s is None else every_s
         self.total, self.done = total, done
-        self.started = time.monotonic()
+        self.started = self.now()
         self.point_seconds: list[float] = []       # wall time of points finished by this worker
         self.point = ""
         self.epochs = 1
@@ -40,24 +43,24 @@ class Progress:
 
     def start_point(self, variant: str, seed: int, epochs: int) -> None:
         self.point, self.epochs = f"{variant} seed={seed}", max(1, epochs)
-        self.point_started = time.monotonic()
+        self.point_started = self.now()
         self.epoch_ends: list[float] = []
         if self.live:
             self.show(epoch=0, loss=None)
 
     def epoch(self, epoch: int, loss: float | None) -> None:
-        self.epoch_ends.append(time.monotonic())
+        self.epoch_ends.append(self.now())
         self.show(epoch, loss)
 
     def batch(self, epoch: int, batch: int, loss) -> None:
         """Within an epoch, only the live line moves (at most twice a second)."""
-        now = time.monotonic()
+        now = self.now()
         if self.live and now - self.last_batch >= 0.5:
             self.last_batch = now
             self.show(epoch - 1, None if loss is None else float(loss), note=f"epoch {epoch}/{self.epochs} batch {batch}")
 
     def end_point(self) -> None:
-        self.point_seconds.append(time.monotonic() - self.point_started)
+        self.point_seconds.append(self.now() - self.point_started)
         self.done += 1
         self.clear()
 
@@ -74,7 +77,7 @@ class Progress:
             per_point = first + pace * (self.epochs - 1)
         else:
             return math.nan
-        in_point = (time.monotonic() - self.point_started)
+        in_point = (self.now() - self.point_started)
         return max(0.0, left * per_point - min(in_point, per_point))
 
     def line(self, epoch: int, loss: float | None, note: str = "") -> str:
@@ -82,7 +85,7 @@ class Progress:
         loss_text = "" if loss is None else f" loss {loss:.4g}"
         where = note or f"epoch {epoch}/{self.epochs}"
         return (f"[{self.done}/{self.total} done] {self.point} {where}{loss_text} | "
-                f"elapsed {clock(time.monotonic() - self.started)}, left ~{clock(self.remaining_s(epoch))}")
+                f"elapsed {clock(self.now() - self.started)}, left ~{clock(self.remaining_s(epoch))}")
 
     def show(self, epoch: int, loss: float | None, note: str = "") -> None:
         text = self.line(epoch, loss, note)
@@ -90,10 +93,10 @@ class Progress:
             self.stream.write("\r" + text.ljust(self.width))
             self.width = len(text)
             self.stream.flush()
-        elif time.monotonic() - self.last_line >= self.every_s:
+        elif self.now() - self.last_line >= self.every_s:
             self.stream.write(text + "\n")
             self.stream.flush()
-            self.last_line = time.monotonic()
+            self.last_line = self.now()
 
     def clear(self) -> None:
         """Wipe the live line so ordinary log lines print cleanly."""

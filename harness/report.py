@@ -15,7 +15,7 @@ import pandas as pd
 from harness import plots
 from harness.config import Config
 from harness.points import runs_of_grid
-from harness.tracking import artifact_path, load_runs
+from harness.tracking import artifact_path, attach_report, load_runs, sweep_commands
 from harness.verdict import FAILED, HEALTHY, combine, judge, rules_markdown
 
 PREDICTED = {"negative_loss_or_diverged": ("negative_loss", "diverged"), "trains": HEALTHY,
@@ -175,10 +175,16 @@ def fmt(x, digits=3) -> str:
 
 
 def markdown_table(df: pd.DataFrame, columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(map(cell, columns)) + " |", "|" + "---|" * len(columns)]
     for _, row in df.iterrows():
-        lines.append("| " + " | ".join(fmt(row[c]) for c in columns) + " |")
+        lines.append("| " + " | ".join(cell(fmt(row[c])) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def cell(text: str) -> str:
+    """A table cell's text: a `|` (in a failure reason, say) escaped, so it cannot end the cell;
+    line breaks folded, as a Markdown row is one line."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def explain(summary: pd.DataFrame) -> str:
@@ -232,15 +238,19 @@ def negative_cause(row) -> str:
             "the loss itself goes below its own floor")
 
 
-def write_report(cfg: Config, results: Path, tracking_uri: str, command: str) -> Path:
-    """Read the runs back from MLflow and write <results>/<experiment>/{report.md,html,summary.csv,...}."""
-    runs = runs_of_grid(load_runs(tracking_uri, cfg.name, study=cfg.study_name), cfg)   # current definitions only
-    out = results / cfg.report_name
+def write_report(cfg: Config, results: Path, tracking_uri: str, command: str, study: str | None = None,
+                 folder: Path | None = None) -> Path:
+    """Read the runs back from MLflow and write <results>/<experiment>/{report.md,html,summary.csv,...}
+    (or into `folder`), from the config's study or the given `study`."""
+    study = study or cfg.study_name
+    runs = runs_of_grid(load_runs(tracking_uri, cfg.name, study=study), cfg)   # current definitions only
+    out = folder or results / cfg.report_name
     out.mkdir(parents=True, exist_ok=True)
     points = point_rows(runs, cfg)
     tuned = tune_section(cfg, tracking_uri, out, summary=None)
     if points.empty:
-        md = f"# Report: {cfg.name}\n\nNo finished grid runs yet (`harness sweep`).\n\n" + tuned
+        md = (f"# Report: {cfg.name}\n\nNo finished grid runs yet in study `{study}` "
+              f"(`harness sweep` trains them).\n\n" + tuned)
         (out / "report.md").write_text(md)
         (out / "report.html").write_text(render_html(md, out))
         return out / "report.md"
@@ -264,9 +274,37 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str) ->
     md = render_markdown(cfg, summary, points, failures(runs), samples, command)
     md += "\n" + compare_pipelines(cfg, summary, tracking_uri)
     md += "\n" + tune_section(cfg, tracking_uri, out, summary)
+    md += "\n" + reproduce_section(runs, points, sweep_commands(tracking_uri, cfg.name, study), command)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(render_html(md, out))
+    # The parent run keeps the report too, so a tracking server shows it to every host.
+    attach_report(tracking_uri, cfg.name, study, [out / n for n in ("report.md", "report.html", "summary.csv")])
     return out / "report.md"
+
+
+VERSION_PARAMS = {"python": "params.python", "tensorflow": "params.version.tensorflow",
+                  "keras": "params.version.keras", "optuna": "params.version.optuna",
+                  "mlflow": "params.version.mlflow", "harness commit": "tags.mlflow.source.git.commit",
+                  "uncommitted changes": "tags.mlflow.source.git.dirty"}
+
+
+def reproduce_section(runs: pd.DataFrame, points: pd.DataFrame, commands: list[str], command: str) -> str:
+    """How to get these runs again: the sweep command(s) that trained them, with every --set (read
+    from the MLflow parent runs of the study), and the versions and device the runs recorded."""
+    used = runs[runs["run_id"].isin(points["run_id"])] if "run_id" in points else runs
+    lines = ["## Reproduce", ""]
+    if commands:
+        lines += [f"The runs above were trained by {'this command' if len(commands) == 1 else 'these commands'} "
+                  "(from the sweep's MLflow parent run; the resolved settings are its `config.json`):", "",
+                  "```", *commands, "```", ""]
+    else:
+        lines += ["No sweep command was recorded for these runs (they predate its logging).", ""]
+    found = {name: ", ".join(sorted(set(used[col].dropna().astype(str)))) for name, col in VERSION_PARAMS.items()
+             if col in used}
+    found["device"] = ", ".join(sorted(set(points["device"].astype(str)))) if "device" in points else ""
+    lines += ["Recorded by the runs: " + "; ".join(f"{k} {v}" for k, v in found.items() if v) + ".", "",
+              f"This report: `{command}`.", ""]
+    return "\n".join(lines)
 
 
 def compare_pipelines(cfg: Config, summary: pd.DataFrame, tracking_uri: str) -> str:
@@ -275,26 +313,62 @@ def compare_pipelines(cfg: Config, summary: pd.DataFrame, tracking_uri: str) -> 
     mine = cfg["pipeline"]
     other = "imagedatagenerator" if mine == "tfdata" else "tfdata"
     other_cfg = cfg.with_overrides({"pipeline": other})
-    points = point_rows(runs_of_grid(load_runs(tracking_uri, cfg.name, study=other_cfg.study_name), other_cfg), other_cfg)
-    if points.empty:
+    theirs = study_summary(other_cfg, tracking_uri)
+    table = comparison_table(summary, theirs, mine, other)
+    if table.empty:
         return ""
-    theirs = summarize(points).set_index("variant")
-    rows = []
-    for _, row in summary.iterrows():
-        if row["variant"] not in theirs.index:
-            continue
-        t = theirs.loc[row["variant"]]
-        rows.append({"variant": row["variant"], f"verdict ({mine})": row["verdict"], f"verdict ({other})": t["verdict"],
-                     "same verdict": row["verdict"] == t["verdict"],
-                     f"val_miou ({mine})": row["val_miou"], f"val_miou ({other})": t["val_miou"],
-                     f"s/epoch ({mine})": row["seconds_per_epoch"], f"s/epoch ({other})": t["seconds_per_epoch"]})
-    if not rows:
-        return ""
-    table = pd.DataFrame(rows)
     return "\n".join(["## Pipelines compared", "",
                       f"The same variants and settings through the `{other}` pipeline (read from the same MLflow "
                       f"experiment, study `{other_cfg.study_name}`).", "",
                       markdown_table(table, list(table.columns)), ""])
+
+
+def study_summary(cfg: Config, tracking_uri: str, study: str | None = None) -> pd.DataFrame:
+    """One row per variant of a study (default: the config's own), as in summary.csv; empty if no runs."""
+    runs = runs_of_grid(load_runs(tracking_uri, cfg.name, study=study or cfg.study_name), cfg)
+    points = point_rows(runs, cfg)
+    return pd.DataFrame() if points.empty else summarize(points)
+
+
+def comparison_table(a: pd.DataFrame, b: pd.DataFrame, label_a: str, label_b: str) -> pd.DataFrame:
+    """Variants of two summaries side by side, in A's order (those in both): verdicts, val_miou and
+    its difference (B - A), seconds per epoch. Shared by the report and `harness compare`."""
+    if a.empty or b.empty:
+        return pd.DataFrame()
+    theirs = b.set_index("variant")
+    rows = []
+    for _, row in a.iterrows():
+        if row["variant"] not in theirs.index:
+            continue
+        t = theirs.loc[row["variant"]]
+        rows.append({"variant": row["variant"], f"verdict ({label_a})": row["verdict"],
+                     f"verdict ({label_b})": t["verdict"], "same verdict": row["verdict"] == t["verdict"],
+                     f"val_miou ({label_a})": row["val_miou"], f"val_miou ({label_b})": t["val_miou"],
+                     "val_miou difference": t["val_miou"] - row["val_miou"],
+                     f"s/epoch ({label_a})": row["seconds_per_epoch"], f"s/epoch ({label_b})": t["seconds_per_epoch"]})
+    return pd.DataFrame(rows)
+
+
+def compare_labels(cfg_a: Config, study_a: str, cfg_b: Config, study_b: str) -> tuple[str, str]:
+    """Name each side by what tells them apart: the experiment, else the pipeline, else the study."""
+    if cfg_a.name != cfg_b.name:
+        return cfg_a.name, cfg_b.name
+    if cfg_a["pipeline"] != cfg_b["pipeline"]:
+        return cfg_a["pipeline"], cfg_b["pipeline"]
+    return study_a, study_b
+
+
+def compare_studies(cfg_a: Config, study_a: str, cfg_b: Config, study_b: str, tracking_uri: str) -> tuple[str, pd.DataFrame]:
+    """`harness compare`: Markdown (heading, what is compared, the table) and the table itself."""
+    label_a, label_b = compare_labels(cfg_a, study_a, cfg_b, study_b)
+    a, b = study_summary(cfg_a, tracking_uri, study_a), study_summary(cfg_b, tracking_uri, study_b)
+    table = comparison_table(a, b, label_a, label_b)
+    head = [f"# Compared: {label_a} and {label_b}", "",
+            f"A: experiment `{cfg_a.name}`, study `{study_a}` ({len(a)} variants with finished runs); "
+            f"B: experiment `{cfg_b.name}`, study `{study_b}` ({len(b)}). `val_miou difference` is B - A.", ""]
+    if table.empty:
+        return "\n".join(head + ["No variant has finished runs in both.", ""]), table
+    return "\n".join(head + [markdown_table(table, list(table.columns)), ""]), table
 
 
 def tune_rows(cfg: Config, tracking_uri: str) -> pd.DataFrame:
@@ -513,86 +587,95 @@ def sample_lines(samples: list[str]) -> list[str]:
 
 
 def render_html(md: str, folder: Path) -> str:
-    """A self-contained page from the report's Markdown: headings, paragraphs, lists, tables (wide ones
-    scroll sideways; numbers right-aligned; verdict cells coloured) and figures embedded as base64
-    (consecutive figures side by side, each captioned). No external CSS, JS or fonts."""
-    body: list[str] = []
-    block: list[str] = []   # consecutive lines of one Markdown block
-    kind = None             # "table", "para", "list" or "images"
-
-    def flush():
-        nonlocal kind
-        if block:
-            body.append({"table": html_table, "para": html_para, "list": html_list,
-                         "images": lambda lines: html_images(lines, folder)}[kind](block))
-        block.clear()
-        kind = None
-
-    title = "harness report"
-    for line in md.splitlines():
-        heading = re.match(r"(#{1,6}) +(.*)", line)
-        this = ("table" if line.startswith("|") else "list" if line.startswith("- ")
-                else "images" if line.startswith("![") else "para" if line.strip() and not heading else None)
-        if this != kind:
-            flush()
-        if heading:
-            level, text = len(heading.group(1)), heading.group(2)
-            if level == 1 and title == "harness report":
-                title = text.replace("`", "")
-            slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-            body.append(f'<h{level} id="{slug}">{inline(text)}</h{level}>')
-        elif this:
-            kind = this
-            block.append(line)
-    flush()
+    """A self-contained page from the report's Markdown, parsed by markdown-it-py (CommonMark with
+    tables): wide tables scroll sideways, numbers are right-aligned, verdict cells coloured, figures
+    embedded as base64 (consecutive figures side by side, each captioned). No external CSS, JS or fonts."""
+    from markdown_it import MarkdownIt
+    parser = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = parser.parse(md)
+    mark_headings(tokens)
+    mark_tables(tokens)
+    mark_galleries(tokens)
+    parser.add_render_rule("image", lambda renderer, tokens, i, options, env: html_image(tokens[i], folder))
+    parser.add_render_rule("table_open", lambda *args: "<div class='scroll'><table>\n")
+    parser.add_render_rule("table_close", lambda *args: "</table></div>\n")
+    body = parser.renderer.render(tokens, parser.options, {})
+    titles = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open" and t.tag == "h1"]
+    title = titles[0].replace("`", "") if titles else "harness report"
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+            + body + "</body></html>\n")
 
 
-def html_para(lines: list[str]) -> str:
-    return "<p>" + " ".join(inline(line) for line in lines) + "</p>"
+def mark_headings(tokens) -> None:
+    """Headings get ids (links into the report: report.html#verdicts)."""
+    for i, token in enumerate(tokens):
+        if token.type == "heading_open":
+            slug = re.sub(r"[^a-z0-9]+", "-", tokens[i + 1].content.lower()).strip("-")
+            token.attrSet("id", slug)
 
 
-def html_list(lines: list[str]) -> str:
-    return "<ul>" + "".join(f"<li>{inline(line[2:])}</li>" for line in lines) + "</ul>"
+def mark_tables(tokens) -> None:
+    """Per table: columns whose cells are all numbers are right-aligned (class num); cells of
+    `verdict` columns are coloured by verdict, `false` in `agrees`/`same verdict` as bad."""
+    start = None
+    for i, token in enumerate(tokens):
+        if token.type == "table_open":
+            start = i
+        elif token.type == "table_close" and start is not None:
+            mark_table(tokens[start:i + 1])
+            start = None
 
 
-def html_table(lines: list[str]) -> str:
-    """A Markdown table; the header row as <th>. Columns whose cells are all numbers are right-aligned;
-    cells of `verdict` columns are coloured by verdict, `false` in `agrees`/`same verdict` as bad."""
-    rows = [[c.strip() for c in r.strip().strip("|").split("|")] for r in lines
-            if not set(r.replace("|", "").replace(":", "").strip()) <= {"-"}]
-    head, *rest = rows
-    width = len(head)
-    rest = [(r + [""] * width)[:width] for r in rest]
-    numeric = [bool(rest) and any(r[i] for r in rest) and all(not r[i] or is_number(r[i]) for r in rest)
-               for i in range(width)]
+def mark_table(tokens) -> None:
+    rows, row = [], []
+    for i, token in enumerate(tokens):
+        if token.type in ("th_open", "td_open"):
+            row.append((token, tokens[i + 1].content))
+        elif token.type == "tr_close":
+            rows.append(row)
+            row = []
+    if not rows:
+        return
+    head, rest = [text for _, text in rows[0]], rows[1:]
+    for i, name in enumerate(head):
+        cells = [r[i] for r in rest if i < len(r)]
+        numeric = bool(cells) and any(text for _, text in cells) and all(not text or is_number(text)
+                                                                         for _, text in cells)
+        rows[0][i][0].attrSet("scope", "col")
+        for token, text in ([rows[0][i]] if numeric else []) + cells:
+            classes = ["num"] if numeric else []
+            tone = cell_tone(name, text) if token.type == "td_open" else ""
+            if classes or tone:
+                token.attrSet("class", " ".join(filter(None, classes + [tone])))
 
-    def tone(i: int, cell: str) -> str:
-        name = head[i].strip("`").lower()
-        value = cell.strip("`")
-        if name.startswith("verdict") and value in VERDICT_TONE:
-            return VERDICT_TONE[value]
-        if name in ("agrees", "same verdict") and value == "false":
-            return "bad"
-        return ""
 
-    def cls(*names: str) -> str:
-        names = " ".join(n for n in names if n)
-        return f' class="{names}"' if names else ""
+def cell_tone(column: str, text: str) -> str:
+    name, value = column.strip("`").lower(), text.strip("`")
+    if name.startswith("verdict") and value in VERDICT_TONE:
+        return VERDICT_TONE[value]
+    if name in ("agrees", "same verdict") and value == "false":
+        return "bad"
+    return ""
 
-    out = ["<div class='scroll'><table><thead><tr>"]
-    out += [f"<th{cls('num' if numeric[i] else '')} scope='col'>{inline(c).replace('_', '_<wbr>')}</th>"
-            for i, c in enumerate(head)]
-    out.append("</tr></thead><tbody>")
-    for r in rest:
-        out.append("<tr>" + "".join(
-            f"<td{cls('num' if numeric[i] else '', tone(i, c))}>{inline(c).replace(',', ',<wbr>')}</td>"
-            for i, c in enumerate(r)) + "</tr>")
-    out.append("</tbody></table></div>")
-    return "".join(out)
+
+def mark_galleries(tokens) -> None:
+    """A paragraph of figures only becomes one figure, or a captioned gallery when there are several."""
+    for i, token in enumerate(tokens):
+        if token.type != "paragraph_open":
+            continue
+        children = tokens[i + 1].children or []
+        images = [c for c in children if c.type == "image"]
+        if not images or any(c.type not in ("image", "softbreak") and c.content.strip() for c in children):
+            continue
+        if len(images) > 1:
+            token.tag, tokens[i + 2].tag = "div", "div"
+            token.attrSet("class", "gallery")
+            for image in images:
+                image.meta["caption"] = True
+        else:
+            token.hidden = tokens[i + 2].hidden = True       # a lone figure needs no <p> around it
 
 
 def is_number(text: str) -> bool:
@@ -603,33 +686,15 @@ def is_number(text: str) -> bool:
         return False
 
 
-def html_images(lines: list[str], folder: Path) -> str:
-    """One figure per `![alt](file)` line, embedded; several in a row go side by side, each captioned."""
-    figures = []
-    for line in lines:
-        found = re.match(r"!\[(.*?)\]\((.*?)\)", line.strip())
-        if not found:
-            figures.append(html_para([line]))
-            continue
-        alt, name = found.groups()
-        path = folder / name
-        caption = Path(alt).stem if Path(alt).suffix.lower() in IMAGE_TYPES else alt
-        if not path.is_file():
-            figures.append(f"<p class='missing'>Figure missing: <code>{html.escape(name)}</code></p>")
-            continue
-        mime = IMAGE_TYPES.get(path.suffix.lower(), "image/png")
-        data = base64.b64encode(path.read_bytes()).decode()
-        figures.append(f'<figure><img alt="{html.escape(alt)}" title="{html.escape(name)}" '
-                       f'src="data:{mime};base64,{data}">'
-                       + (f"<figcaption>{html.escape(caption)}</figcaption>" if len(lines) > 1 else "")
-                       + "</figure>")
-    return figures[0] if len(figures) == 1 else "<div class='gallery'>" + "".join(figures) + "</div>"
-
-
-def inline(text: str) -> str:
-    """Escape, then `code` and **bold**."""
-    out = html.escape(text.strip())
-    parts = out.split("`")
-    out = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-    parts = out.split("**")
-    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+def html_image(token, folder: Path) -> str:
+    """One figure, embedded as base64; captioned in a gallery; a missing file is said, not hidden."""
+    name, alt = token.attrGet("src") or "", token.content
+    path = folder / name
+    if not path.is_file():
+        return f"<span class='missing'>Figure missing: <code>{html.escape(name)}</code></span>"
+    mime = IMAGE_TYPES.get(path.suffix.lower(), "image/png")
+    data = base64.b64encode(path.read_bytes()).decode()
+    caption = Path(alt).stem if Path(alt).suffix.lower() in IMAGE_TYPES else alt
+    return (f'<figure><img alt="{html.escape(alt)}" title="{html.escape(name)}" src="data:{mime};base64,{data}">'
+            + (f"<figcaption>{html.escape(caption)}</figcaption>" if token.meta.get("caption") else "")
+            + "</figure>")

@@ -3,8 +3,11 @@ and the runs read back as a pandas DataFrame (MLflow is the source of truth for 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import math
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +18,9 @@ from harness.errors import StorageError
 
 POINT_TAG = "harness.point"        # "variant/seed" on every nested run
 KIND_TAG = "harness.kind"          # "sweep" (parent) or "point" (nested)
+COMMANDS_TAG = "harness.commands"  # every command that ran the parent's study, one per line
+# MLflow 3's UI opens an experiment of this kind on its training runs, not on the GenAI (traces) view.
+KIND_OF_EXPERIMENT = ("mlflow.experimentKind", "custom_model_development")
 
 
 def default_tracking_uri(results: Path) -> str:
@@ -45,16 +51,21 @@ class Tracker:
             self.experiment_id = self.ensure_experiment(experiment, results)
         self.parent_id: str | None = None
         self.nonfinite: dict[str, set] = {}
+        self.source = source_tags("harness")
+        self.dataset = None       # an mlflow DatasetInput, attached to every run started after use_dataset
 
     def ensure_experiment(self, name: str, results: Path) -> str:
         try:
             found = self.client.get_experiment_by_name(name)
             if found is not None:
+                if KIND_OF_EXPERIMENT[0] not in found.tags:     # a store written before the kind was set
+                    with contextlib.suppress(Exception):          # workers racing to set it: one wins
+                        self.client.set_experiment_tag(found.experiment_id, *KIND_OF_EXPERIMENT)
                 return found.experiment_id
             # Artifacts beside a local store, never in the current directory.
             location = (results / "mlartifacts").resolve().as_uri() if self.local else None
             try:
-                return self.client.create_experiment(name, artifact_location=location)
+                return self.client.create_experiment(name, artifact_location=location, tags=dict([KIND_OF_EXPERIMENT]))
             except Exception:  # noqa: BLE001 - workers starting together race to create it: use the winner's
                 found = self.client.get_experiment_by_name(name)
                 if found is None:
@@ -65,18 +76,62 @@ class Tracker:
 
     def start_sweep(self, run_id: str | None, params: dict, tags: dict) -> str:
         """Open the sweep's parent run, or reopen it when resuming (one parent run per study)."""
+        command = params.get("command", "")
+        self.source = source_tags(source_name(command))
         if run_id is not None:
             try:
                 self.client.update_run(run_id, status="RUNNING")
                 self.parent_id = run_id
+                self.add_command(run_id, command)
                 return run_id
             except Exception:  # noqa: BLE001 - deleted or foreign run: start a new parent
                 pass
         run = self.client.create_run(self.experiment_id, run_name=tags.get("harness.experiment", "sweep"),
-                                     tags={KIND_TAG: "sweep", **tags})
+                                     tags={KIND_TAG: "sweep", **self.source, **tags})
         self.parent_id = run.info.run_id
         self.log_params(self.parent_id, params)
+        self.add_command(self.parent_id, command)
         return self.parent_id
+
+    def add_command(self, run_id: str, command: str) -> None:
+        """Params cannot change, so a resumed sweep's own command (its --set flags may add seeds or
+        variants) is appended to a tag: the report names every command that trained the study."""
+        if not command or "--no-report" in command:       # a --n-jobs worker: its parent's command counts
+            return
+        known = self.client.get_run(run_id).data.tags.get(COMMANDS_TAG, "")
+        if command not in known.splitlines():
+            self.client.set_tag(run_id, COMMANDS_TAG, "\n".join(filter(None, [known, command]))[-5000:])
+
+    def log_config(self, run_id: str, raw: dict) -> None:
+        """The resolved experiment (file + --set + defaults) as `config.json`, to rerun it exactly."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.json"
+            path.write_text(json.dumps(raw, indent=1, sort_keys=True, default=str))
+            self.client.log_artifact(run_id, str(path))
+
+    def use_dataset(self, data: dict, digest: str, description: str) -> None:
+        """Log the dataset (the config's `data` section) as an MLflow input of the parent run and of
+        every run started after, with the harness's own digest (equal digests, equal pixels and split)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        source = data["path"] if data["source"] == "folder" else json.dumps(data, sort_keys=True, default=str)
+        name = Path(str(data["path"])).name if data["source"] == "folder" else "synthetic"
+        dataset = Dataset(name=name, digest=digest, source_type=data["source"], source=str(source),
+                          profile=json.dumps({"description": description}))
+        self.dataset = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
+        if self.parent_id:
+            self.log_dataset(self.parent_id)
+
+    def log_dataset(self, run_id: str) -> None:
+        """MLflow checks for the dataset, then inserts it: --n-jobs workers doing so at once collide on
+        its key, and the loser's retry finds the winner's row."""
+        for attempt in range(4):
+            try:
+                self.client.log_inputs(run_id, datasets=[self.dataset])
+                return
+            except Exception:  # noqa: BLE001 - a unique-key race; anything lasting is raised on the last try
+                if attempt == 3:
+                    raise
+                time.sleep(0.2 + 0.3 * attempt)
 
     def end_sweep(self, status: str = "FINISHED") -> None:
         if self.parent_id:
@@ -86,8 +141,10 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id, run_name=f"{variant}-s{seed}",
             tags={"mlflow.parentRunId": self.parent_id, KIND_TAG: "point", POINT_TAG: f"{variant}/{seed}",
-                  "variant": variant, "seed": str(seed), **tags})
+                  "variant": variant, "seed": str(seed), **self.source, **tags})
         self.log_params(run.info.run_id, params)
+        if self.dataset is not None:
+            self.log_dataset(run.info.run_id)
         return run.info.run_id
 
     def log_params(self, run_id: str, params: dict) -> None:
@@ -154,6 +211,37 @@ def local_lock(path: Path | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def source_name(command: str) -> str:
+    """What MLflow's Source column shows: the harness subcommand (the UI keeps the last path part)."""
+    words = command.split()
+    return " ".join(words[:2]) if words[:1] == ["harness"] else "harness"
+
+
+def source_tags(name: str) -> dict:
+    """MLflow's own source tags: the entry point and the harness checkout's git commit and dirty state."""
+    tags = {"mlflow.source.name": name, "mlflow.source.type": "LOCAL"}
+    tags.update(git_state())
+    return tags
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> dict:
+    """Full commit, branch and dirty state of the harness source checkout; {} when not in git."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        if not commit:
+            return {}
+        # Only tracked files count: results and stores written inside the checkout are not code.
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        return {"mlflow.source.git.commit": commit, "mlflow.source.git.branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+                "mlflow.source.git.dirty": str(dirty).lower()}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
 def first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__
@@ -192,6 +280,63 @@ def load_runs(tracking_uri: str, experiment: str, with_history: bool = True, stu
                               for key in run.data.metrics}
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def sweep_runs(tracking_uri: str, experiment: str, study: str) -> list:
+    """The parent runs of one grid study (normally one; more if a parent was deleted), newest first."""
+    client = client_for(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    where = f"tags.`{KIND_TAG}` = 'sweep' and params.study = '{study}'"
+    return client.search_runs([exp.experiment_id], filter_string=where, order_by=["attributes.start_time DESC"])
+
+
+def sweep_commands(tracking_uri: str, experiment: str, study: str) -> list[str]:
+    """Every command that trained the study, oldest first (the tag; the param for older stores)."""
+    commands: list[str] = []
+    for run in reversed(sweep_runs(tracking_uri, experiment, study)):
+        listed = run.data.tags.get(COMMANDS_TAG) or run.data.params.get("command", "")
+        commands += [c for c in listed.splitlines() if c and c not in commands]
+    return commands
+
+
+def attach_report(tracking_uri: str, experiment: str, study: str, paths: list[Path]) -> str | None:
+    """Log the report's files as artifacts of the study's newest parent run (beside config.json), so a
+    tracking server shows them to every host. Returns the run id (None: no parent run found)."""
+    runs = sweep_runs(tracking_uri, experiment, study)
+    if not runs:
+        return None
+    client = client_for(tracking_uri)
+    for path in paths:
+        if path.is_file():
+            client.log_artifact(runs[0].info.run_id, str(path))
+    return runs[0].info.run_id
+
+
+def study_config(tracking_uri: str, experiment: str, study: str) -> dict | None:
+    """The resolved config a study was swept with (its parent run's config.json); None if not logged."""
+    for run in sweep_runs(tracking_uri, experiment, study):
+        path = artifact_path(tracking_uri, run.info.run_id, "config.json")
+        if path:
+            return json.loads(Path(path).read_text())
+    return None
+
+
+def experiment_id(tracking_uri: str, name: str | None = None) -> tuple[str, str] | None:
+    """(id, name) of the named experiment, or without a name the one updated last (not MLflow's
+    Default); None when there is none."""
+    client = client_for(tracking_uri)
+    try:
+        if name:
+            found = [client.get_experiment_by_name(name)]
+        else:
+            found = client.search_experiments(order_by=["last_update_time DESC"], filter_string="name != 'Default'",
+                                              max_results=1)
+    except Exception as e:  # noqa: BLE001
+        raise StorageError(f"MLflow tracking store {tracking_uri} is not usable: {first_line(e)}") from None
+    found = [e for e in found if e is not None]
+    return (found[0].experiment_id, found[0].name) if found else None
 
 
 def artifact_path(tracking_uri: str, run_id: str, name: str) -> str | None:

@@ -15,6 +15,7 @@ TINY = ROOT / "tests" / "data" / "tiny.toml"
 
 def harness(*args, cwd=None, timeout=900):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("HARNESS_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=env, timeout=timeout)
 
@@ -86,29 +87,47 @@ def free_port() -> int:
 
 
 def assert_ui_serves_the_runs(results: Path, cwd: Path) -> None:
-    """`harness ui` starts the MLflow UI on the same store; its REST API lists the sweep's runs."""
+    """`harness ui` starts the MLflow UI on the same store and prints the experiment's training-runs
+    page; its REST API lists the sweep's runs, and the parent run's artifacts hold the report and config."""
     import json
+    import re
     import time
     import urllib.request
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--results", str(results), "--port", str(port)],
                           cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def api(path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/{path}", data=data,
+                                     headers={"Content-Type": "application/json"})
+        return json.load(urllib.request.urlopen(req, timeout=5))
+
     try:
-        assert f"http://127.0.0.1:{port}" in ui.stdout.readline()
-        deadline, found = time.time() + 90, None
-        while time.time() < deadline and found is None:
+        page = re.search(rf"http://127\.0\.0\.1:{port}/#/experiments/(\d+)/runs", ui.stdout.readline())
+        assert page, "harness ui must print the experiment's training-runs page"
+        deadline, exp = time.time() + 90, None
+        while time.time() < deadline and exp is None:
             try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name"
-                                             f"?experiment_name=tiny")
-                exp = json.load(urllib.request.urlopen(req, timeout=5))["experiment"]
-                body = json.dumps({"experiment_ids": [exp["experiment_id"]], "max_results": 100}).encode()
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
-                                             headers={"Content-Type": "application/json"})
-                found = json.load(urllib.request.urlopen(req, timeout=5))["runs"]
+                exp = api("experiments/get-by-name?experiment_name=tiny")["experiment"]
             except OSError:
                 time.sleep(1)
-        assert found is not None, "MLflow UI did not answer"
+        assert exp is not None, "MLflow UI did not answer"
+        assert exp["experiment_id"] == page.group(1)
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
+        found = api("runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
         assert len(found) == 6          # the sweep's parent run and its 5 nested runs
+        parent = [r for r in found if "mlflow.parentRunId" not in {t["key"] for t in r["data"]["tags"]}]
+        assert len(parent) == 1
+        for run in found:
+            tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+            assert tags["mlflow.source.name"].startswith("harness sweep") and "mlflow.source.git.commit" in tags
+            assert run["inputs"]["dataset_inputs"][0]["dataset"]["digest"]
+        listed = api(f"artifacts/list?run_id={parent[0]['info']['run_id']}")
+        assert {"config.json", "report.md", "report.html", "summary.csv"} <= {f["path"] for f in listed["files"]}
+        # Pointed at a running server, `harness ui` starts nothing and names the same runs page.
+        named = harness("ui", "tiny", "--tracking-uri", f"http://127.0.0.1:{port}", cwd=cwd, timeout=120)
+        assert named.returncode == 0 and page.group(0) in named.stdout, named.stdout + named.stderr[-2000:]
     finally:
         ui.terminate()
         ui.wait(timeout=30)
@@ -149,6 +168,15 @@ def test_check_json_lists_the_flags_per_variant(tmp_path):
         assert rows[name]["flags"] == [], rows[name]
     text = harness("check", TINY, "--set", 'variants=["seed"]', cwd=tmp_path, timeout=300)
     assert text.returncode == 0 and "fix:" in text.stdout and "predicted: negative_loss_or_diverged" in text.stdout
+    # TensorFlow's start-up lines (printed from C++ before any log level applies) are held back.
+    noise = [line for line in run.stderr.splitlines() + text.stderr.splitlines()
+             if "I0000" in line or "absl::InitializeLog" in line or "cudart_stub" in line]
+    assert not noise, noise
+
+
+def test_version_is_one_line_and_exit_0(tmp_path):
+    run = harness("--version", cwd=tmp_path, timeout=60)
+    assert run.returncode == 0 and run.stdout.startswith("harness ") and len(run.stdout.splitlines()) == 1
 
 
 @pytest.mark.slow
