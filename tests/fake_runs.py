@@ -17,7 +17,8 @@ def log_sweep(tmp, cfg, miou_by_variant: dict, command: str = COMMAND, figures: 
     tracker.log_config(parent, cfg.raw)
     tracker.use_dataset(cfg["data"], "0123456789ab", "synthetic: 8 images")
     for variant, miou in miou_by_variant.items():
-        run = tracker.start_point(variant, 1, {"variant": variant, "pipeline": cfg["pipeline"], "python": "3.11"},
+        run = tracker.start_point(variant, 1, {"variant": variant, "pipeline": cfg["pipeline"], "python": "3.11",
+                                               **axis_params(cfg, variant)},
                                   tags={"optuna.study": cfg.study_name})
         history = {"loss": [], "val_miou": []}
         for epoch, value in enumerate(miou, start=1):
@@ -33,6 +34,12 @@ def log_sweep(tmp, cfg, miou_by_variant: dict, command: str = COMMAND, figures: 
         tracker.end_point(run, "FINISHED")
     tracker.end_sweep()
     return tracker
+
+
+def axis_params(cfg, name: str) -> dict:
+    """The `axis.*` params every sweep logs: the report keeps only runs of the current definitions."""
+    variant = next(v for v in cfg.variants if v.name == name)
+    return {f"axis.{axis}": value for axis, value in variant.axes().items()}
 
 
 def log_figures(tracker: Tracker, run: str, variant: str, history: dict) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT
-from fake_runs import PLATEAU, STUCK, log_sweep
+from fake_runs import PLATEAU, STUCK, axis_params, log_sweep
 
 from harness.config import load_config
 from harness.report import write_report
@@ -53,7 +53,8 @@ def report(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("results")
     cfg = load_config(ROOT / "tests" / "data" / "tiny.toml", ["train.epochs=8", VARIANTS_SET])
     tracker = log_sweep(folder, cfg, HISTORIES, figures=True)
-    crashed = tracker.start_point("tanh_posted", 1, {"variant": "tanh_posted"}, tags={"optuna.study": cfg.study_name})
+    crashed = tracker.start_point("tanh_posted", 1, {"variant": "tanh_posted", **axis_params(cfg, "tanh_posted")},
+                                  tags={"optuna.study": cfg.study_name})
     tracker.set_tags(crashed, {"failure": "ValueError: shapes (2|3) differ", "verdict": "crashed"})
     tracker.end_point(crashed, "FAILED")
     write_report(cfg, folder, tracker.uri, "pytest")
