@@ -140,9 +140,10 @@ def cmd_sweep(args, argv: list[str], command: str) -> int:
     if args.n_jobs > 1:
         import uuid
         from harness.grid import workers_parent_run
-        with workers_parent_run(cfg, args.results, args.storage, args.tracking_uri, command):
+        with workers_parent_run(cfg, args.results, args.storage, args.tracking_uri, command) as parent:
             codes = run_workers(argv, args.n_jobs, sweep_id=uuid.uuid4().hex[:12])
-        failed = workers_exit(codes)
+            failed = workers_exit(codes)
+            parent["failed"] = failed == EXIT_INTERNAL
         if failed:
             return failed
         crashed = EXIT_CRASHED in codes

@@ -299,15 +299,16 @@ def open_parent_run(study, tracker: Tracker, cfg: Config, storage: str, command:
 @contextlib.contextmanager
 def workers_parent_run(cfg: Config, results: Path, storage: str | None, tracking_uri: str | None, command: str):
     """For --n-jobs: open the study and the parent run before the workers start (so they all share
-    one), and close it once they are done."""
+    one), and close it once they are done. Yields a dict: set "failed" to True when a worker died,
+    and the parent run ends FAILED instead of FINISHED."""
     storage = storage or default_storage(results)
     study = open_study(cfg, storage)
     tracker = Tracker(tracking_uri or default_tracking_uri(results), cfg.name, results)
     open_parent_run(study, tracker, cfg, storage, command)
-    status = "KILLED"
+    status, outcome = "KILLED", {"failed": False}
     try:
-        yield
-        status = "FINISHED"
+        yield outcome
+        status = "FAILED" if outcome["failed"] else "FINISHED"
     finally:
         tracker.end_sweep(status)
 

@@ -170,3 +170,6 @@ def test_a_workers_internal_error_makes_the_n_jobs_parent_exit_3_naming_it(tmp_p
     assert "harness: internal error: worker 1 of 2 exited with 3" in err, err[-3000:]
     done = runs(tmp_path / "r", "tiny")
     assert list(done["status"]) == ["FINISHED"]           # worker 2 trained the grid
+    from harness.tracking import load_runs
+    parent = load_runs(f"sqlite:///{tmp_path / 'r' / 'mlflow.db'}", "tiny", with_history=False, kind="sweep")
+    assert list(parent["status"]) == ["FAILED"]           # the sweep's parent run says a worker died
