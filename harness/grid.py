@@ -437,7 +437,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         tell(study, trial, value if math.isfinite(value) else 0.0, log=log)
         where = f" at epoch {result.diverged_at[0]} batch {result.diverged_at[1]}" if result.diverged_at else ""
         log(f"[{variant.name} seed={seed}] {judged['verdict']}{where}: min loss {judged['min_loss']:.4g} "
-            f"(floor {result.loss_floor:.4g}), val_miou {value:.3f} (trivial {result.trivial_miou:.3f}), "
+            f"(floor {round(result.loss_floor, 4):.4g}), val_miou {value:.3f} (trivial {result.trivial_miou:.3f}), "
             f"{result.seconds:.0f}s on {result.device}")
         return PointOutcome(variant.name, seed, judged["verdict"], time.perf_counter() - started)
     except KeyboardInterrupt:

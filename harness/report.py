@@ -193,7 +193,7 @@ def explain(summary: pd.DataFrame) -> str:
         why = WHY.get(row["verdict"], "")
         extra = ""
         if row["negative_loss"] or row["verdict"] == "negative_loss":
-            extra += (f" Min training loss {row['min_loss']:.3g} against a measured floor of {row['loss_floor']:.3g}"
+            extra += (f" Min training loss {row['min_loss']:.3g} against a measured floor of {round(row['loss_floor'], 4):.3g}"
                       f"; {negative_cause(row)}.")
         if row["diverged"] or row["verdict"] == "diverged":
             wrong = check_detail(row, "loss_not_minimized_at_target")
@@ -210,7 +210,7 @@ def explain(summary: pd.DataFrame) -> str:
                 extra += "fed like training it is no better: the model itself did not learn."
         declared = row.get("loss_floor_declared", float("nan"))
         if isinstance(declared, float) and math.isfinite(declared) and abs(declared - row["loss_floor"]) > 0.01:
-            extra += f" The loss declares a floor of {declared:.3g}; measured {row['loss_floor']:.3g} (the verdicts use the measured one)."
+            extra += f" The loss declares a floor of {declared:.3g}; measured {round(row['loss_floor'], 4):.3g} (the verdicts use the measured one)."
         why = why[:1].upper() + why[1:]
         lines.append(f"- **{row['variant']}**: `{row['verdict']}` ({row['verdict_per_seed']}). {why}.{extra}")
     return "\n".join(lines)

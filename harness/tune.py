@@ -183,7 +183,7 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
         else:
             tell(study, trial, value, log=log)
         log(f"[tune {variant.name} #{trial.number}] {judged['verdict']}: val_miou {value:.3f} "
-            f"(min loss {judged['min_loss']:.4g}, floor {result.loss_floor:.4g}), "
+            f"(min loss {judged['min_loss']:.4g}, floor {round(result.loss_floor, 4):.4g}), "
             f"{time.perf_counter() - started:.0f}s")
         return TuneOutcome(trial.number, "complete", value, params)
     except optuna.TrialPruned as e:
