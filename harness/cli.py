@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--study", help="report an older study of the experiment (its Optuna study name, "
                                         "as `harness report` and the MLflow runs' optuna.study tag show it)")
     ui = sub.add_parser("ui", allow_abbrev=False, help="serve the MLflow UI on the results store; prints the training-runs page")
-    ui.add_argument("experiment", nargs="?", help="experiment whose runs page to print (default: the newest)")
+    ui.add_argument("experiment", nargs="?", help="experiment whose runs page to print (default: the one whose run started last)")
     ui.add_argument("--results", type=Path, default=Path("results"))
     ui.add_argument("--tracking-uri", help="an MLflow store; an http(s) server is not started again, only named")
     ui.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0: all)")

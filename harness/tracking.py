@@ -324,19 +324,21 @@ def study_config(tracking_uri: str, experiment: str, study: str) -> dict | None:
 
 
 def experiment_id(tracking_uri: str, name: str | None = None) -> tuple[str, str] | None:
-    """(id, name) of the named experiment, or without a name the one updated last (not MLflow's
-    Default); None when there is none."""
+    """(id, name) of the named experiment, or without a name the one whose run started last (not
+    MLflow's Default); None when there is none."""
     client = client_for(tracking_uri)
     try:
         if name:
-            found = [client.get_experiment_by_name(name)]
-        else:
-            found = client.search_experiments(order_by=["last_update_time DESC"], filter_string="name != 'Default'",
-                                              max_results=1)
+            found = client.get_experiment_by_name(name)
+            return (found.experiment_id, found.name) if found is not None else None
+        experiments = {e.experiment_id: e for e in client.search_experiments(filter_string="name != 'Default'")}
+        if not experiments:
+            return None
+        newest = client.search_runs(list(experiments), order_by=["attributes.start_time DESC"], max_results=1)
+        chosen = experiments[newest[0].info.experiment_id] if newest else next(iter(experiments.values()))
+        return chosen.experiment_id, chosen.name
     except Exception as e:  # noqa: BLE001
         raise StorageError(f"MLflow tracking store {tracking_uri} is not usable: {first_line(e)}") from None
-    found = [e for e in found if e is not None]
-    return (found[0].experiment_id, found[0].name) if found else None
 
 
 def artifact_path(tracking_uri: str, run_id: str, name: str) -> str | None:

@@ -38,6 +38,8 @@ def test_runs_carry_source_git_dataset_and_config(tmp_path, cfg):
         assert {t.key: t.value for t in inputs[0].tags} == {"mlflow.data.context": "training"}
     assert study_config(tracker.uri, cfg.name, cfg.study_name) == json.loads(json.dumps(cfg.raw, default=str))
     assert experiment_id(tracker.uri) == (tracker.experiment_id, "tiny")
+    tracker.client.create_experiment("later, without runs")
+    assert experiment_id(tracker.uri) == (tracker.experiment_id, "tiny")     # the one whose run started last
     assert experiment_id(tracker.uri, "nope") is None
 
 
