@@ -90,7 +90,9 @@ def measure_floor(loss_fn, outputs: np.ndarray, levels: dict[int, float], domain
     """The least value of the loss for each class's target (taken inside the loss's domain) over
     the predictions on that class's side of the threshold; the least over both classes. For a
     proper loss that is its value at a perfect prediction; for a label-smoothed one, at its optimum.
-    -inf where it still falls at the head's bound (no floor); NaN where nothing is finite."""
+    Where the loss still falls at the head's bound it has no least value (the posted formula): its
+    value at a perfect prediction stands in, so that falling below it is still a `negative_loss`.
+    NaN where nothing is finite."""
     values = []
     for cls, y in levels.items():
         target = min(max(y, domain[0]), domain[1])
@@ -101,9 +103,13 @@ def measure_floor(loss_fn, outputs: np.ndarray, levels: dict[int, float], domain
             continue
         best = int(np.argmin(curve))
         inner = best + (EDGE_STEPS if best == 0 else -EDGE_STEPS)
-        at_bound = best in (0, len(outputs) - 1)
-        values.append(-math.inf if at_bound and curve[best] < curve[inner] - FALLING else float(curve[best]))
-    return min(values) if values else math.nan
+        if best in (0, len(outputs) - 1) and curve[best] < curve[inner] - FALLING:
+            perfect = int(np.argmin(np.abs(outputs - target)))
+            values.append(float(loss_curve(loss_fn, outputs[perfect:perfect + 1], target)[0]))
+        else:
+            values.append(float(curve[best]))
+    finite = [v for v in values if math.isfinite(v)]
+    return min(finite) if finite else math.nan
 
 
 def measure(loss, activation: str, levels: dict[int, float], default_threshold: float) -> Measured:
