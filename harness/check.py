@@ -108,8 +108,7 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=Non
     if t_lo < d_lo - TOLERANCE or t_hi > d_hi + TOLERANCE:
         flag("targets_outside_loss_domain", f"targets span [{t_lo:.3g}, {t_hi:.3g}], loss domain [{d_lo:g}, {d_hi:g}]")
 
-    z, values = probe.probe_loss(loss.fn, head.activation, levels)
-    _, outputs = probe.head_outputs(head.activation)
+    outputs, values = measured.outputs, measured.curves     # the curves the floor and threshold came from
     finite_min = min(float(np.nanmin(np.where(np.isfinite(v), v, np.nan))) for v in values.values())
     row.probed_min = -math.inf if any(np.any(v == -math.inf) for v in values.values()) else finite_min
     floor = measured.floor if math.isfinite(measured.floor) else 0.0
@@ -122,8 +121,8 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=Non
             wrong_side.append(f"class {cls} (target {levels[cls]:.3g}): lowest {v[best]:.3g} at p={outputs[best]:.3g}, "
                               f"threshold {measured.threshold:.3g}")
         # Still falling at the probe's edge, and already well below the measured floor.
-        edge, inner = (best, best + (10 if best < len(z) // 2 else -10))
-        if best in (0, len(z) - 1) and v[edge] < floor - 1.0 and v[edge] < v[inner] - 0.1:
+        edge, inner = (best, best + (10 if best < len(outputs) // 2 else -10))
+        if best in (0, len(outputs) - 1) and v[edge] < floor - 1.0 and v[edge] < v[inner] - 0.1:
             falling.append(f"class {cls} (target {levels[cls]:.3g}): {v[inner]:.3g} -> {v[edge]:.3g} toward p={outputs[edge]:.3g}")
     if falling:
         flag("loss_unbounded_below", "; ".join(falling))
@@ -162,10 +161,6 @@ def check_model(cfg: Config, dataset: Dataset, activation: str) -> None:
     out = tuple(model.output_shape[1:])
     if out != (shape[0], shape[1], 1):
         raise ValueError(f"model output shape {out}, expected {(shape[0], shape[1], 1)} (one mask channel)")
-
-
-def activation_value(head: str, z: float) -> float:
-    return 1 / (1 + math.exp(-z)) if head == "sigmoid" else math.tanh(z)
 
 
 def input_mismatch(train_x: np.ndarray, val_x: np.ndarray) -> list[str]:

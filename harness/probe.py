@@ -34,6 +34,8 @@ class Measured:
     floor: float         # least value at perfect predictions of valid targets (NaN: not measurable)
     threshold: float     # prediction >= threshold means foreground
     class_best: dict     # class -> head output where its loss is least (the side used for the threshold)
+    outputs: np.ndarray  # the head outputs probed, (N_POINTS,)
+    curves: dict         # class -> loss over `outputs` at the variant's own target level
 
 
 def head_outputs(activation: str) -> tuple[np.ndarray, np.ndarray]:
@@ -118,4 +120,5 @@ def measure(loss, activation: str, levels: dict[int, float], default_threshold: 
     _, outputs = head_outputs(activation)
     curves = {cls: loss_curve(loss.fn, outputs, y) for cls, y in levels.items()}
     threshold, best = measure_threshold(outputs, curves, default_threshold)
-    return Measured(measure_floor(loss.fn, outputs, levels, loss.target_range, threshold), threshold, best)
+    return Measured(measure_floor(loss.fn, outputs, levels, loss.target_range, threshold), threshold, best,
+                    outputs, curves)
