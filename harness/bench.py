@@ -156,7 +156,8 @@ def options_figure(cfg: Config, dataset, epochs: int) -> dict:
 def tracking_figure(cfg: Config, dataset, experiment: Path) -> dict:
     """A small sweep through Optuna + MLflow against the same trainings called directly. Creating the
     two stores is a one-time cost of a results folder, not of a sweep: timed apart."""
-    from harness.grid import default_storage, open_study, run_sweep
+    from harness.grid import default_storage, open_study
+    from harness.sweep import run_sweep
     from harness.tracking import Tracker, default_tracking_uri
     from harness.train import train_variant
     small = cfg.with_overrides({"train.seeds": [1, 2]})
@@ -201,7 +202,7 @@ def memory_and_jobs_figure(experiment: Path, quick: bool, overrides: list[str] =
 
 
 def machine() -> dict:
-    from harness.grid import versions
+    from harness.sweep import versions
     from harness.train import select_device
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "device": select_device(), **versions()}
 
@@ -244,19 +245,21 @@ def extrapolate_sweep(experiment: Path, epochs: int, overrides: list[str] = ()) 
     from harness.config import load_config
     from harness.tracking import default_tracking_uri, load_runs
     full = load_config(experiment, list(overrides))
-    sets = ["--set", f"train.epochs={epochs}", "--set", f"train.seeds=[{full.seeds[0]}]"]
-    sets += [arg for o in overrides for arg in ("--set", o)]
+    # The measured run's epochs and seed come last: a later --set wins.
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    sets += ["--set", f"train.epochs={epochs}", "--set", f"train.seeds=[{full.seeds[0]}]"]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(experiment), "--results", tmp, *sets],
                        check=True, capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
         wall = time.perf_counter() - start
         runs = load_runs(default_tracking_uri(Path(tmp)), full.name)
-    trained, per_point = 0.0, {}
+    trained, per_point, measured = 0.0, {}, {}
     for _, run in runs.iterrows():
         seconds = run["history"].get("epoch_seconds", [])
         if not seconds:
             continue
+        measured[run["variant"]] = list(seconds)
         per_epoch = statistics.median(seconds[1:] or seconds)     # epoch 1 also builds and traces
         trained += sum(seconds)
         # A diverged run stops early; at full length it would too, so count the epochs it ran.
@@ -267,7 +270,7 @@ def extrapolate_sweep(experiment: Path, epochs: int, overrides: list[str] = ()) 
     return {"experiment": full.name, "measured_epochs": epochs, "measured_points": len(per_point),
             "measured_wall_s": wall, "full_epochs": full["train"]["epochs"], "full_seeds": len(full.seeds),
             "full_points": len(per_point) * len(full.seeds), "estimated_full_sweep_s": estimate,
-            "seconds_per_point_at_full_epochs": per_point}
+            "seconds_per_point_at_full_epochs": per_point, "measured_epoch_seconds": measured}
 
 
 def run_gpu_check(results: Path, command: str, log=print, bench_experiment: Path | None = None,

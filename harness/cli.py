@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--n-jobs", type=int, default=1, metavar="N",
                        help="train N grid points at once, in N worker processes sharing the study "
                             "(GPUs: one each, round-robin, via CUDA_VISIBLE_DEVICES)")
+    sweep.add_argument("--system-metrics", action="store_true",
+                       help="log MLflow's system metrics (CPU, memory, disk, network, GPU) for each point's run")
+    sweep.add_argument("--save-models", action="store_true",
+                       help="keep each point's trained model as a model.keras artifact of its run")
     sweep.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)   # set for --n-jobs workers
     sweep.add_argument("--sweep-id", help=argparse.SUPPRESS)   # the --n-jobs parent's, shared by its workers
     status = sub.add_parser("status", allow_abbrev=False, help="every point of the grid with its state, and the study (no training)")
@@ -130,16 +134,18 @@ def check_writable(results: Path) -> None:
 
 
 def cmd_sweep(args, argv: list[str], command: str) -> int:
-    from harness.grid import run_sweep
+    from harness.sweep import run_sweep
     from harness.report import write_report
     from harness.tracking import default_tracking_uri
     cfg = load(args)
     check_writable(args.results)
     if args.n_jobs < 1:
         raise HarnessError("--n-jobs must be >= 1")
+    # TensorFlow (seconds to import) only once the settings are known good, and only where this
+    # process trains: an --n-jobs parent leaves it to its workers.
     if args.n_jobs > 1:
         import uuid
-        from harness.grid import workers_parent_run
+        from harness.sweep import workers_parent_run
         with workers_parent_run(cfg, args.results, args.storage, args.tracking_uri, command) as parent:
             codes = run_workers(argv, args.n_jobs, sweep_id=uuid.uuid4().hex[:12])
             failed = workers_exit(codes)
@@ -148,8 +154,10 @@ def cmd_sweep(args, argv: list[str], command: str) -> int:
             return failed
         crashed = EXIT_CRASHED in codes
     else:
+        import_tensorflow_quietly()
         outcomes = run_sweep(cfg, args.results, args.storage, args.tracking_uri, command=command,
-                             sweep_id=args.sweep_id)
+                             sweep_id=args.sweep_id, system_metrics=args.system_metrics,
+                             save_models=args.save_models)
         crashed = any(o.verdict == "crashed" for o in outcomes)
     done = EXIT_CRASHED if (args.strict and crashed) else EXIT_DONE
     if args.no_report:
@@ -238,6 +246,7 @@ def cmd_tune(args, command: str) -> int:
     if trials < 1:
         raise HarnessError("--trials must be >= 1")
     check_writable(args.results)
+    import_tensorflow_quietly()
     run_tune(cfg, args.variant, trials, args.results, args.storage, args.tracking_uri, command)
     report = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
     print(f"report: {report}")
@@ -266,8 +275,10 @@ def cmd_report(args, command: str) -> int:
 
 def cmd_check(args) -> int:
     import json
+    cfg = load(args)
+    import_tensorflow_quietly()
     from harness.check import check_experiment, format_rows, predicted_verdict
-    rows = check_experiment(load(args))
+    rows = check_experiment(cfg)
     if args.json:
         print(json.dumps([{**r.to_dict(), "predicted": predicted_verdict(r.flags)} for r in rows], indent=1))
     else:
@@ -395,8 +406,9 @@ def quiet_native_stderr():
 def import_tensorflow_quietly() -> None:
     with quiet_native_stderr():
         try:
-            import keras  # noqa: F401 - with the default backend this imports TensorFlow
-            import tensorflow  # noqa: F401
+            import keras  # with the default backend this imports TensorFlow
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow  # noqa: F401
         except ImportError:
             pass          # the command itself says what is missing, in one line
 
@@ -412,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     command = "harness " + shlex.join(argv)
-    if args.command in TRAINING_COMMANDS:
+    if args.command == "bench":
         import_tensorflow_quietly()
     try:
         if args.command == "sweep":

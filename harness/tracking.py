@@ -39,8 +39,10 @@ def client_for(tracking_uri: str):
 class Tracker:
     """Logs one sweep. `results` is only used to place artifacts beside a local SQLite store."""
 
-    def __init__(self, tracking_uri: str, experiment: str, results: Path):
+    def __init__(self, tracking_uri: str, experiment: str, results: Path, system_metrics: bool = False):
         self.uri = tracking_uri
+        self.system_metrics = system_metrics
+        self.monitors: dict[str, object] = {}
         self.local = tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:")
         # Two workers opening one fresh SQLite store race in its schema migration: take turns.
         with local_lock(results / ".mlflow.lock" if self.local else None):
@@ -145,7 +147,26 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         if self.dataset is not None:
             self.log_dataset(run.info.run_id)
+        if self.system_metrics:
+            self.monitors[run.info.run_id] = self.start_system_metrics(run.info.run_id)
         return run.info.run_id
+
+    def start_system_metrics(self, run_id: str):
+        """CPU, memory, disk, network (and GPU where pynvml sees one) as `system/*` metrics of the run,
+        sampled every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL). MLflow's monitor itself: its
+        fluent switch (`start_run(log_system_metrics=True)`) needs the fluent active run, and the
+        harness logs through MlflowClient so that several runs stay open at once."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        monitor = SystemMetricsMonitor(run_id, tracking_uri=self.uri)
+        monitor.start()
+        return monitor
+
+    def log_model(self, run_id: str, model, name: str = "model.keras") -> None:
+        """The trained model as a `.keras` file artifact: `keras.saving.load_model` reads it back."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            model.save(path)
+            self.client.log_artifact(run_id, str(path))
 
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
@@ -178,6 +199,9 @@ class Tracker:
             self.client.log_artifact(run_id, str(path))
 
     def end_point(self, run_id: str, status: str) -> None:
+        monitor = self.monitors.pop(run_id, None)
+        if monitor is not None:
+            monitor.finish()
         self.client.set_terminated(run_id, status=status)
 
     def fail_if_running(self, run_ids: list[str], reason: str) -> int:

@@ -31,6 +31,7 @@ class RunResult:
     trivial_miou: float
     stats: dict[str, list[float]]
     samples: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    model: object = field(repr=False, default=None)   # the trained keras.Model (sweep --save-models)
 
 
 def select_device() -> str:
@@ -189,4 +190,5 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
                      # NaN: not measurable (the loss is NaN at every probe point); -inf: no floor.
                      loss_floor=measured.floor if not math.isnan(measured.floor) else (loss.lower_bound or 0.0),
                      loss_floor_declared=loss.lower_bound, threshold=measured.threshold,
-                     trivial_miou=metrics.trivial_miou(dataset.val_masks), stats=stats, samples=samples)
+                     trivial_miou=metrics.trivial_miou(dataset.val_masks), stats=stats, samples=samples,
+                     model=model)

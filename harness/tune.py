@@ -17,7 +17,8 @@ from typing import Callable
 
 from harness.config import Config, Variant
 from harness.errors import ConfigError
-from harness.grid import Heartbeat, default_storage, fail_stale_trials, open_study, run_params, tell
+from harness.grid import Heartbeat, default_storage, fail_stale_trials, open_study, tell
+from harness.sweep import run_params
 from harness.tracking import Tracker, default_tracking_uri, first_line
 
 TUNE_KIND = "tune"                 # harness.kind of each trial's run (the parent is "tune-study")

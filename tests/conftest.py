@@ -14,3 +14,20 @@ def isbi_path():
     if not (ISBI / "image").is_dir():
         pytest.skip(f"shared ISBI data not found at {ISBI} (only present beside the project checkout)")
     return ISBI
+
+
+@pytest.fixture
+def cli(capfd, monkeypatch, tmp_path):
+    """The real `harness` command line, in this process (TensorFlow is imported once per test session,
+    not once per call), from tmp_path. Returns (exit code, stdout, stderr), read at the file
+    descriptors, so what native code writes to stderr is seen too."""
+    from harness.cli import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HARNESS_DEBUG", raising=False)
+
+    def run(*args):
+        capfd.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capfd.readouterr()
+        return code, out, err
+    return run

@@ -44,8 +44,13 @@ def test_gpu_check_runs_on_the_cpu_and_extrapolates_the_full_sweep(tmp_path, mon
     assert lines[0].startswith("device: CPU") or lines[0].startswith("device: GPU")
     sweep = out["full_sweep"]
     assert sweep["measured_points"] == 2 and sweep["full_points"] == 4 and sweep["full_epochs"] == 6
-    # Six epochs of two seeds cost more than the two measured epochs of one seed, and it is said.
-    assert sweep["estimated_full_sweep_s"] > sum(sweep["seconds_per_point_at_full_epochs"].values()) > 0
+    # Only 2 of the 6 epochs were trained, one seed: the other 4 epochs of each point, and the second
+    # seed, are extrapolated from the measured epochs (the first, which also traces, left out).
+    measured = sweep["measured_epoch_seconds"]
+    assert sorted(measured) == ["image_only", "seed"] and all(len(s) == 2 for s in measured.values())
+    for variant, seconds in measured.items():
+        assert sweep["seconds_per_point_at_full_epochs"][variant] == pytest.approx(sum(seconds) + 4 * seconds[1])
+    assert sweep["estimated_full_sweep_s"] >= 2 * sum(sweep["seconds_per_point_at_full_epochs"].values())
     assert any("estimated at" in line for line in lines)
     saved = json.loads((tmp_path / "bench" / "gpu-check.json").read_text())
     assert saved["device"]["used"] and saved["full_sweep"]["experiment"] == "tiny"

@@ -26,10 +26,9 @@ def test_abbreviated_options_are_refused(tmp_path, args):
 
 
 @pytest.mark.parametrize("variants, code", [('["image_only", "tanh_posted"]', 1), ('["image_only"]', 0)])
-def test_check_strict_exits_1_when_a_variant_is_predicted_to_fail(tmp_path, variants, code):
-    got, out, err = harness("check", TINY, "--set", "data.n_images=48", "--set", f"variants={variants}", "--strict",
-                            cwd=tmp_path)
+def test_check_strict_exits_1_when_a_variant_is_predicted_to_fail(cli, variants, code):
+    got, out, err = cli("check", TINY, "--set", "data.n_images=48", "--set", f"variants={variants}", "--strict")
     assert got == code, err[-2000:]
     assert ("predicted to fail: tanh_posted" in err) == (code == 1)
-    plain, _, err = harness("check", TINY, "--set", "data.n_images=48", "--set", f"variants={variants}", cwd=tmp_path)
+    plain, _, err = cli("check", TINY, "--set", "data.n_images=48", "--set", f"variants={variants}")
     assert plain == 0, err[-2000:]                                   # without --strict: it ran, exit 0

@@ -178,7 +178,7 @@ def test_same_seed_gives_identical_metrics_on_the_cpu():
     from harness.config import load_config
     from harness.data import load_dataset
     from harness.train import train_variant
-    cfg = load_config(TINY, ["train.epochs=2", "data.n_images=48", "augment.stats_rounds=1"])
+    cfg = load_config(TINY, ["train.epochs=2", "data.n_images=32", "augment.stats_rounds=1", "model.start_depth=4"])
     ds = load_dataset(cfg["data"])
     variant = cfg.variants[2]
     first = train_variant(cfg, variant, 3, ds).history
@@ -237,16 +237,15 @@ def one_image(root):
     (empty, "no images"),
     (one_image, "need at least 2 source images for a train/validation split"),
 ])
-def test_bad_folders_are_one_line_exit_2_before_training(tmp_path, damage, message):
+def test_bad_folders_are_one_line_exit_2_before_training(tmp_path, cli, damage, message):
     folder = make_folder(tmp_path / "data")
     damage(folder)
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", TINY, "--results", tmp_path / "r",
-                        "--set", "data.source=folder", "--set", f"data.path={folder}", "--set", "data.image_size=16"],
-                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2, p.stderr[-2000:]
-    errors = [line for line in p.stderr.splitlines() if line.startswith("harness: error:")]
-    assert len(errors) == 1 and message in errors[0], p.stderr[-2000:]
-    assert "Traceback" not in p.stderr
+    code, out, err = cli("sweep", TINY, "--results", tmp_path / "r", "--set", "data.source=folder",
+                         "--set", f"data.path={folder}", "--set", "data.image_size=16")
+    assert code == 2, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("harness: error:")]
+    assert len(errors) == 1 and message in errors[0], err[-2000:]
+    assert "Traceback" not in err
     assert not (tmp_path / "r" / "optuna.db").exists()          # nothing half-written
 
 
@@ -256,15 +255,14 @@ def test_bad_folders_are_one_line_exit_2_before_training(tmp_path, damage, messa
     ("--set=train.batch_size=0", "train.batch_size must be an integer >= 1"),
     ('--set=factorial={head=["tanh"], exclude=[{head="tanh"}]}', "every combination is excluded"),
 ])
-def test_bad_settings_are_one_line_exit_2(tmp_path, setting, message):
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", TINY, setting, "--results", tmp_path / "r"],
-                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+def test_bad_settings_are_one_line_exit_2(tmp_path, cli, setting, message):
+    code, out, err = cli("sweep", TINY, setting, "--results", tmp_path / "r")
+    assert code == 2 and message in err and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines() == [f"harness: error: {err.split('harness: error: ')[1].strip()}"]
 
 
-def test_unwritable_results_folder(tmp_path):
+def test_unwritable_results_folder(tmp_path, cli):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", TINY, "--results", blocker / "r"],
-                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and "results folder" in p.stderr and "cannot be written" in p.stderr
+    code, out, err = cli("sweep", TINY, "--results", blocker / "r")
+    assert code == 2 and "results folder" in err and "cannot be written" in err

@@ -2,7 +2,7 @@
 import math
 
 import keras
-import numpy as np
+
 import pytest
 
 from harness.errors import ConfigError

@@ -4,7 +4,6 @@ import csv
 
 import pytest
 
-from conftest import ROOT
 from test_cli_e2e import TINY, harness
 
 SMALL = ["--set", "data.n_images=96", "--set", "train.epochs=4", "--set", "tune.pruner_warmup_epochs=1",
@@ -58,11 +57,10 @@ def test_tune_resumes_tracks_trials_and_reports_beside_the_grid(tmp_path):
     assert "data:image/png;base64," in (folder / "report.html").read_text()
 
 
-def test_tune_unknown_variant_and_bad_range_are_one_line_errors(tmp_path):
+def test_tune_unknown_variant_and_bad_range_are_one_line_errors(tmp_path, cli):
     for args, message in ((["nope", TINY], "unknown variant 'nope'"),
                           (["seed", TINY, "--set", 'tune.ranges={"train.seeds"={low=1,high=2}}'], "cannot be tuned"),
                           (["seed", TINY, "--trials", "0"], "--trials must be >= 1")):
-        run = harness("tune", *args, "--results", tmp_path / "r", cwd=tmp_path, timeout=120)
-        assert run.returncode == 2, run.stderr[-2000:]
-        assert "Traceback" not in run.stderr and message in run.stderr, run.stderr
-    assert ROOT.exists()
+        code, out, err = cli("tune", *args, "--results", tmp_path / "r")
+        assert code == 2, err[-2000:]
+        assert "Traceback" not in err and message in err, err
