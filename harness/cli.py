@@ -430,12 +430,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return cmd_sweep(args, argv, command)
         if args.command == "bench":
-            from harness.bench import figure_lines, run_bench, run_gpu_check
             check_writable(args.results)
             if args.gpu_check:
-                run_gpu_check(args.results, command, overrides=args.overrides)
+                from harness.gpu_check import run_gpu_check      # Keras alone: no TensorFlow, Optuna, MLflow
+                run_gpu_check(args.results, command, overrides=args.overrides,
+                              experiment=find_experiment(args.experiment) if args.experiment else None)
                 print(f"wrote {args.results / 'bench' / 'gpu-check.json'} and gpu-check.md")
                 return 0
+            from harness.bench import figure_lines, run_bench
             out = run_bench(find_experiment(args.experiment), args.results, args.quick, command,
                             overrides=args.overrides)
             print("\n".join(figure_lines(out)))
