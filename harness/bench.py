@@ -97,7 +97,7 @@ def bare_fit_seconds(cfg: Config, dataset, epochs: int, **compile_kw) -> float:
     import keras
     from harness.data import featurewise_stats, standardize
     from harness.models import build_model
-    from harness.train import start_clean_session
+    from harness.backend import start_clean_session
     start_clean_session(1, cfg["train"]["deterministic"])
     x = standardize(dataset.train_images, featurewise_stats(dataset.train_images)).astype(np.float32)
     model = build_model(cfg, x.shape[1:], "sigmoid")
@@ -202,7 +202,7 @@ def memory_and_jobs_figure(experiment: Path, quick: bool, overrides: list[str] =
 
 def machine() -> dict:
     from harness.grid import versions
-    from harness.train import select_device
+    from harness.backend import select_device
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "device": select_device(), **versions()}
 
 

@@ -393,9 +393,15 @@ def quiet_native_stderr():
 
 
 def import_tensorflow_quietly() -> None:
+    """Keras (and, under its default backend, TensorFlow) imported with the native start-up lines held.
+    Under JAX, XLA is first asked for deterministic GPU kernels, which it reads once (harness/backend.py)."""
+    from harness.backend import prepare_process
+    prepare_process()
     with quiet_native_stderr():
         try:
             import keras  # noqa: F401 - with the default backend this imports TensorFlow
+            # Under another backend too, where installed: keras.utils.set_random_seed imports it
+            # (to seed tf.data) at every run's start, and its start-up lines would come then.
             import tensorflow  # noqa: F401
         except ImportError:
             pass          # the command itself says what is missing, in one line
