@@ -303,6 +303,9 @@ def reproduce_section(runs: pd.DataFrame, points: pd.DataFrame, commands: list[s
     found = {name: ", ".join(sorted(set(used[col].dropna().astype(str)))) for name, col in VERSION_PARAMS.items()
              if col in used}
     found["device"] = ", ".join(sorted(set(points["device"].astype(str)))) if "device" in points else ""
+    for name in ("deterministic", "feed"):          # recorded since harness/backend.py and device augmentation
+        col = f"tags.{name}"
+        found[name] = ", ".join(sorted(set(used[col].dropna().astype(str)))) if col in used else ""
     lines += ["Recorded by the runs: " + "; ".join(f"{k} {v}" for k, v in found.items() if v) + ".", "",
               f"This report: `{command}`.", ""]
     return "\n".join(lines)
