@@ -7,7 +7,10 @@ jax, or torch); everything else speaks keras / keras.ops. What `train.determinis
   and the run records deterministic = False.
 - jax: XLA on the CPU is deterministic. On a GPU, XLA needs `--xla_gpu_deterministic_ops=true` in
   XLA_FLAGS before JAX starts its backend (it cannot be turned on later): `prepare_process` adds it
-  while it still can; if JAX started without it, the run records deterministic = False.
+  while it still can. XLA documents that under this flag compilation FAILS on select-and-scatter,
+  which has no deterministic GPU kernel, and the gradient of max pooling (the U-Net's) is one; so the
+  flag is only added after a child process compiled a max-pool gradient with it. Where that fails,
+  or JAX started without the flag, runs train and record deterministic = False.
 - torch: `torch.use_deterministic_algorithms(True, warn_only=True)`; recorded True on the CPU only.
 """
 from __future__ import annotations
@@ -18,6 +21,11 @@ import os
 import sys
 
 XLA_DETERMINISM = "--xla_gpu_deterministic_ops=true"
+PROBED = "HARNESS_XLA_DETERMINISM"        # "unavailable" once a probe failed: worker processes inherit it
+# A max-pool gradient (select-and-scatter), jitted: what the U-Net's train step needs from XLA.
+PROBE = ("import jax, jax.numpy as jnp\n"
+         "pool = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID').sum()\n"
+         "jax.jit(jax.grad(pool))(jnp.arange(64.0).reshape(1, 8, 8, 1)).block_until_ready()\n")
 
 
 def backend_name() -> str:
@@ -57,14 +65,31 @@ def jax_started() -> bool:
 
 
 def prepare_process() -> None:
-    """Before the first Keras op: under JAX, ask XLA for deterministic GPU kernels while it still can.
-    Harmless on the CPU (XLA knows the flag there and ignores it). Set for the whole process, also for
-    runs with train.deterministic = false: such a run is then deterministic anyway, and says so."""
-    if backend_name() != "jax" or jax_started():
+    """Before the first Keras op: under JAX with a GPU visible, ask XLA for deterministic GPU kernels
+    while it still can, if they compile the U-Net's ops (`xla_determinism_compiles`). Set for the whole
+    process, also for runs with train.deterministic = false: such a run is then deterministic anyway,
+    and says so. A flag already in XLA_FLAGS (either way) is the user's choice and kept."""
+    if backend_name() != "jax" or jax_started() or not accelerator_visible():
         return
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_gpu_deterministic_ops" not in flags:
+    if "xla_gpu_deterministic_ops" in flags or os.environ.get(PROBED):
+        return
+    if xla_determinism_compiles():
         os.environ["XLA_FLAGS"] = f"{flags} {XLA_DETERMINISM}".strip()
+    else:
+        os.environ[PROBED] = "unavailable"
+
+
+def xla_determinism_compiles(timeout: float = 180.0) -> bool:
+    """Whether JAX, with XLA's deterministic GPU ops, compiles and runs a max-pool gradient (in a child
+    process: in this one the flag could not be taken back). A few seconds, once per process tree."""
+    import subprocess
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {XLA_DETERMINISM}".strip())
+    try:
+        return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                              timeout=timeout).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def select_device() -> str:
