@@ -393,8 +393,8 @@ def quiet_native_stderr():
 
 
 def import_tensorflow_quietly() -> None:
-    """Keras (and, under its default backend, TensorFlow) imported with the native start-up lines held.
-    Under JAX, XLA is first asked for deterministic GPU kernels, which it reads once (harness/backend.py)."""
+    """Keras and TensorFlow (where installed) imported with the native start-up lines held. Under JAX,
+    XLA is first asked for deterministic GPU kernels where they compile; it reads that once (harness/backend.py)."""
     from harness.backend import prepare_process
     prepare_process()
     with quiet_native_stderr():
