@@ -79,8 +79,6 @@ def predicted_verdict(flags: list[str]) -> str:
 
 
 def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=None, seed: int = 1) -> CheckRow:
-    import tensorflow as tf
-
     head, loss = get_head(variant.head), get_loss(variant.loss, cfg.source_dir)
     aug, batch = cfg["augment"], cfg["train"]["batch_size"]
     pipeline = cfg["pipeline"]
@@ -92,7 +90,7 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=Non
     # Targets as training sees them: a few augmented batches through the variant's transform.
     raw_batches = list(data_lib.augmented_batches(dataset, aug, batch, seed, max_batches=8, pipeline=pipeline))
     aug_masks = np.concatenate([m for _, m in raw_batches])
-    targets = np.asarray(transform.mask(tf.constant(aug_masks)))
+    targets = np.asarray(transform.mask(aug_masks), np.float32)
     t_lo, t_hi = float(targets.min()), float(targets.max())
     levels = target_levels(transform)
     measured = probe.measure(loss, head.activation, levels, head.threshold)
@@ -134,7 +132,7 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=Non
         flag("declared_floor_differs", f"declared {loss.lower_bound:.4g}, measured {measured.floor:.4g}")
 
     val_x, val_y = data_lib.validation_arrays(dataset, transform, variant.validation)
-    train_x = np.asarray(transform.image(tf.constant(np.concatenate([x for x, _ in raw_batches]))))
+    train_x = np.asarray(transform.image(np.concatenate([x for x, _ in raw_batches])), np.float32)
     mismatch = input_mismatch(train_x, val_x) + target_mismatch(targets, val_y)
     if mismatch:
         flag("validation_not_transformed_like_training", "; ".join(mismatch))

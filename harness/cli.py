@@ -404,11 +404,16 @@ def quiet_native_stderr():
 
 
 def import_tensorflow_quietly() -> None:
+    """Keras and TensorFlow (where installed) imported with the native start-up lines held. Under JAX,
+    XLA is first asked for deterministic GPU kernels where they compile; it reads that once (harness/backend.py)."""
+    from harness.backend import prepare_process
+    prepare_process()
     with quiet_native_stderr():
         try:
-            import keras  # with the default backend this imports TensorFlow
-            if keras.backend.backend() == "tensorflow":
-                import tensorflow  # noqa: F401
+            import keras  # noqa: F401 - with the default backend this imports TensorFlow
+            # Under another backend too, where installed: keras.utils.set_random_seed imports it
+            # (to seed tf.data) at every run's start, and its start-up lines would come then.
+            import tensorflow  # noqa: F401
         except ImportError:
             pass          # the command itself says what is missing, in one line
 

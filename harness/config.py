@@ -111,6 +111,12 @@ DEFAULTS: dict[str, Any] = {
         # Augment batches on all cores, each from its own stateless key (affine engine): as
         # reproducible, another random stream. What it gives: `harness bench` (parallel_augment).
         "parallel_augment": False,
+        # Augment on the device, inside the compiled train step (harness/augment.py): the training
+        # arrays live on the accelerator and no host pipeline can starve it; the only choice under a
+        # Keras backend other than TensorFlow. "auto": on where KERAS_BACKEND is not tensorflow or an
+        # accelerator is visible, else off; resolved when the config is validated (the resolved value
+        # is what the study's name and the logged config carry). Another random stream than tf.data's.
+        "device_augment": "auto",
     },
     # `harness tune VARIANT`: Optuna's TPE sampler over these ranges, one seed, a median pruner on
     # the per-epoch val_miou. Each range is "section.key" = {low, high, log} or {choices = [...]};
@@ -141,12 +147,13 @@ NOT_IN_STUDY = ("variants", "define", "factorial", "description", "name", "tune"
 # precision other arithmetic. `jit_compile` is left out: Keras ignores XLA while train.deterministic
 # is on, and with determinism off no two runs agree to the bit anyway, so XLA's rounding is within
 # the noise such a study already has; it only changes how fast a point trains.
-RESULT_SPEED_KEYS = ("parallel_augment", "mixed_precision")
+RESULT_SPEED_KEYS = ("parallel_augment", "mixed_precision", "device_augment")
 
 # Keys added after studies existed, at the value that reproduces the numbers from before they
 # existed: left out of the digest at that value, so studies (and their runs) made before the key
 # keep their names. Any other value is in the digest.
 NEUTRAL: dict[str, Any] = {"speed.parallel_augment": False, "speed.mixed_precision": False,
+                           "speed.device_augment": False,
                            "model.builder": "", "data.foreground_values": []}
 
 PIPELINES = ("tfdata", "imagedatagenerator")
@@ -191,8 +198,11 @@ class Config:
 
     @property
     def report_name(self) -> str:
-        """Folder of the report: the experiment's name, plus the pipeline where it is not the default."""
-        return self.name if self.raw["pipeline"] == "tfdata" else f"{self.name}-{self.raw['pipeline']}"
+        """Folder of the report: the experiment's name, plus the pipeline and the Keras backend where
+        they are not the defaults (a JAX sweep never overwrites TensorFlow's report)."""
+        from harness.backend import backend_name
+        name = self.name if self.raw["pipeline"] == "tfdata" else f"{self.name}-{self.raw['pipeline']}"
+        return name if backend_name() == "tensorflow" else f"{name}-{backend_name()}"
 
     def with_overrides(self, overrides: dict) -> "Config":
         raw = copy.deepcopy(self.raw)
@@ -212,6 +222,11 @@ def settings_digest(raw: dict) -> str:
             settings.get(section, {}).pop(name, None)
     if not settings["speed"]:
         del settings["speed"]          # the digest of studies made before speed options counted
+    from harness.backend import backend_name
+    if backend_name() != "tensorflow":
+        # Another backend draws other random numbers (and rounds otherwise): a study of its own.
+        # Not a setting but the environment (KERAS_BACKEND), read cheaply; TensorFlow is neutral.
+        settings["keras_backend"] = backend_name()
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -277,6 +292,10 @@ def merged_value(old: Any, new: Any, key: str) -> Any:
     """Keep types stable: an int may stand for a float, nothing else changes type."""
     if old is None or key.split(".")[0] in ("define", "factorial") or key.startswith("tune.ranges."):
         return new
+    if key == "speed.device_augment":
+        if new != "auto" and not isinstance(new, bool):
+            raise ConfigError(f"{key}: expected true, false or \"auto\", got {new!r}")
+        return new
     if isinstance(old, bool) or isinstance(new, bool):
         if not (isinstance(old, bool) and isinstance(new, bool)):
             raise ConfigError(f"{key}: expected a boolean (true/false), got {new!r}")
@@ -333,8 +352,33 @@ def validate(raw: dict, source_dir: str = "") -> Config:
     if raw["augment"]["fill_mode"] not in ("nearest", "reflect", "wrap", "constant"):
         raise ConfigError("augment.fill_mode must be one of nearest, reflect, wrap, constant")
     validate_tune(raw)
+    resolve_device_augment(raw)
     variants = resolve_variants(raw)
     return Config(name=str(raw["name"]), raw=raw, variants=variants, source_dir=source_dir)
+
+
+def resolve_device_augment(raw: dict) -> None:
+    """speed.device_augment "auto" -> true/false, in place, before anything hashes the config; and
+    the pipelines that need TensorFlow refused under another Keras backend, naming the alternative."""
+    from harness.backend import accelerator_visible, backend_name
+    speed, pipeline, backend = raw["speed"], raw["pipeline"], backend_name()
+    if speed["device_augment"] == "auto":
+        # The case's own ImageDataGenerator pair stays what it is; the layers engine and
+        # parallel_augment are tf.data's: asking for them keeps tf.data.
+        speed["device_augment"] = (pipeline == "tfdata" and raw["augment"]["engine"] == "affine"
+                                   and not speed["parallel_augment"]
+                                   and (backend != "tensorflow" or accelerator_visible()))
+    if backend != "tensorflow" and not speed["device_augment"]:
+        raise ConfigError(f'pipeline "{pipeline}" needs KERAS_BACKEND=tensorflow; under {backend} use '
+                          f"--set speed.device_augment=true" + (" --set pipeline=tfdata" if pipeline != "tfdata" else ""))
+    if speed["device_augment"]:
+        if pipeline != "tfdata":
+            raise ConfigError(f'speed.device_augment replaces the tfdata pipeline; pipeline "{pipeline}" '
+                              "runs the case's own generators (set speed.device_augment=false, under TensorFlow)")
+        if raw["augment"]["engine"] != "affine":
+            raise ConfigError('speed.device_augment runs augment.engine = "affine" only')
+        if speed["parallel_augment"]:
+            raise ConfigError("speed.parallel_augment is a tf.data option; it has no meaning with speed.device_augment")
 
 
 def validate_user_names(raw: dict) -> None:

@@ -343,6 +343,11 @@ class Transform:
 # ----------------------------------------------------------------------------------------------
 # tf.data pipelines
 
+def tensorflow_backend() -> bool:
+    from harness.backend import backend_name
+    return backend_name() == "tensorflow"
+
+
 def make_augmenter(aug: dict, size: int, seed: int):
     """augment(images, masks) -> (images, masks), one random geometric transform per sample applied
     to both: images bilinear, masks nearest-neighbour (they stay binary and aligned)."""
@@ -359,11 +364,8 @@ def make_affine_augmenter(aug: dict, size: int, seed: int):
     blurred images, failed on sharp validation images."""
     import keras
     from keras import ops
+    from harness.augment import apply_affine, draw_affine
     gen = keras.random.SeedGenerator(seed)
-    centre = (size - 1) / 2.0
-    theta_max = math.radians(aug["rotation_range"])
-    shift_x, shift_y = aug["width_shift_range"] * size, aug["height_shift_range"] * size
-    z = aug["zoom_range"]
     draw = {"key": None, "count": 0}     # a stateless key for this call (parallel map), else None
 
     def uniform(n, lo, hi):
@@ -379,23 +381,9 @@ def make_affine_augmenter(aug: dict, size: int, seed: int):
         """`key`: a [2] int tensor; with it every draw is stateless (the same key, the same
         transform), so batches can be augmented in parallel and still reproducibly."""
         draw["key"], draw["count"] = key, 0
-        n = ops.shape(images)[0]
-        theta = uniform(n, -theta_max, theta_max)
-        zx, zy = uniform(n, 1 - z, 1 + z), uniform(n, 1 - z, 1 + z)
-        tx, ty = uniform(n, -shift_x, shift_x), uniform(n, -shift_y, shift_y)
-        flip = (ops.where(uniform(n, 0.0, 1.0) < 0.5, -1.0, 1.0) if aug["horizontal_flip"]
-                else ops.ones((n,)))
-        cos, sin = ops.cos(theta), ops.sin(theta)
-        # Output pixel (x, y) samples input pixel M (x - c, y - c) + c + t, M = R(theta) diag(zx, zy) diag(flip, 1).
-        m00, m01 = cos * zx * flip, -sin * zy
-        m10, m11 = sin * zx * flip, cos * zy
-        transform = ops.stack([m00, m01, centre + tx - (m00 + m01) * centre,
-                               m10, m11, centre + ty - (m10 + m11) * centre,
-                               ops.zeros((n,)), ops.zeros((n,))], axis=1)
+        transform = draw_affine(aug, size, ops.shape(images)[0], uniform)
         fill = "reflect" if aug["fill_mode"] == "reflect" else aug["fill_mode"]
-        images = ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode=fill)
-        masks = ops.image.affine_transform(masks, transform, interpolation="nearest", fill_mode=fill)
-        return images, masks
+        return apply_affine(images, masks, transform, fill)
 
     return augment
 
@@ -427,10 +415,15 @@ def make_layer_augmenter(aug: dict, seed: int):
 
 
 def augment_array(aug: dict, x: np.ndarray, seed: int, batch_size: int = 256) -> np.ndarray:
-    """Augment a NumPy array of images (no masks), e.g. for featurewise statistics over rounds."""
-    import tensorflow as tf
+    """Augment a NumPy array of images (no masks), e.g. for featurewise statistics over rounds.
+    In tf.data under TensorFlow (as the training pipeline); under another backend batch by batch in
+    keras.ops, from the same seeded generator (another backend, another random stream)."""
     augment = make_augmenter(aug, x.shape[1], seed)
     dummy = np.zeros(x.shape[:3] + (1,), np.float32)
+    if not tensorflow_backend():
+        return np.concatenate([np.asarray(augment(x[i:i + batch_size], dummy[i:i + batch_size])[0])
+                               for i in range(0, len(x), batch_size)])
+    import tensorflow as tf
     ds = tf.data.Dataset.from_tensor_slices((x, dummy)).batch(batch_size).map(augment)
     return np.concatenate([img.numpy() for img, _ in ds])
 
@@ -472,8 +465,8 @@ def train_pipeline(dataset: Dataset, transform: Transform, aug: dict, batch_size
 
 def augmented_batches(dataset: Dataset, aug: dict, batch_size: int, seed: int, max_batches: int,
                       pipeline: str = "tfdata"):
-    """Augmented, untransformed training batches as NumPy (images 0..255, masks as augmented)."""
-    import tensorflow as tf
+    """Augmented, untransformed training batches as NumPy (images 0..255, masks as augmented);
+    under a backend other than TensorFlow, augmented in keras.ops without tf.data."""
     if pipeline == "imagedatagenerator":
         gen = legacy_generator(aug, featurewise=False)
         images = gen.flow(dataset.train_images, batch_size=batch_size, shuffle=False, seed=seed)
@@ -482,6 +475,12 @@ def augmented_batches(dataset: Dataset, aug: dict, batch_size: int, seed: int, m
             yield x, m
         return
     augment = make_augmenter(aug, dataset.train_images.shape[1], seed)
+    if not tensorflow_backend():
+        for i in range(0, min(len(dataset.train_images), max_batches * batch_size), batch_size):
+            images, masks = augment(dataset.train_images[i:i + batch_size], dataset.train_masks[i:i + batch_size])
+            yield np.asarray(images), np.asarray(masks)
+        return
+    import tensorflow as tf
     ds = (tf.data.Dataset.from_tensor_slices((dataset.train_images, dataset.train_masks))
           .batch(batch_size).take(max_batches).map(augment))
     for images, masks in ds:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from harness import plots
 from harness.config import Config
+from harness.errors import ConfigError
 from harness.points import runs_of_grid
 from harness.tracking import artifact_path, attach_report, load_runs, sweep_commands
 from harness.verdict import FAILED, HEALTHY, combine, judge, rules_markdown
@@ -302,6 +303,9 @@ def reproduce_section(runs: pd.DataFrame, points: pd.DataFrame, commands: list[s
     found = {name: ", ".join(sorted(set(used[col].dropna().astype(str)))) for name, col in VERSION_PARAMS.items()
              if col in used}
     found["device"] = ", ".join(sorted(set(points["device"].astype(str)))) if "device" in points else ""
+    for name in ("deterministic", "feed"):          # recorded since harness/backend.py and device augmentation
+        col = f"tags.{name}"
+        found[name] = ", ".join(sorted(set(used[col].dropna().astype(str)))) if col in used else ""
     lines += ["Recorded by the runs: " + "; ".join(f"{k} {v}" for k, v in found.items() if v) + ".", "",
               f"This report: `{command}`.", ""]
     return "\n".join(lines)
@@ -310,9 +314,16 @@ def reproduce_section(runs: pd.DataFrame, points: pd.DataFrame, commands: list[s
 def compare_pipelines(cfg: Config, summary: pd.DataFrame, tracking_uri: str) -> str:
     """Where the same experiment also ran through the other pipeline (same settings otherwise),
     its verdicts, mIoU and seconds per epoch side by side."""
-    mine = cfg["pipeline"]
-    other = "imagedatagenerator" if mine == "tfdata" else "tfdata"
-    other_cfg = cfg.with_overrides({"pipeline": other})
+    if cfg["speed"]["device_augment"]:
+        mine, other, overrides = "device augment", "tfdata", {"speed.device_augment": False}
+    else:
+        mine = cfg["pipeline"]
+        other = "imagedatagenerator" if mine == "tfdata" else "tfdata"
+        overrides = {"pipeline": other}
+    try:
+        other_cfg = cfg.with_overrides(overrides)
+    except ConfigError:
+        return ""             # the host pipelines under a backend other than TensorFlow: none can have run
     theirs = study_summary(other_cfg, tracking_uri)
     table = comparison_table(summary, theirs, mine, other)
     if table.empty:

@@ -162,13 +162,14 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         progress.epoch(epoch, metrics.get("loss"))
 
     try:
-        result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch, on_batch=progress.batch)
+        result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch, on_batch=progress.batch, log=log)
         judged = judge(result.history, result.loss_floor, result.trivial_miou, cfg["verdict"],
                        diverged=result.diverged_at is not None,
                        diverged_epoch=result.diverged_at[0] if result.diverged_at else None)
         tags = {"verdict": judged["verdict"], "diverged": judged["diverged"],
                 "negative_loss": judged["negative_loss"], "converged": judged["converged"],
-                "device": result.device, "loss_floor": result.loss_floor, "trivial_miou": result.trivial_miou,
+                "device": result.device, "deterministic": result.deterministic, "feed": result.feed,
+                "loss_floor": result.loss_floor, "trivial_miou": result.trivial_miou,
                 "loss_floor_declared": result.loss_floor_declared, "threshold": result.threshold,
                 "scored_epochs": judged["scored_epochs"], "score_note": judged["score_note"],
                 "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
@@ -237,7 +238,7 @@ def run_params(cfg: Config, variant: Variant, seed: int, fingerprint: str) -> di
 def versions() -> dict:
     import importlib.metadata as md
     out = {"python": platform.python_version()}
-    for pkg in ("tensorflow", "keras", "optuna", "mlflow"):
+    for pkg in ("tensorflow", "keras", "jax", "optuna", "mlflow"):
         try:
             out[f"version.{pkg}"] = md.version(pkg)
         except md.PackageNotFoundError:

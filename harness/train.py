@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from harness import backend
 from harness import data as data_lib
 from harness import metrics, probe
 from harness.config import Config, Variant
@@ -32,35 +33,9 @@ class RunResult:
     stats: dict[str, list[float]]
     samples: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     model: object = field(repr=False, default=None)   # the trained keras.Model (sweep --save-models)
-
-
-def select_device() -> str:
-    import tensorflow as tf
-    # Every run builds a new model, so its functions are traced anew: TensorFlow's "retracing"
-    # warning says nothing useful here.
-    tf.get_logger().setLevel("ERROR")
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass  # already initialized in this process
-    return f"GPU:0 ({tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')})" if gpus else "CPU"
-
-
-def start_clean_session(seed: int, deterministic: bool, mixed_precision: bool = False) -> None:
-    """A fresh Keras graph and the same random streams for the same seed."""
-    import keras
-    import tensorflow as tf
-    keras.backend.clear_session()
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-    else:
-        # No public switch back; the internal one keeps a process that benchmarks both honest.
-        from tensorflow.python.framework import config as tf_config
-        tf_config.disable_op_determinism()
+    deterministic: bool = False              # whether the run was deterministic (harness/backend.py)
+    feed: str = "tfdata"                     # how batches reached the model: "tfdata", "imagedatagenerator",
+    #                                          "device augment" (data on the device) or "device augment, streamed"
 
 
 def predict_binary(model, images: np.ndarray, threshold: float, batch_size: int) -> np.ndarray:
@@ -119,7 +94,8 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
                     on_epoch(epoch + 1, {k: float(v) for k, v in logs.items()})
                 return
             for prefix, images in model_eval["inputs"].items():
-                pred, raw = predict_binary(self.model, images, model_eval["threshold"], model_eval["batch_size"])
+                # The inner model: under device augmentation self.model is the index-fed wrapper.
+                pred, raw = predict_binary(model_eval["model"], images, model_eval["threshold"], model_eval["batch_size"])
                 for key, value in metrics.confusion_ious(pred, truth).items():
                     logs[f"{prefix}_{key}"] = value
                 if prefix == "val":
@@ -134,23 +110,46 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
 
 def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
                   on_epoch: Callable[[int, dict], None] | None = None, verbose: int = 0,
-                  on_batch: Callable[[int, int, float], None] | None = None) -> RunResult:
+                  on_batch: Callable[[int, int, float], None] | None = None,
+                  log: Callable[[str], None] | None = None) -> RunResult:
     """Fit the experiment's model for one variant and seed; a NaN/Inf loss ends the run, not the caller."""
+    deterministic = cfg["train"]["deterministic"]
+    try:
+        return fit_variant(cfg, variant, seed, dataset, deterministic, on_epoch, verbose, on_batch, log)
+    except Exception as e:  # noqa: BLE001 - only TensorFlow's determinism refusal is handled
+        if not (deterministic and backend.is_determinism_error(e)):
+            raise
+    # TensorFlow on a GPU: an op without a deterministic kernel refused to run (at the first step,
+    # before any epoch was reported). The point trains without op determinism, and says so.
+    if log is not None:
+        log(f"[{variant.name} seed={seed}] note: no deterministic kernel for an op on this device; "
+            "training without op determinism")
+    return fit_variant(cfg, variant, seed, dataset, False, on_epoch, verbose, on_batch, log)
+
+
+def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, deterministic: bool,
+                on_epoch, verbose: int, on_batch, log) -> RunResult:
     import keras
     from harness.models import build_model
 
-    train_cfg, aug = cfg["train"], cfg["augment"]
-    device = select_device()
-    start_clean_session(seed, train_cfg["deterministic"], cfg["speed"]["mixed_precision"])
+    train_cfg, aug, speed = cfg["train"], cfg["augment"], cfg["speed"]
+    device = backend.select_device()
+    deterministic = backend.start_clean_session(seed, deterministic, speed["mixed_precision"])
     head, loss = get_head(variant.head), get_loss(variant.loss, cfg.source_dir)
     if cfg["pipeline"] == "imagedatagenerator":
         train_ds, steps, transform = data_lib.legacy_pipeline(dataset, variant.images, variant.masks, aug,
                                                               train_cfg["batch_size"], seed)
+        feed = "imagedatagenerator"
+    elif speed["device_augment"]:
+        # Statistics from the host augmenter (as the case's fit(augment=True, rounds)); batches
+        # augmented on the device (harness/augment.py), built below with the model.
+        transform = data_lib.fit_transform(dataset, variant.images, variant.masks, aug, seed)
+        train_ds, steps, feed = None, None, "device augment"
     else:
         transform = data_lib.fit_transform(dataset, variant.images, variant.masks, aug, seed)
         train_ds = data_lib.train_pipeline(dataset, transform, aug, train_cfg["batch_size"], seed,
-                                           parallel=cfg["speed"]["parallel_augment"])
-        steps = None
+                                           parallel=speed["parallel_augment"])
+        steps, feed = None, "tfdata"
     val_x, val_y = data_lib.validation_arrays(dataset, transform, variant.validation)
     eval_inputs = {"val": val_x}
     if variant.validation == "raw":
@@ -160,16 +159,28 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
     # this variant's own targets (harness/probe.py, the same numbers as `harness check`).
     measured = probe.measure(loss, head.activation, transform.levels(), head.threshold)
     model = build_model(cfg, dataset.train_images.shape[1:], head.activation)
-    model.compile(optimizer=keras.optimizers.Adam(train_cfg["learning_rate"]), loss=loss.fn,
-                  jit_compile=cfg["speed"]["jit_compile"])
+    trained = model                      # what fit() trains: the model, or the device feed around it
+    fit_args = {"x": train_ds, "steps_per_epoch": steps, "shuffle": False}  # the tf.data pipeline shuffles
+    if feed == "device augment":
+        from harness.augment import build_fed_model
+        trained, train_x, where = build_fed_model(model, dataset.train_images, dataset.train_masks, transform,
+                                                  aug, seed)
+        fit_args = {"x": train_x, "batch_size": train_cfg["batch_size"], "shuffle": True}
+        if where != "device":
+            feed = "device augment, streamed"
+            if log is not None:
+                log(f"[{variant.name} seed={seed}] note: the training arrays are too large for the device; "
+                    "host batches are streamed to it and augmented there")
+    # JAX runs a train step op by op unless it is jitted: XLA is how JAX runs at all (its CPU
+    # results are deterministic either way), so speed.jit_compile only decides for TensorFlow.
+    jit = speed["jit_compile"] or backend.backend_name() == "jax"
+    trained.compile(optimizer=keras.optimizers.Adam(train_cfg["learning_rate"]), loss=loss.fn, jit_compile=jit)
     model_eval = {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": measured.threshold,
-                  "batch_size": train_cfg["batch_size"], "loss": loss.fn, "targets": val_y}
+                  "batch_size": train_cfg["batch_size"], "loss": loss.fn, "targets": val_y, "model": model}
     stop, scoring = make_callbacks(model_eval, on_epoch, on_batch)
 
     started = time.perf_counter()
-    fit = model.fit(train_ds, steps_per_epoch=steps,
-                    epochs=train_cfg["epochs"], callbacks=[stop, scoring], verbose=verbose,
-                    shuffle=False)  # the tf.data pipeline shuffles
+    fit = trained.fit(**fit_args, epochs=train_cfg["epochs"], callbacks=[stop, scoring], verbose=verbose)
     seconds = time.perf_counter() - started
     if INTERRUPTED.is_set():
         # A Ctrl-C that lands inside TensorFlow's input iterator can end fit() as if the data ran
@@ -191,4 +202,4 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
                      loss_floor=measured.floor if not math.isnan(measured.floor) else (loss.lower_bound or 0.0),
                      loss_floor_declared=loss.lower_bound, threshold=measured.threshold,
                      trivial_miou=metrics.trivial_miou(dataset.val_masks), stats=stats, samples=samples,
-                     model=model)
+                     deterministic=bool(deterministic), feed=feed, model=model)

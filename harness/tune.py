@@ -171,7 +171,8 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
                                   "loss_floor_declared": result.loss_floor_declared, "threshold": result.threshold,
                                   "scored_epochs": judged["scored_epochs"], "score_note": judged["score_note"],
                                   "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
-                                  "device": result.device, "tune.state": "complete"})
+                                  "device": result.device, "deterministic": result.deterministic,
+                                  "tune.state": "complete"})
         tracker.log_figure(run_id, plots.loss_curve(result.history, result.loss_floor,
                                                     f"{variant.name} #{trial.number}"), "loss_curve.png")
         plots.close_all()

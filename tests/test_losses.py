@@ -5,6 +5,8 @@ import pytest
 
 from harness.losses import LOSSES, get_loss
 
+pytestmark = pytest.mark.backend      # CI runs these again under KERAS_BACKEND=jax
+
 LOG2 = math.log(2)
 
 

@@ -5,6 +5,8 @@ import pytest
 
 from harness.metrics import confusion_ious, trivial_miou
 
+pytestmark = pytest.mark.backend      # CI runs these again under KERAS_BACKEND=jax
+
 
 # Strictly between 0 and 1: with one class absent, confusion_ious counts its empty IoU as 1 while
 # trivial_miou counts it as 0 (a degenerate validation set; left as it is).

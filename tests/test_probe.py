@@ -11,6 +11,8 @@ from harness.probe import measure
 from harness.verdict import judge
 from harness.config import DEFAULTS
 
+pytestmark = pytest.mark.backend      # CI runs these again under KERAS_BACKEND=jax
+
 BINARY, SIGNED = {0: 0.0, 1: 1.0}, {0: -1.0, 1: 1.0}
 WHITENED = {0: -0.446, 1: 2.43}          # binary masks at 15 % foreground, whitened as in the case
 

@@ -1,0 +1,178 @@
+"""The Keras backend in use: its name, its device, and a clean, seeded (and where possible deterministic) session.
+
+The only training-path module that knows which backend runs (KERAS_BACKEND: tensorflow, the default,
+jax, or torch); everything else speaks keras / keras.ops. What `train.deterministic` does:
+- tensorflow: op determinism (`tf.config.experimental.enable_op_determinism`). On a GPU some ops
+  have no deterministic kernel and raise when they run; train.py then reruns the point without it
+  and the run records deterministic = False.
+- jax: XLA on the CPU is deterministic. On a GPU, XLA needs `--xla_gpu_deterministic_ops=true` in
+  XLA_FLAGS before JAX starts its backend (it cannot be turned on later): `prepare_process` adds it
+  while it still can. XLA documents that under this flag compilation FAILS on select-and-scatter,
+  which has no deterministic GPU kernel, and the gradient of max pooling (the U-Net's) is one; so the
+  flag is only added after a child process compiled a max-pool gradient with it. Where that fails,
+  or JAX started without the flag, runs train and record deterministic = False.
+- torch: `torch.use_deterministic_algorithms(True, warn_only=True)`; recorded True on the CPU only.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+XLA_DETERMINISM = "--xla_gpu_deterministic_ops=true"
+PROBED = "HARNESS_XLA_DETERMINISM"        # "unavailable" once a probe failed: worker processes inherit it
+# A max-pool gradient (select-and-scatter), jitted: what the U-Net's train step needs from XLA.
+PROBE = ("import jax, jax.numpy as jnp\n"
+         "pool = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID').sum()\n"
+         "jax.jit(jax.grad(pool))(jnp.arange(64.0).reshape(1, 8, 8, 1)).block_until_ready()\n")
+
+
+def backend_name() -> str:
+    """The backend Keras uses or will use, without importing Keras (and so TensorFlow) to find out:
+    KERAS_BACKEND, else keras.json's "backend", else tensorflow; Keras' own answer once it is imported."""
+    if "keras" in sys.modules and hasattr(sys.modules["keras"], "backend"):
+        return sys.modules["keras"].backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return str(json.load(f).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def accelerator_visible() -> bool:
+    """A cheap guess, before any framework is imported: an NVIDIA device node that
+    CUDA_VISIBLE_DEVICES does not hide. (`speed.device_augment = "auto"` is resolved with it, while the
+    config is validated, and `harness status` must answer without importing TensorFlow.)"""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def jax_started() -> bool:
+    """Whether JAX has created its backends (after which XLA_FLAGS are read and fixed)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge   # private, but the only place that says so
+        return bool(xla_bridge._backends)
+    except (ImportError, AttributeError):
+        return True                     # cannot tell: assume the flags are already read
+
+
+def prepare_process() -> None:
+    """Before the first Keras op: under JAX with a GPU visible, ask XLA for deterministic GPU kernels
+    while it still can, if they compile the U-Net's ops (`xla_determinism_compiles`). Set for the whole
+    process, also for runs with train.deterministic = false: such a run is then deterministic anyway,
+    and says so. A flag already in XLA_FLAGS (either way) is the user's choice and kept."""
+    if backend_name() != "jax" or jax_started() or not accelerator_visible():
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_gpu_deterministic_ops" in flags or os.environ.get(PROBED):
+        return
+    if xla_determinism_compiles():
+        os.environ["XLA_FLAGS"] = f"{flags} {XLA_DETERMINISM}".strip()
+    else:
+        os.environ[PROBED] = "unavailable"
+
+
+def xla_determinism_compiles(timeout: float = 180.0) -> bool:
+    """Whether JAX, with XLA's deterministic GPU ops, compiles and runs a max-pool gradient (in a child
+    process: in this one the flag could not be taken back). A few seconds, once per process tree."""
+    import subprocess
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {XLA_DETERMINISM}".strip())
+    try:
+        return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                              timeout=timeout).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def select_device() -> str:
+    """The device training runs on, in words ("CPU", "GPU:0 (NVIDIA H200)"); under a backend other
+    than TensorFlow the backend is named too ("CPU (jax)")."""
+    name = backend_name()
+    if name == "tensorflow":
+        return select_tensorflow_device()
+    if name == "jax":
+        prepare_process()
+        import jax
+        device = jax.devices()[0]
+        kind = "CPU" if device.platform == "cpu" else f"{device.platform.upper()}:0 {device.device_kind}"
+        return f"{kind} (jax)"
+    if name == "torch":
+        import torch
+        return f"GPU:0 {torch.cuda.get_device_name(0)} (torch)" if torch.cuda.is_available() else "CPU (torch)"
+    return f"unknown ({name})"
+
+
+def select_tensorflow_device() -> str:
+    import tensorflow as tf
+    # Every run builds a new model, so its functions are traced anew: TensorFlow's "retracing"
+    # warning says nothing useful here.
+    tf.get_logger().setLevel("ERROR")
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # already initialized in this process
+    return f"GPU:0 ({tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')})" if gpus else "CPU"
+
+
+def on_accelerator() -> bool:
+    """Whether the backend trains on an accelerator (imports the backend)."""
+    return not select_device().startswith("CPU")
+
+
+def start_clean_session(seed: int, deterministic: bool, mixed_precision: bool = False) -> bool:
+    """A fresh Keras graph and the same random streams for the same seed. -> whether the run IS
+    deterministic (what was asked, as far as this backend and device can give it)."""
+    prepare_process()
+    import keras
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+    keras.utils.set_random_seed(seed)
+    name = backend_name()
+    if name == "tensorflow":
+        import tensorflow as tf
+        if deterministic:
+            tf.config.experimental.enable_op_determinism()
+        else:
+            # No public switch back; the internal one keeps a process that benchmarks both honest.
+            from tensorflow.python.framework import config as tf_config
+            tf_config.disable_op_determinism()
+        return deterministic
+    if name == "jax":
+        import jax
+        if jax.devices()[0].platform == "cpu":
+            return True          # XLA on the CPU: same program, same inputs, same bits
+        return "xla_gpu_deterministic_ops=true" in os.environ.get("XLA_FLAGS", "").replace(" ", "")
+    if name == "torch":
+        import torch
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        return deterministic and not torch.cuda.is_available()
+    return False
+
+
+def is_determinism_error(error: BaseException) -> bool:
+    """TensorFlow's refusal to run an op that has no deterministic kernel (on a GPU, under op determinism)."""
+    return type(error).__name__ == "UnimplementedError" and "determinis" in str(error).lower()
+
+
+def device_memory_bytes() -> int | None:
+    """The accelerator's memory where the backend says (JAX); None on the CPU or where unknown."""
+    if backend_name() != "jax":
+        return None
+    import jax
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return None
+    try:
+        return int((device.memory_stats() or {}).get("bytes_limit")) or None
+    except (TypeError, ValueError, AttributeError):
+        return None

@@ -1,0 +1,56 @@
+"""harness/backend.py: what `train.deterministic` gives on each backend and device, and that a GPU
+without deterministic kernels never fails a run (it records deterministic = False instead)."""
+import pytest
+
+from harness import backend, train
+
+
+class UnimplementedError(Exception):
+    """Named as TensorFlow's: raised on a GPU for an op without a deterministic kernel."""
+
+
+@pytest.mark.backend
+def test_a_clean_session_on_the_cpu_is_deterministic():
+    assert backend.start_clean_session(1, deterministic=True) is True
+    assert backend.select_device().startswith("CPU")
+
+
+@pytest.mark.parametrize("compiles", [True, False])
+def test_xla_determinism_is_asked_for_only_where_it_compiles(monkeypatch, compiles):
+    monkeypatch.setattr(backend, "backend_name", lambda: "jax")
+    monkeypatch.setattr(backend, "jax_started", lambda: False)
+    monkeypatch.setattr(backend, "accelerator_visible", lambda: True)
+    monkeypatch.setattr(backend, "xla_determinism_compiles", lambda: compiles)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    monkeypatch.delenv(backend.PROBED, raising=False)
+    backend.prepare_process()
+    import os
+    if compiles:
+        assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_gpu_deterministic_ops=true"
+    else:
+        assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+        assert os.environ[backend.PROBED] == "unavailable"       # workers inherit the answer
+
+
+def test_the_probe_compiles_a_max_pool_gradient_where_jax_is_installed():
+    pytest.importorskip("jax")
+    assert backend.xla_determinism_compiles()          # on the CPU the flag is known and the gradient runs
+
+
+def test_an_op_without_a_deterministic_kernel_trains_the_point_without_determinism(monkeypatch):
+    from harness.config import load_config
+    calls, notes = [], []
+
+    def fit_variant(cfg, variant, seed, dataset, deterministic, *rest):
+        calls.append(deterministic)
+        if deterministic:
+            raise UnimplementedError("A deterministic GPU implementation of MaxPoolGrad is not available")
+        return "result"
+
+    monkeypatch.setattr(train, "fit_variant", fit_variant)
+    monkeypatch.setattr(backend, "backend_name", lambda: "tensorflow")
+    cfg = load_config(None, ["speed.device_augment=false"])
+    assert train.train_variant(cfg, cfg.variants[0], 1, None, log=notes.append) == "result"
+    assert calls == [True, False] and "without op determinism" in notes[0]
+    assert backend.is_determinism_error(UnimplementedError("Deterministic GPU implementation ..."))
+    assert not backend.is_determinism_error(ValueError("deterministic"))
