@@ -116,9 +116,14 @@ def select_tensorflow_device() -> str:
     # warning says nothing useful here.
     tf.get_logger().setLevel("ERROR")
     gpus = tf.config.list_physical_devices("GPU")
+    limit = os.environ.get("HARNESS_GPU_MEMORY_MB")     # set by `sweep --n-jobs` for workers sharing a GPU
     for gpu in gpus:
         try:
-            tf.config.experimental.set_memory_growth(gpu, True)
+            if limit:
+                tf.config.set_logical_device_configuration(
+                    gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=int(limit))])
+            else:
+                tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass  # already initialized in this process
     return f"GPU:0 ({tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')})" if gpus else "CPU"

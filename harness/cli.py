@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_args(sweep)
     sweep.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<results>/optuna.db)")
     sweep.add_argument("--strict", action="store_true", help="exit 1 if any grid point crashed")
-    sweep.add_argument("--n-jobs", type=int, default=1, metavar="N",
+    sweep.add_argument("--n-jobs", default="1", metavar="N",
                        help="train N grid points at once, in N worker processes sharing the study "
-                            "(GPUs: one each, round-robin, via CUDA_VISIBLE_DEVICES)")
+                            "(GPUs: round-robin via CUDA_VISIBLE_DEVICES, workers sharing one each capped at "
+                            "their share of its memory); auto: the worker count `harness bench` found fastest here")
     sweep.add_argument("--system-metrics", action="store_true",
                        help="log MLflow's system metrics (CPU, memory, disk, network, GPU) for each point's run")
     sweep.add_argument("--save-models", action="store_true",
@@ -139,8 +140,7 @@ def cmd_sweep(args, argv: list[str], command: str) -> int:
     from harness.tracking import default_tracking_uri
     cfg = load(args)
     check_writable(args.results)
-    if args.n_jobs < 1:
-        raise HarnessError("--n-jobs must be >= 1")
+    args.n_jobs = resolve_n_jobs(args.n_jobs, args.results)
     # TensorFlow (seconds to import) only once the settings are known good, and only where this
     # process trains: an --n-jobs parent leaves it to its workers.
     if args.n_jobs > 1:
@@ -198,21 +198,76 @@ def gpu_count() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
+def gpu_memory_mib() -> int | None:
+    """The first GPU's memory in MiB (nvidia-smi), None where unknown."""
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout
+        return int(out.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def resolve_n_jobs(value: str, results: Path) -> int:
+    """--n-jobs N, or auto: per GPU, the worker count that `harness bench --gpu-check` measured fastest
+    on a GPU (results/bench/gpu-check.json, best_workers); on the CPU, 2 where `harness bench` measured
+    --n-jobs 2 faster than one worker (bench.json, n_jobs_2_speedup > 1), else 1. Says which it took."""
+    import json
+    if value != "auto":
+        try:
+            n = int(value)
+        except ValueError:
+            raise HarnessError(f"--n-jobs must be an integer >= 1 or auto, got {value!r}") from None
+        if n < 1:
+            raise HarnessError("--n-jobs must be >= 1")
+        return n
+    gpus = gpu_count()
+    name, key = ("gpu-check.json", "best_workers") if gpus else ("bench.json", "n_jobs_2_speedup")
+    path = results / "bench" / name
+    try:
+        figure = json.loads(path.read_text())["figures"][key]
+    except (OSError, ValueError, KeyError):
+        n = max(gpus, 1)
+        print(f"harness: --n-jobs auto: {n} (no {key} in {path}; run `harness bench"
+              + (" --gpu-check`" if gpus else "`") + " to measure it)", flush=True)
+        return n
+    n = int(figure) * gpus if gpus else (2 if figure > 1 else 1)
+    print(f"harness: --n-jobs auto: {n} ({key} {figure:g} in {path})", flush=True)
+    return n
+
+
+def worker_env(i: int, n: int, gpus: int, memory_mib: int | None) -> dict:
+    """Worker i of n: its GPU (i mod count) and, where several share one, a cap at their share of its
+    memory (JAX: XLA_PYTHON_CLIENT_MEM_FRACTION; TensorFlow: a logical device of that many MiB,
+    harness/backend.py), so one worker cannot take what the others need."""
+    env = {"HARNESS_PROGRESS_LIVE": "0", "HARNESS_WORKER": str(i + 1)}
+    if not gpus:
+        return env
+    env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+    sharing = len(range(i % gpus, n, gpus))          # workers on this worker's GPU
+    if sharing > 1:
+        share = 0.9 / sharing                         # a tenth left for the CUDA context and fragmentation
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{share:.3f}"
+        if memory_mib:
+            env["HARNESS_GPU_MEMORY_MB"] = str(int(memory_mib * share))
+    return env
+
+
 def run_workers(argv: list[str], n: int, sweep_id: str) -> list[int]:
     """`harness sweep` in n worker processes on the same study: each claims points until none is
     left (grid.next_trial), so the points are shared out without a coordinator. With GPUs, worker i
-    sees GPU i mod count; workers sharing a GPU grow their memory as needed. Returns exit codes."""
+    sees GPU i mod count (worker_env). Returns exit codes."""
     import subprocess
     worker_argv = [a for a in argv if not a.startswith("--n-jobs")]
     if "--n-jobs" in argv:                      # "--n-jobs N" as two words
         i = argv.index("--n-jobs")
         worker_argv = argv[:i] + argv[i + 2:]
     gpus = gpu_count()
+    memory = gpu_memory_mib() if gpus and n > gpus else None
     procs = []
     for i in range(n):
-        env = dict(os.environ, HARNESS_PROGRESS_LIVE="0", HARNESS_WORKER=str(i + 1))
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        env = dict(os.environ, **worker_env(i, n, gpus, memory))
         procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", *worker_argv, "--no-report",
                                        "--sweep-id", sweep_id], env=env))
     print(f"harness: {n} workers started" + (f" on {gpus} GPU(s)" if gpus else " on the CPU"), flush=True)
