@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from harness.backend import backend_name
 from harness.config import Config, load_config
 
 TARGETS = {"pipeline_speedup": ">= 10", "pipeline_headroom": ">= 2",
@@ -245,7 +246,8 @@ def memory_and_jobs_figure(experiment: Path, quick: bool, overrides: list[str] =
 def machine() -> dict:
     from harness.sweep import versions
     from harness.backend import select_device
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "device": select_device(), **versions()}
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "device": select_device(),
+            "backend": backend_name(), **versions()}
 
 
 def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=print,
@@ -271,6 +273,12 @@ def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=pr
         if stage == "train":
             figures["pipeline_headroom"] = headroom(figures)
         log(f"bench: {stage} measured in {stage_seconds[stage]:.0f}s")
+    figures["per_backend"] = {backend_name(): backend_figures(figures)}
+    for other in other_backends():
+        started = time.perf_counter()
+        figures["per_backend"][other] = figures_under(other, experiment, quick, overrides)
+        stage_seconds[f"pipeline and train under {other}"] = time.perf_counter() - started
+        log(f"bench: pipeline and train under {other} measured in {stage_seconds[f'pipeline and train under {other}']:.0f}s")
     out = {"command": command, "quick": quick, "machine": machine(), "data": dataset.description,
            "model": {"image_size": cfg["data"]["image_size"], "start_depth": cfg["model"]["start_depth"],
                      "batch_size": cfg["train"]["batch_size"]},
@@ -280,6 +288,42 @@ def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=pr
     (folder / f"{name}.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
     (folder / f"{name}.md").write_text(render(out))
     return out
+
+
+def backend_figures(figures: dict) -> dict:
+    keys = ("pipeline_headroom", "pipeline_images_per_s", "train_images_per_s", "train_vs_bound")
+    return {k: figures[k] for k in keys if k in figures}
+
+
+def other_backends() -> list[str]:
+    """Keras backends installed besides the one running (JAX where this runs under TensorFlow);
+    HARNESS_BENCH_BACKENDS=current measures this one alone."""
+    import importlib.util
+    if os.environ.get("HARNESS_BENCH_BACKENDS") == "current":
+        return []
+    return [name for name in ("jax",) if name != backend_name() and importlib.util.find_spec(name)]
+
+
+def figures_under(backend: str, experiment: Path, quick: bool, overrides: list[str]) -> dict:
+    """The pipeline and train figures measured under another Keras backend, in a child process
+    (KERAS_BACKEND is read once per process)."""
+    cmd = [sys.executable, "-m", "harness.bench", "pipeline-and-train", str(experiment), "1" if quick else "0",
+           *overrides]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, KERAS_BACKEND=backend,
+                                                                       TF_CPP_MIN_LOG_LEVEL="3"))
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["exited with %d" % done.returncode])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def pipeline_and_train(experiment: Path, quick: bool, overrides: list[str]) -> dict:
+    from harness.data import load_dataset
+    cfg = bench_config(quick, experiment, overrides)
+    dataset = load_dataset(cfg["data"])
+    reps = int(os.environ.get("HARNESS_BENCH_REPS", 3 if quick else 5))
+    figures = {**pipeline_figure(cfg, dataset, reps), **train_figure(cfg, dataset, 2 if quick else 3)}
+    figures["pipeline_headroom"] = headroom(figures)
+    return {"device": machine()["device"], **backend_figures(figures)}
 
 
 def headroom(figures: dict) -> dict:
@@ -295,6 +339,12 @@ def figure_lines(out: dict) -> list[str]:
     lines = ["pipeline_headroom: " + ", ".join(f"{k} {v:.2f}" for k, v in f["pipeline_headroom"].items())
              + f" (target {TARGETS['pipeline_headroom']}; pipeline images/s over bare training images/s, "
              f"{out['machine']['device']})"]
+    for name, other in f.get("per_backend", {}).items():
+        if name != out["machine"].get("backend", name) and "pipeline_headroom" in other:
+            lines.append(f"pipeline_headroom under {name}: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in other["pipeline_headroom"].items()) + f" ({other['device']})")
+        elif "error" in other:
+            lines.append(f"pipeline_headroom under {name}: not measured ({other['error']})")
     if "pipeline_speedup" not in f:       # not TensorFlow: no host pipelines to compare
         return lines + common_lines(f)
     return lines + [f"pipeline_speedup: {f['pipeline_speedup']:.2f} (target {TARGETS['pipeline_speedup']}); "
@@ -323,3 +373,9 @@ def render(out: dict) -> str:
     lines += [f"- {line}" for line in figure_lines(out)]
     lines += ["", "## Raw measurements", "", "```json", json.dumps(out["figures"], indent=1, default=float), "```", ""]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # The child of figures_under: `python -m harness.bench pipeline-and-train EXPERIMENT QUICK [SET ...]`.
+    if sys.argv[1:2] == ["pipeline-and-train"]:
+        print(json.dumps(pipeline_and_train(Path(sys.argv[2]), sys.argv[3] == "1", sys.argv[4:]), default=float))

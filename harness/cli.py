@@ -473,6 +473,14 @@ def import_tensorflow_quietly() -> None:
             pass          # the command itself says what is missing, in one line
 
 
+def backend_prefix() -> str:
+    """`KERAS_BACKEND=jax ` where another backend than TensorFlow runs: part of the command that
+    reproduces a sweep (the report's "Reproduce" section quotes it)."""
+    from harness.backend import backend_name
+    name = backend_name()
+    return "" if name == "tensorflow" else f"KERAS_BACKEND={name} "
+
+
 def on_sigint(signum, frame):
     INTERRUPTED.set()
     raise KeyboardInterrupt
@@ -483,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_sigint)
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    command = "harness " + shlex.join(argv)
+    command = backend_prefix() + "harness " + shlex.join(argv)
     if args.command == "bench":
         import_tensorflow_quietly()
     try:

@@ -195,6 +195,8 @@ def device_info() -> dict:
     from harness.backend import backend_name, select_device
     info = {"used": select_device(), "backend": backend_name(), "cpus": os.cpu_count()}
     for pkg in ("keras", "jax", "jaxlib", "tensorflow", "torch"):
+        if pkg not in sys.modules:          # installed but not used here: not part of this run
+            continue
         try:
             info[f"version.{pkg}"] = md.version(pkg)
         except md.PackageNotFoundError:

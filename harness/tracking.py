@@ -237,7 +237,7 @@ def local_lock(path: Path | None):
 
 def source_name(command: str) -> str:
     """What MLflow's Source column shows: the harness subcommand (the UI keeps the last path part)."""
-    words = command.split()
+    words = [w for w in command.split() if not w.startswith("KERAS_BACKEND=")]
     return " ".join(words[:2]) if words[:1] == ["harness"] else "harness"
 
 

@@ -1,4 +1,5 @@
 """harness bench runs on a tiny config and writes well-formed output (no timing is asserted)."""
+import importlib.util
 import json
 import math
 import os
@@ -27,9 +28,17 @@ def test_bench_command_writes_every_figure(tmp_path, monkeypatch):
     for key in ("pipeline_speedup", "train_vs_bound", "tracking_overhead", "peak_memory_gib", "n_jobs_2_speedup"):
         assert math.isfinite(saved["figures"][key]) and saved["figures"][key] > 0, key
     assert set(saved["figures"]["option_speedups"]) == {"jit_compile", "mixed_precision"}
+    # pipeline_headroom for the host tf.data pipeline and device augmentation, and under JAX (a child
+    # process) for device augmentation, where JAX is installed (the test extra installs it).
+    per_backend = saved["figures"]["per_backend"]
+    assert set(per_backend["tensorflow"]["pipeline_headroom"]) == {"tfdata", "device_augment"}
+    if importlib.util.find_spec("jax"):
+        assert set(per_backend["jax"]["pipeline_headroom"]) == {"device_augment"}, per_backend["jax"]
+        assert per_backend["jax"]["pipeline_headroom"]["device_augment"] > 0
+        assert "pipeline_headroom under jax: device_augment" in run.stdout
     assert set(saved["figures"]["n_jobs_seconds"]) == {"1", "2"}
     assert {"platform", "cpus", "device", "version.tensorflow"} <= set(saved["machine"])
-    assert set(saved["stage_seconds"]) == {"pipeline", "train", "tracking", "options", "memory and --n-jobs"}
+    assert {"pipeline", "train", "tracking", "options", "memory and --n-jobs"} <= set(saved["stage_seconds"])
     md = (tmp_path / "bench" / "bench.md").read_text()
     assert "pipeline_speedup:" in md and "(target >= 10)" in md and "Produced by `harness bench" in md
 
