@@ -83,4 +83,4 @@ def test_gpu_check_runs_under_jax_without_tensorflow_optuna_or_mlflow(tmp_path):
     assert figures["option_speedups"]["mixed_precision"] > 0 and "jit_compile" not in figures["option_speedups"]
     assert set(figures["workers_images_per_s"]) == {"1", "2"} and figures["best_workers"] in (1, 2)
     md = (tmp_path / "r" / "bench" / "gpu-check.md").read_text()
-    assert "estimated" in md and "pipeline_headroom" in md and "Produced by `harness bench" in md
+    assert "estimated" in md and "pipeline_headroom" in md and "Produced by `KERAS_BACKEND=jax harness bench" in md
