@@ -284,7 +284,7 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str, st
 
 
 VERSION_PARAMS = {"python": "params.python", "tensorflow": "params.version.tensorflow",
-                  "keras": "params.version.keras", "optuna": "params.version.optuna",
+                  "keras": "params.version.keras", "jax": "params.version.jax", "optuna": "params.version.optuna",
                   "mlflow": "params.version.mlflow", "harness commit": "tags.mlflow.source.git.commit",
                   "uncommitted changes": "tags.mlflow.source.git.dirty"}
 
