@@ -15,7 +15,7 @@ case's full size (experiments/whitening-full.toml: 1,840 training pairs of 128x1
 5. the aggregate training images/s of 1, 2 and 4 worker processes sharing the device, each capped
    at its share of the device's memory.
 
-A stage that would start after the time budget (HARNESS_GPU_CHECK_BUDGET_S, 420 s) is skipped, and
+A stage that would start after the time budget (HARNESS_GPU_CHECK_BUDGET_S, 360 s) is skipped, and
 the output says so: what was measured is written either way.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from harness.config import Config, load_config
 
 KINDS = {"sigmoid_bce": "image_only", "tanh": "tanh_corrected"}   # a variant of each head kind
 WORKERS = tuple(int(n) for n in os.environ.get("HARNESS_GPU_CHECK_WORKERS", "1,2,4").split(","))
-BUDGET_S = float(os.environ.get("HARNESS_GPU_CHECK_BUDGET_S", 420))
+BUDGET_S = float(os.environ.get("HARNESS_GPU_CHECK_BUDGET_S", 360))
 TARGETS = {"estimated_full_sweep_min": "< 5 on one H200", "pipeline_headroom": ">= 2"}
 
 
