@@ -59,6 +59,7 @@ def test_gpu_check_runs_under_jax_without_tensorflow_optuna_or_mlflow(tmp_path):
     pytest.importorskip("jax")
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
     env = {"KERAS_BACKEND": "jax", "HARNESS_BENCH_REPS": "1", "HARNESS_GPU_CHECK_WORKERS": "1,2",
+           "HARNESS_GPU_CHECK_BUDGET_S": "3600",          # every stage runs, however loaded the machine
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     sets = ["data.n_images=80", "data.image_size=32", "model.start_depth=4", "train.batch_size=16",
             "augment.stats_rounds=1", "train.epochs=6", "train.seeds=[1,2]", 'variants=["image_only","tanh_corrected"]']
@@ -84,3 +85,15 @@ def test_gpu_check_runs_under_jax_without_tensorflow_optuna_or_mlflow(tmp_path):
     assert set(figures["workers_images_per_s"]) == {"1", "2"} and figures["best_workers"] in (1, 2)
     md = (tmp_path / "r" / "bench" / "gpu-check.md").read_text()
     assert "estimated" in md and "pipeline_headroom" in md and "Produced by `KERAS_BACKEND=jax harness bench" in md
+
+
+def test_gpu_check_skips_the_stages_past_its_budget_and_still_writes(tmp_path):
+    from harness.gpu_check import run_gpu_check
+    lines = []
+    out = run_gpu_check(tmp_path, "pytest", log=lines.append, experiment=TINY_TOML,
+                        overrides=["data.n_images=16", "data.image_size=16"], budget_s=0)
+    assert out["skipped"] == ["full sweep", "pipeline", "precision", "workers"] and out["figures"] == {}
+    assert "skipped (time budget): workers" in lines
+    saved = json.loads((tmp_path / "bench" / "gpu-check.json").read_text())
+    assert saved["skipped"] == out["skipped"] and saved["device"]["used"]
+    assert "skipped (time budget): full sweep" in (tmp_path / "bench" / "gpu-check.md").read_text()
