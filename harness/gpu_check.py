@@ -95,21 +95,29 @@ def estimate_full_sweep(cfg: Config, dataset, epochs: int, log: Callable[[str], 
             "estimated_full_sweep_s": total, "train_images_per_s": rates, "feed": feeds}
 
 
+def compiled_fed_model(cfg: Config, dataset, jit_compile: bool | str = "auto"):
+    """image_only's setup (sigmoid + BCE, featurewise images, binary masks) behind the device feed,
+    compiled: -> (model, its fit input)."""
+    import keras
+    from harness.augment import build_fed_model
+    from harness.data import fit_transform
+    from harness.models import build_model
+    transform = fit_transform(dataset, "featurewise", "binary", cfg["augment"], 1)
+    inner = build_model(cfg, dataset.train_images.shape[1:], "sigmoid")
+    model, x, _ = build_fed_model(inner, dataset.train_images, dataset.train_masks, transform, cfg["augment"], 1)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=jit_compile)
+    return model, x
+
+
 def fed_fit_rate(cfg: Config, dataset, epochs: int = 2, mixed_precision: bool = False,
                  jit_compile: bool | str = "auto") -> float:
     """Training images/s of a bare fit through the device feed (sigmoid + BCE, image_only's transform),
     no callbacks; one warm-up epoch (it compiles) left out."""
     import keras
     from harness import backend
-    from harness.augment import build_fed_model
-    from harness.data import fit_transform
-    from harness.models import build_model
     backend.start_clean_session(1, False, mixed_precision)
     try:
-        transform = fit_transform(dataset, "featurewise", "binary", cfg["augment"], 1)
-        inner = build_model(cfg, dataset.train_images.shape[1:], "sigmoid")
-        model, x, _ = build_fed_model(inner, dataset.train_images, dataset.train_masks, transform, cfg["augment"], 1)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=jit_compile)
+        model, x = compiled_fed_model(cfg, dataset, jit_compile)
         bs = cfg["train"]["batch_size"]
         model.fit(x, batch_size=bs, epochs=1, shuffle=True, verbose=0)
         start = time.perf_counter()
@@ -168,18 +176,12 @@ def worker_rates(experiment: Path, overrides: list[str], counts=WORKERS, epochs:
 
 def worker(experiment: Path, n: int, barrier: str, epochs: int, overrides: list[str]) -> None:
     """One worker of worker_rates: warm up, meet the others, time `epochs` epochs, print JSON."""
-    import keras
     from harness import backend
-    from harness.augment import build_fed_model
-    from harness.data import fit_transform, load_dataset
-    from harness.models import build_model
+    from harness.data import load_dataset
     cfg = check_config(experiment, overrides)
     dataset = load_dataset(cfg["data"])
     backend.start_clean_session(os.getpid(), False)
-    transform = fit_transform(dataset, "featurewise", "binary", cfg["augment"], 1)
-    inner = build_model(cfg, dataset.train_images.shape[1:], "sigmoid")
-    model, x, _ = build_fed_model(inner, dataset.train_images, dataset.train_masks, transform, cfg["augment"], 1)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    model, x = compiled_fed_model(cfg, dataset)
     bs = cfg["train"]["batch_size"]
     model.fit(x, batch_size=bs, epochs=1, verbose=0)
     Path(barrier, str(os.getpid())).touch()

@@ -86,22 +86,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def mlflow_api(port: int, path: str, body: dict | None = None, timeout: float = 5):
+    """A call to the REST API of the MLflow server on this port: GET, or POST with a JSON body."""
+    import json
+    import urllib.request
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/{path}", data=data,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.load(r)
+
+
 def assert_ui_serves_the_runs(results: Path, cwd: Path) -> None:
     """`harness ui` starts the MLflow UI on the same store and prints the experiment's training-runs
     page; its REST API lists the sweep's runs, and the parent run's artifacts hold the report and config."""
-    import json
     import re
     import time
-    import urllib.request
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--results", str(results), "--port", str(port)],
                           cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def api(path: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/{path}", data=data,
-                                     headers={"Content-Type": "application/json"})
-        return json.load(urllib.request.urlopen(req, timeout=5))
+        return mlflow_api(port, path, body)
 
     try:
         page = re.search(rf"http://127\.0\.0\.1:{port}/#/experiments/(\d+)/runs", ui.stdout.readline())

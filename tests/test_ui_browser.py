@@ -4,7 +4,6 @@ harness's digest, the source, and, with the parent run expanded, one child run p
 Through MLflow's REST API on the same server: the parent run's artifacts hold the report and the
 config; with `--save-models --system-metrics`, each point's run holds its trained model (loadable by
 Keras) and `system/*` metrics. Skips where Chromium or playwright is missing."""
-import json
 import re
 import subprocess
 import sys
@@ -15,24 +14,10 @@ import urllib.request
 import pytest
 
 from conftest import ROOT
-from test_cli_e2e import free_port, harness
+from test_cli_e2e import free_port, harness, mlflow_api
 from test_report_browser import browser  # noqa: F401 - the shared Chromium fixture
 
 SETS = ["--set", "train.epochs=3", "--set", "train.seeds=[1]", "--set", 'variants=["seed","image_only"]']
-
-
-def rest(port: int, path: str, **query) -> dict:
-    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}"
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.load(r)
-
-
-def search_runs(port: int, experiment_id: str) -> list[dict]:
-    body = json.dumps({"experiment_ids": [experiment_id], "max_results": 100}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.load(r)["runs"]
 
 
 @pytest.mark.slow
@@ -56,15 +41,15 @@ def test_the_printed_address_shows_the_training_runs(tmp_path, browser):  # noqa
             except OSError:
                 time.sleep(1)
 
-        runs = search_runs(port, address.group(1))
+        runs = mlflow_api(port, "runs/search", {"experiment_ids": [address.group(1)], "max_results": 100}, 30)["runs"]
         tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
         parent = [r for r, t in zip(runs, tags) if "mlflow.parentRunId" not in t]
         children = {t["mlflow.runName"]: r for r, t in zip(runs, tags) if "mlflow.parentRunId" in t}
         assert len(parent) == 1 and sorted(children) == ["image_only-s1", "seed-s1"]
-        listed = rest(port, "artifacts/list", run_id=parent[0]["info"]["run_id"])
+        listed = mlflow_api(port, f"artifacts/list?run_id={parent[0]['info']['run_id']}", timeout=30)
         assert {"config.json", "report.md", "report.html", "summary.csv"} <= {f["path"] for f in listed["files"]}
         for child in children.values():
-            files = {f["path"]: f for f in rest(port, "artifacts/list", run_id=child["info"]["run_id"])["files"]}
+            files = {f["path"]: f for f in mlflow_api(port, f"artifacts/list?run_id={child['info']['run_id']}", timeout=30)["files"]}
             assert {"model.keras", "loss_curve.png", "predictions.png"} <= set(files)
             assert any(m["key"].startswith("system/cpu") for m in child["data"]["metrics"]), child["data"]["metrics"]
         model_file = urllib.request.urlopen(f"http://127.0.0.1:{port}/get-artifact?" + urllib.parse.urlencode(
