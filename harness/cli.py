@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from harness.errors import INTERRUPTED, HarnessError
+from harness.errors import DEFERRING, INTERRUPTED, HarnessError
 
 DEFAULT_EXPERIMENT = "whitening"
 TRAINING_COMMANDS = ("sweep", "tune", "check", "bench")      # the commands that import TensorFlow
@@ -482,12 +482,18 @@ def backend_prefix() -> str:
 
 
 def on_sigint(signum, frame):
+    """Ctrl-C: during training the first one asks training to stop at its next batch (see
+    errors.DEFERRING); elsewhere, or pressed again, it interrupts at once."""
+    again = INTERRUPTED.is_set()
     INTERRUPTED.set()
+    if DEFERRING.is_set() and not again:
+        return
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # keep TensorFlow's C++ chatter (cuInit, graph attrs) out
+    INTERRUPTED.clear()
     signal.signal(signal.SIGINT, on_sigint)
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)

@@ -1,11 +1,35 @@
 """Errors the CLI turns into one clear line and exit code 2 (bad input, unreachable stores), and
 the interrupt request that Ctrl-C sets."""
+import contextlib
 import threading
 
 # Set by the CLI's SIGINT handler and checked by training between batches: a KeyboardInterrupt
 # raised while TensorFlow's C++ code runs can be swallowed (seen: tf.data ended the epoch
 # instead), so training also stops itself at the next batch.
 INTERRUPTED = threading.Event()
+# While set (training), the first Ctrl-C only sets INTERRUPTED. Python runs a signal handler at
+# any bytecode, also in a finalizer that gc.collect() calls (seen: in keras' clear_session),
+# where the KeyboardInterrupt is swallowed half-way through releasing TensorFlow's objects and
+# the process later died of SIGSEGV. Training stops itself at its next safe point instead.
+DEFERRING = threading.Event()
+
+
+def stop_if_interrupted() -> None:
+    """A safe point: raise the KeyboardInterrupt that a Ctrl-C asked for."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C inside this block is acted on at the next stop_if_interrupted(), and at its end."""
+    stop_if_interrupted()
+    DEFERRING.set()
+    try:
+        yield
+    finally:
+        DEFERRING.clear()
+    stop_if_interrupted()
 
 
 class HarnessError(Exception):

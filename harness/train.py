@@ -13,7 +13,7 @@ from harness import data as data_lib
 from harness import metrics, probe
 from harness.config import Config, Variant
 from harness.data import Dataset
-from harness.errors import INTERRUPTED
+from harness.errors import interrupts_deferred, stop_if_interrupted
 from harness.losses import get_head, get_loss
 
 N_SAMPLES = 4  # validation images kept for the prediction-sample figure
@@ -67,8 +67,7 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
             self.epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):
-            if INTERRUPTED.is_set():
-                raise KeyboardInterrupt
+            stop_if_interrupted()
             loss = (logs or {}).get("loss")
             if on_batch is not None:
                 on_batch(self.epoch + 1, batch + 1, loss)
@@ -84,6 +83,7 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
         loss went non-finite the weights are NaN: nothing is scored (NaN), never their predictions."""
 
         def on_epoch_end(self, epoch, logs=None):
+            stop_if_interrupted()            # before scoring: validation is a long stretch
             logs = logs if logs is not None else {}
             truth = model_eval["truth"]
             if stop.where is not None:
@@ -114,17 +114,18 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
                   log: Callable[[str], None] | None = None) -> RunResult:
     """Fit the experiment's model for one variant and seed; a NaN/Inf loss ends the run, not the caller."""
     deterministic = cfg["train"]["deterministic"]
-    try:
-        return fit_variant(cfg, variant, seed, dataset, deterministic, on_epoch, verbose, on_batch, log)
-    except Exception as e:  # noqa: BLE001 - only TensorFlow's determinism refusal is handled
-        if not (deterministic and backend.is_determinism_error(e)):
-            raise
-    # TensorFlow on a GPU: an op without a deterministic kernel refused to run (at the first step,
-    # before any epoch was reported). The point trains without op determinism, and says so.
-    if log is not None:
-        log(f"[{variant.name} seed={seed}] note: no deterministic kernel for an op on this device; "
-            "training without op determinism")
-    return fit_variant(cfg, variant, seed, dataset, False, on_epoch, verbose, on_batch, log)
+    with interrupts_deferred():       # Ctrl-C stops training at its next batch (harness/errors.py)
+        try:
+            return fit_variant(cfg, variant, seed, dataset, deterministic, on_epoch, verbose, on_batch, log)
+        except Exception as e:  # noqa: BLE001 - only TensorFlow's determinism refusal is handled
+            if not (deterministic and backend.is_determinism_error(e)):
+                raise
+        # TensorFlow on a GPU: an op without a deterministic kernel refused to run (at the first step,
+        # before any epoch was reported). The point trains without op determinism, and says so.
+        if log is not None:
+            log(f"[{variant.name} seed={seed}] note: no deterministic kernel for an op on this device; "
+                "training without op determinism")
+        return fit_variant(cfg, variant, seed, dataset, False, on_epoch, verbose, on_batch, log)
 
 
 def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, deterministic: bool,
@@ -150,6 +151,7 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
         train_ds = data_lib.train_pipeline(dataset, transform, aug, train_cfg["batch_size"], seed,
                                            parallel=speed["parallel_augment"])
         steps, feed = None, "tfdata"
+    stop_if_interrupted()            # the statistics pass can take a while: a safe point after it
     val_x, val_y = data_lib.validation_arrays(dataset, transform, variant.validation)
     eval_inputs = {"val": val_x}
     if variant.validation == "raw":
@@ -179,13 +181,12 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
                   "batch_size": train_cfg["batch_size"], "loss": loss.fn, "targets": val_y, "model": model}
     stop, scoring = make_callbacks(model_eval, on_epoch, on_batch)
 
+    stop_if_interrupted()
     started = time.perf_counter()
     fit = trained.fit(**fit_args, epochs=train_cfg["epochs"], callbacks=[stop, scoring], verbose=verbose)
     seconds = time.perf_counter() - started
-    if INTERRUPTED.is_set():
-        # A Ctrl-C that lands inside TensorFlow's input iterator can end fit() as if the data ran
-        # out; the flag set by the signal handler still says what happened.
-        raise KeyboardInterrupt
+    # A Ctrl-C during the last batches, or one that ended fit() as if the data ran out.
+    stop_if_interrupted()
 
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     raw_pred = model_eval.get("last_pred")
