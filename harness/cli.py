@@ -150,6 +150,7 @@ def cmd_sweep(args, argv: list[str], command: str) -> int:
             codes = run_workers(argv, args.n_jobs, sweep_id=uuid.uuid4().hex[:12])
             failed = workers_exit(codes)
             parent["failed"] = failed == EXIT_INTERNAL
+            parent["interrupted"] = failed == EXIT_INTERRUPTED
         if failed:
             return failed
         crashed = EXIT_CRASHED in codes
@@ -274,10 +275,25 @@ def run_workers(argv: list[str], n: int, sweep_id: str) -> list[int]:
     try:
         return [p.wait() for p in procs]
     except KeyboardInterrupt:
-        # The workers got the same Ctrl-C: let each mark its run KILLED and exit.
-        for p in procs:
-            p.wait()
+        stop_workers(procs)
         raise
+
+
+def stop_workers(procs) -> None:
+    """Ctrl-C or SIGTERM at the --n-jobs parent: each worker is asked to stop with a SIGTERM (it
+    marks its run KILLED at its next batch and exits 130); pressed again, asked again, at once.
+    Workers ignore the terminal's SIGINT (main), so one Ctrl-C is one request, whether it reached
+    the whole process group from a terminal or only the parent from `kill -INT`."""
+    while True:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        try:
+            for p in procs:
+                p.wait()
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def print_summary(path: Path) -> None:
@@ -482,8 +498,8 @@ def backend_prefix() -> str:
 
 
 def on_sigint(signum, frame):
-    """Ctrl-C: during training the first one asks training to stop at its next batch (see
-    errors.DEFERRING); elsewhere, or pressed again, it interrupts at once."""
+    """Ctrl-C or SIGTERM: during training the first one asks training to stop at its next batch
+    (see errors.DEFERRING); elsewhere, or sent again, it interrupts at once."""
     again = INTERRUPTED.is_set()
     INTERRUPTED.set()
     if DEFERRING.is_set() and not again:
@@ -491,11 +507,30 @@ def on_sigint(signum, frame):
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def interrupt_handlers():
+    """Ctrl-C and SIGTERM go to on_sigint while a command runs; the previous handlers come back after
+    (tests run commands in-process). An --n-jobs worker leaves the terminal's Ctrl-C to its parent,
+    which passes it on as SIGTERM (stop_workers). SIGTERM (a scheduler's pre-emption, `docker stop`,
+    `timeout`) is a Ctrl-C."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    INTERRUPTED.clear()
+    signal.signal(signal.SIGINT, signal.SIG_IGN if os.environ.get("HARNESS_WORKER") else on_sigint)
+    signal.signal(signal.SIGTERM, on_sigint)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # keep TensorFlow's C++ chatter (cuInit, graph attrs) out
-    INTERRUPTED.clear()
-    signal.signal(signal.SIGINT, on_sigint)
-    argv = sys.argv[1:] if argv is None else argv
+    with interrupt_handlers():
+        return run_command(sys.argv[1:] if argv is None else argv)
+
+
+def run_command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     command = backend_prefix() + "harness " + shlex.join(argv)
     if args.command == "bench":

@@ -113,15 +113,15 @@ def open_parent_run(study, tracker: Tracker, cfg: Config, storage: str, command:
 def workers_parent_run(cfg: Config, results: Path, storage: str | None, tracking_uri: str | None, command: str):
     """For --n-jobs: open the study and the parent run before the workers start (so they all share
     one), and close it once they are done. Yields a dict: set "failed" to True when a worker died,
-    and the parent run ends FAILED instead of FINISHED."""
+    and the parent run ends FAILED instead of FINISHED; "interrupted", and it ends KILLED."""
     storage = storage or grid.default_storage(results)
     study = grid.open_study(cfg, storage)
     tracker = Tracker(tracking_uri or default_tracking_uri(results), cfg.name, results)
     open_parent_run(study, tracker, cfg, storage, command)
-    status, outcome = "KILLED", {"failed": False}
+    status, outcome = "KILLED", {"failed": False, "interrupted": False}
     try:
         yield outcome
-        status = "FAILED" if outcome["failed"] else "FINISHED"
+        status = "FAILED" if outcome["failed"] else "KILLED" if outcome["interrupted"] else "FINISHED"
     finally:
         tracker.end_sweep(status)
 

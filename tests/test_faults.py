@@ -1,4 +1,5 @@
 """Faults through the real CLI: kill and resume, two workers, crashes, Ctrl-C, determinism."""
+import contextlib
 import os
 import random
 import signal
@@ -8,6 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import ROOT
@@ -158,21 +160,52 @@ def test_a_crashing_variant_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 @pytest.mark.slow
 # 0.0 lands in the session reset right after "training (" (gc.collect() runs finalizers there).
-@pytest.mark.parametrize("delay", [0.0, 1.0, 4.0])
-def test_ctrl_c_marks_the_run_and_exits_130(tmp_path, delay):
+# SIGTERM (pre-emption, `docker stop`) is handled as a Ctrl-C.
+@pytest.mark.parametrize("sig, delay", [(signal.SIGINT, 0.0), (signal.SIGINT, 1.0), (signal.SIGINT, 4.0),
+                                        (signal.SIGTERM, 1.0)])
+def test_ctrl_c_marks_the_run_and_exits_130(tmp_path, sig, delay):
     results = tmp_path / "r"
     # Many epochs: training must still run when the signal comes (an epoch here takes a fraction of a second).
     p = start(*FAST, "--set", "train.epochs=500", "--set", 'variants=["image_only"]', "--results", results,
               cwd=tmp_path)
     wait_for(p, "training (")
     time.sleep(delay)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err[-2000:]
     assert "interrupted" in err and "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
     runs = mlflow_runs(results)
     assert list(runs["status"]) == ["KILLED"]
     assert "Ctrl-C" in runs.iloc[0]["tags.failure"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_the_n_jobs_parent_alone_stops_every_worker(tmp_path):
+    """`kill -INT` to the parent only (a terminal's Ctrl-C reaches the workers too, and they leave it to
+    the parent): each worker is asked once, marks its run KILLED, and the parent run ends KILLED."""
+    results = tmp_path / "r"
+    p = start(*FAST, "--set", "train.epochs=500", "--set", 'variants=["image_only","no_featurewise"]',
+              "--n-jobs", "2", "--results", results, cwd=tmp_path)
+    wait_for(p, "training (")
+    wait_for(p, "training (")                    # both workers train
+    time.sleep(1.0)
+    workers = psutil.Process(p.pid).children()
+    os.kill(p.pid, signal.SIGINT)
+    try:
+        _, err = p.communicate(timeout=120)
+    finally:
+        for proc in [*workers, p]:               # never leave 500-epoch workers behind a failed test
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+    assert p.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+    assert err.count("harness: interrupted") == 3, err[-2000:]       # two workers and the parent
+    runs = mlflow_runs(results)
+    assert sorted(runs["status"]) == ["KILLED", "KILLED"]
+    assert runs["tags.failure"].str.contains("Ctrl-C").all()
+    from harness.tracking import client_for
+    parent = client_for(f"sqlite:///{results / 'mlflow.db'}").get_run(runs["tags.mlflow.parentRunId"].iloc[0])
+    assert parent.info.status == "KILLED"
 
 
 def test_ctrl_c_during_training_waits_for_a_safe_point_and_twice_interrupts_at_once():
