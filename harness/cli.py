@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from harness.errors import DEFERRING, INTERRUPTED, HarnessError
+from harness.errors import DEFERRING, INTERRUPTED, INTERRUPTED_BY, HarnessError
 
 DEFAULT_EXPERIMENT = "whitening"
 TRAINING_COMMANDS = ("sweep", "tune", "check", "bench")      # the commands that import TensorFlow
@@ -501,6 +501,8 @@ def on_sigint(signum, frame):
     """Ctrl-C or SIGTERM: during training the first one asks training to stop at its next batch
     (see errors.DEFERRING); elsewhere, or sent again, it interrupts at once."""
     again = INTERRUPTED.is_set()
+    if not again:
+        INTERRUPTED_BY["signal"] = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
     INTERRUPTED.set()
     if DEFERRING.is_set() and not again:
         return

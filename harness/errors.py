@@ -12,6 +12,12 @@ INTERRUPTED = threading.Event()
 # where the KeyboardInterrupt is swallowed half-way through releasing TensorFlow's objects and
 # the process later died of SIGSEGV. Training stops itself at its next safe point instead.
 DEFERRING = threading.Event()
+# What asked: "Ctrl-C" or "SIGTERM", for the interrupted run's `failure` tag.
+INTERRUPTED_BY = {"signal": "Ctrl-C"}
+
+
+def interrupted_reason() -> str:
+    return f"interrupted ({INTERRUPTED_BY['signal']})"
 
 
 def stop_if_interrupted() -> None:

@@ -17,6 +17,7 @@ from typing import Callable
 
 from harness import grid
 from harness.config import Config, Variant
+from harness.errors import interrupted_reason
 from harness.points import grid_points
 from harness.progress import Progress
 from harness.tracking import Tracker, default_tracking_uri, first_line
@@ -202,7 +203,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
             f"{result.seconds:.0f}s on {result.device}")
         return PointOutcome(variant.name, seed, judged["verdict"], time.perf_counter() - started)
     except KeyboardInterrupt:
-        tracker.set_tags(run_id, {"failure": "interrupted by the user (Ctrl-C)", "verdict": "interrupted"})
+        tracker.set_tags(run_id, {"failure": interrupted_reason(), "verdict": "interrupted"})
         tracker.end_point(run_id, "KILLED")
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.config import Config, Variant
-from harness.errors import ConfigError
+from harness.errors import ConfigError, interrupted_reason
 from harness.grid import Heartbeat, default_storage, fail_stale_trials, open_study, tell
 from harness.sweep import run_params
 from harness.tracking import Tracker, default_tracking_uri, first_line
@@ -195,7 +195,7 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
         log(f"[tune {variant.name} #{trial.number}] pruned: {e}")
         return TuneOutcome(trial.number, "pruned", math.nan, params)
     except KeyboardInterrupt:
-        tracker.set_tags(run_id, {"failure": "interrupted by the user (Ctrl-C)", "verdict": "interrupted"})
+        tracker.set_tags(run_id, {"failure": interrupted_reason(), "verdict": "interrupted"})
         tracker.end_point(run_id, "KILLED")
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise

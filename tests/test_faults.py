@@ -176,7 +176,7 @@ def test_ctrl_c_marks_the_run_and_exits_130(tmp_path, sig, delay):
     assert "interrupted" in err and "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
     runs = mlflow_runs(results)
     assert list(runs["status"]) == ["KILLED"]
-    assert "Ctrl-C" in runs.iloc[0]["tags.failure"]
+    assert runs.iloc[0]["tags.failure"] == ("interrupted (SIGTERM)" if sig == signal.SIGTERM else "interrupted (Ctrl-C)")
 
 
 @pytest.mark.slow
@@ -202,7 +202,7 @@ def test_ctrl_c_at_the_n_jobs_parent_alone_stops_every_worker(tmp_path):
     assert err.count("harness: interrupted") == 3, err[-2000:]       # two workers and the parent
     runs = mlflow_runs(results)
     assert sorted(runs["status"]) == ["KILLED", "KILLED"]
-    assert runs["tags.failure"].str.contains("Ctrl-C").all()
+    assert (runs["tags.failure"] == "interrupted (SIGTERM)").all()     # what the parent asked them with
     from harness.tracking import client_for
     parent = client_for(f"sqlite:///{results / 'mlflow.db'}").get_run(runs["tags.mlflow.parentRunId"].iloc[0])
     assert parent.info.status == "KILLED"
@@ -210,7 +210,7 @@ def test_ctrl_c_at_the_n_jobs_parent_alone_stops_every_worker(tmp_path):
 
 def test_ctrl_c_during_training_waits_for_a_safe_point_and_twice_interrupts_at_once():
     from harness.cli import on_sigint
-    from harness.errors import INTERRUPTED, interrupts_deferred, stop_if_interrupted
+    from harness.errors import INTERRUPTED, interrupted_reason, interrupts_deferred, stop_if_interrupted
     INTERRUPTED.clear()
     try:
         reached = []
@@ -231,6 +231,11 @@ def test_ctrl_c_during_training_waits_for_a_safe_point_and_twice_interrupts_at_o
                 on_sigint(signal.SIGINT, None)           # pressed again: at once
                 reached.append("never")
         assert "never" not in reached
+        assert interrupted_reason() == "interrupted (Ctrl-C)"
+        INTERRUPTED.clear()
+        with pytest.raises(KeyboardInterrupt):
+            on_sigint(signal.SIGTERM, None)
+        assert interrupted_reason() == "interrupted (SIGTERM)"     # the run's failure tag says which
     finally:
         INTERRUPTED.clear()
 
