@@ -30,6 +30,9 @@ FLAGS = {
     "loss_floor_not_zero": (
         "the loss's minimum at a perfect prediction is below 0, so negative values are expected, not a bug",
         "nothing to fix: the verdicts compare the loss with its measured floor (shift it to make 0 its floor)"),
+    "loss_summed": (
+        "the loss sums over the batch or the pixels instead of averaging: its value, and its floor, grow with them",
+        "nothing to fix: the floor is scaled to the training batches (average instead, to compare across sizes)"),
     "declared_floor_differs": (
         "the loss's declared lower_bound is not the floor measured at perfect predictions",
         "fix the declared lower_bound (the verdicts use the measured floor)"),
@@ -94,8 +97,11 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=Non
     t_lo, t_hi = float(targets.min()), float(targets.max())
     levels = target_levels(transform)
     measured = probe.measure(loss, head.activation, levels, head.threshold)
+    # The floor the sweep's verdicts will use: for a summed loss, a training batch's, not a probe's.
+    train_floor = measured.training_floor(probe.epoch_batch_sizes(len(dataset.train_images), batch),
+                                          int(np.prod(dataset.train_images.shape[1:3])))
     row = CheckRow(variant.name, (t_lo, t_hi), {"background": levels[0], "foreground": levels[1]},
-                   head.output_range, loss.target_range, measured.floor, loss.lower_bound, measured.threshold,
+                   head.output_range, loss.target_range, train_floor, loss.lower_bound, measured.threshold,
                    math.nan)
 
     def flag(name: str, detail: str) -> None:
@@ -128,6 +134,10 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=Non
         flag("loss_not_minimized_at_target", "; ".join(wrong_side))
     if floor < -TOLERANCE and not wrong_side and not falling:
         flag("loss_floor_not_zero", f"least value at perfect predictions {floor:.4g}")
+    if measured.exponents != (0.0, 0.0):
+        e_b, e_p = measured.exponents
+        flag("loss_summed", f"value ~ batch^{e_b:.2g} x pixels^{e_p:.2g}; floor {measured.floor:.4g} on a "
+             f"{probe.PIXELS[0]}x{probe.PIXELS[1]} probe, {train_floor:.4g} for a training batch")
     if loss.lower_bound is not None and not abs(loss.lower_bound - measured.floor) <= FLOOR_AGREEMENT:
         flag("declared_floor_differs", f"declared {loss.lower_bound:.4g}, measured {measured.floor:.4g}")
 

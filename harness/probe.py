@@ -11,7 +11,11 @@ all use these same numbers:
   pixel and for a foreground pixel (0.5 for sigmoid + BCE, 0 for tanh on {-1, +1}, 0.5 for tanh
   on {0, 1}).
 Each z is its own call of the loss, so losses that return one value per pixel, per sample or per
-batch (a Keras loss object reduces over the batch) are probed alike.
+batch (a Keras loss object reduces over the batch) are probed alike. A loss that sums over the
+batch or the pixels instead of averaging reports a training batch's value many times a probe's:
+the probe measures how its value grows with each (`size_exponents`), and the floor the verdicts use
+is scaled to the training batches (`Measured.training_floor`), so a summed loss with a negative
+floor is not taken for a `negative_loss`.
 """
 from __future__ import annotations
 
@@ -27,15 +31,33 @@ N_POINTS = 141
 PIXELS = (4, 4)          # a tiny constant image per call: spatial losses (Dice) see a real mask
 FLAT = 1e-6              # loss values this close to the least count as least (a flat minimum)
 EDGE_STEPS, FALLING = 10, 0.1   # a loss still falling by this much over the last steps has no floor
+SIZE_PROBE_MIN = 1e-3    # a loss value this far from 0 shows how the loss grows with batch and image
 
 
 @dataclass(frozen=True)
 class Measured:
-    floor: float         # least value at perfect predictions of valid targets (NaN: not measurable)
+    floor: float         # least value at perfect predictions of valid targets, on a probe (NaN: not measurable)
     threshold: float     # prediction >= threshold means foreground
     class_best: dict     # class -> head output where its loss is least (the side used for the threshold)
     outputs: np.ndarray  # the head outputs probed, (N_POINTS,)
     curves: dict         # class -> loss over `outputs` at the variant's own target level
+    exponents: tuple[float, float] = (0.0, 0.0)   # value ~ batch**e_b * pixels**e_p (0: a mean, 1: a sum)
+
+    def training_floor(self, batch_sizes: list[int], image_pixels: int) -> float:
+        """The floor of a training batch's loss: the probe's floor where the loss is a mean; scaled
+        to the batch and image where it sums. Of the batch sizes an epoch has (the last may be
+        short), the one that makes the floor least: an epoch's loss, a mean of batch losses, can
+        get that low without anything going wrong."""
+        e_b, e_p = self.exponents
+        if not math.isfinite(self.floor) or (e_b == 0 and e_p == 0):
+            return self.floor
+        pixels = (image_pixels / (PIXELS[0] * PIXELS[1])) ** e_p
+        return min(self.floor * b ** e_b * pixels for b in batch_sizes)
+
+
+def epoch_batch_sizes(n: int, batch_size: int) -> list[int]:
+    """The batch sizes of an epoch over n samples: full batches, and a short last one."""
+    return [min(batch_size, n)] + ([n % batch_size] if n > batch_size and n % batch_size else [])
 
 
 def head_outputs(activation: str) -> tuple[np.ndarray, np.ndarray]:
@@ -88,13 +110,13 @@ def measure_threshold(outputs: np.ndarray, curves: dict[int, np.ndarray], defaul
 
 
 def measure_floor(loss_fn, outputs: np.ndarray, levels: dict[int, float], domain: tuple[float, float],
-                  threshold: float) -> float:
+                  threshold: float) -> tuple[float, tuple[float, float] | None]:
     """The least value of the loss for each class's target (taken inside the loss's domain) over
     the predictions on that class's side of the threshold; the least over both classes. For a
     proper loss that is its value at a perfect prediction; for a label-smoothed one, at its optimum.
     Where the loss still falls at the head's bound it has no least value (the posted formula): its
     value at a perfect prediction stands in, so that falling below it is still a `negative_loss`.
-    NaN where nothing is finite."""
+    NaN where nothing is finite. -> (floor, (target, output) where it was found)."""
     values = []
     for cls, y in levels.items():
         target = min(max(y, domain[0]), domain[1])
@@ -107,11 +129,36 @@ def measure_floor(loss_fn, outputs: np.ndarray, levels: dict[int, float], domain
         inner = best + (EDGE_STEPS if best == 0 else -EDGE_STEPS)
         if best in (0, len(outputs) - 1) and curve[best] < curve[inner] - FALLING:
             perfect = int(np.argmin(np.abs(outputs - target)))
-            values.append(float(loss_curve(loss_fn, outputs[perfect:perfect + 1], target)[0]))
+            values.append((float(loss_curve(loss_fn, outputs[perfect:perfect + 1], target)[0]),
+                           (target, float(outputs[perfect]))))
         else:
-            values.append(float(curve[best]))
-    finite = [v for v in values if math.isfinite(v)]
-    return min(finite) if finite else math.nan
+            values.append((float(curve[best]), (target, float(outputs[best]))))
+    finite = [v for v in values if math.isfinite(v[0])]
+    return min(finite, key=lambda v: v[0]) if finite else (math.nan, None)
+
+
+def size_exponents(loss_fn, target: float, outputs: list[float]) -> tuple[float, float]:
+    """How the loss's value grows with the batch and with the image: value ~ batch**e_b * pixels**e_p,
+    0 for a mean and 1 for a sum, read from a probe with twice the samples and one with four times
+    the pixels at a constant target and output: the first of `outputs` where the value is clearly
+    not 0. An exponent near neither (a smoothed Dice grows a little with its pixel count) counts
+    as a mean, so that no such loss is scaled or flagged by float noise."""
+    def value(shape, output):
+        y = np.full(shape, target, np.float32)
+        with np.errstate(all="ignore"):
+            return float(np.mean(np.asarray(loss_fn(y, np.full_like(y, output)), np.float64)))
+    for output in outputs:
+        base = value((1, *PIXELS, 1), output)
+        if math.isfinite(base) and abs(base) > SIZE_PROBE_MIN:
+            break
+    else:
+        return 0.0, 0.0
+    exponents = []
+    for shape, factor in (((2, *PIXELS, 1), 2), ((1, PIXELS[0] * 2, PIXELS[1] * 2, 1), 4)):
+        ratio = value(shape, output) / base
+        e = math.log(ratio) / math.log(factor) if math.isfinite(ratio) and ratio > 0 else 0.0
+        exponents.append(1.0 if abs(e - 1.0) < 0.1 else 0.0)
+    return exponents[0], exponents[1]
 
 
 def measure(loss, activation: str, levels: dict[int, float], default_threshold: float) -> Measured:
@@ -120,5 +167,8 @@ def measure(loss, activation: str, levels: dict[int, float], default_threshold: 
     _, outputs = head_outputs(activation)
     curves = {cls: loss_curve(loss.fn, outputs, y) for cls, y in levels.items()}
     threshold, best = measure_threshold(outputs, curves, default_threshold)
-    return Measured(measure_floor(loss.fn, outputs, levels, loss.target_range, threshold), threshold, best,
-                    outputs, curves)
+    floor, where = measure_floor(loss.fn, outputs, levels, loss.target_range, threshold)
+    # Away from the floor where possible: there a proper loss is ~0 and its growth is float noise.
+    exponents = size_exponents(loss.fn, where[0], [threshold, where[1]]) if where is not None and floor != 0 \
+        else (0.0, 0.0)
+    return Measured(floor, threshold, best, outputs, curves, exponents)

@@ -128,6 +128,16 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
         return fit_variant(cfg, variant, seed, dataset, False, on_epoch, verbose, on_batch, log)
 
 
+def training_floor(measured: probe.Measured, loss, dataset: Dataset, batch_size: int) -> float:
+    """The floor a training batch's loss is judged against: the measured one, scaled to the batch
+    sizes of an epoch and the image where the loss sums (harness/probe.py); where none was
+    measurable, the declared one, else 0."""
+    if math.isnan(measured.floor):
+        return loss.lower_bound or 0.0
+    height, width = dataset.train_images.shape[1:3]
+    return measured.training_floor(probe.epoch_batch_sizes(len(dataset.train_images), batch_size), height * width)
+
+
 def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, deterministic: bool,
                 on_epoch, verbose: int, on_batch, log) -> RunResult:
     import keras
@@ -200,7 +210,7 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
     return RunResult(history=history, diverged_at=stop.where, device=device, seconds=seconds,
                      epochs_run=len(history.get("loss", [])),
                      # NaN: not measurable (the loss is NaN at every probe point); -inf: no floor.
-                     loss_floor=measured.floor if not math.isnan(measured.floor) else (loss.lower_bound or 0.0),
+                     loss_floor=training_floor(measured, loss, dataset, train_cfg["batch_size"]),
                      loss_floor_declared=loss.lower_bound, threshold=measured.threshold,
                      trivial_miou=metrics.trivial_miou(dataset.val_masks), stats=stats, samples=samples,
                      deterministic=bool(deterministic), feed=feed, model=model)

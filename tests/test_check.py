@@ -46,6 +46,10 @@ def smoothed_bce(y, p):
 smoothed_bce.lower_bound = 0.2
 
 
+def summed_shifted_bce(y, p):        # BCE - 0.5 a pixel, summed over the batch and the pixels
+    return keras.ops.sum(keras.losses.binary_crossentropy(y, p)[..., None] - 0.5)
+
+
 def test_builtin_variants_flag_as_the_case_predicts(setup):
     seed = flags(setup, masks="featurewise", validation="raw")
     assert {"targets_outside_loss_domain", "loss_unbounded_below", "validation_not_transformed_like_training"} <= set(seed)
@@ -72,6 +76,16 @@ def test_user_losses_are_probed_like_builtin_ones(setup):
     assert flags(setup, loss="test_check:bce_plus_shift") == ["loss_floor_not_zero"]
     assert flags(setup, loss="test_check:smoothed_bce") == []
     assert flags(setup, loss="dice") == []
+
+
+def test_a_summed_loss_is_flagged_and_shows_a_training_batch_floor(setup):
+    cfg, ds = setup
+    variant = Variant(name="v", images="featurewise", masks="binary", head="sigmoid",
+                      loss="test_check:summed_shifted_bce", validation="like_training")
+    row = check_variant(variant, ds, cfg)
+    assert row.flags == ["loss_floor_not_zero", "loss_summed"]
+    assert row.loss_floor == pytest.approx(-0.5 * 8 * 32 * 32, rel=1e-3)   # 18 images: batches of 8, 8, 2
+    assert predicted_verdict(row.flags) == "trains"
 
 
 def test_raw_validation_is_flagged_and_standardized_is_not(setup):

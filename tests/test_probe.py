@@ -91,6 +91,51 @@ def test_scalar_returning_loss_is_probed_like_a_per_sample_one():
     assert scalar.threshold == pytest.approx(per_pixel.threshold, abs=1e-6)
 
 
+def shifted_pixels(y, p):        # BCE - 1 per pixel: floor -1 a pixel
+    return keras.losses.binary_crossentropy(y, p)[..., None] - 1.0
+
+
+def summed_shifted(y, p):       # summed over the batch and the pixels: a training batch's floor is -B*H*W
+    return keras.ops.sum(shifted_pixels(y, p))
+
+
+def per_sample_summed_shifted(y, p):     # summed over each sample's pixels; Keras averages the samples
+    return keras.ops.sum(shifted_pixels(y, p), axis=(1, 2, 3))
+
+
+def summed_smoothed(y, p):      # a positive floor, summed: the short last batch has the least floor
+    return keras.ops.sum(smoothed_bce(y, p))
+
+
+def shifted_smooth_dice(y, p):  # one value per batch, growing a little with the pixels (the smoothing): a mean
+    overlap = keras.ops.sum(y * p)
+    return 1.0 - (2.0 * overlap + 1.0) / (keras.ops.sum(y) + keras.ops.sum(p) + 1.0) - 0.3
+
+
+@pytest.mark.parametrize("fn, exponents, floor_per_pixel, least_batch", [
+    (shifted_pixels, (0.0, 0.0), -1.0, None),
+    (summed_shifted, (1.0, 1.0), -1.0, 16),
+    (per_sample_summed_shifted, (0.0, 1.0), -1.0, None),
+    (summed_smoothed, (1.0, 1.0), 0.1985, 5),
+    (shifted_smooth_dice, (0.0, 0.0), -0.3, None),
+])
+def test_a_summed_loss_has_its_floor_scaled_to_the_training_batch(fn, exponents, floor_per_pixel, least_batch):
+    m = measure(user_loss(fn), "sigmoid", BINARY, 0.5)
+    assert m.exponents == pytest.approx(exponents, abs=1e-3)
+    batches, pixels = [16, 5], 32 * 32                 # 37 images in batches of 16: 16, 16, 5
+    expected = floor_per_pixel * (least_batch or 1) ** exponents[0] * pixels ** exponents[1]
+    assert m.training_floor(batches, pixels) == pytest.approx(expected, rel=2e-2)
+    # A healthy run of the summed loss, well above its floor, is not called negative; against the
+    # probe's floor (16 pixels, one sample) it would have been.
+    ends = 0.6 * expected if expected < 0 else 1.5 * expected
+    history = {"loss": [ends * f for f in (0.3, 0.6, 0.8, 0.9, 0.95, 1.0)] if expected < 0 else
+               [ends * f for f in (3.0, 2.0, 1.5, 1.2, 1.1, 1.0)], "val_miou": [0.72, 0.74, 0.75, 0.76, 0.76, 0.76]}
+    judged = judge(history, m.training_floor(batches, pixels), 0.42, DEFAULTS["verdict"])
+    assert not judged["negative_loss"] and judged["verdict"] == "converged"
+    if exponents != (0.0, 0.0) and expected < 0:
+        assert judge(history, m.floor, 0.42, DEFAULTS["verdict"])["verdict"] == "negative_loss"
+
+
 def test_loss_module_beside_the_experiment_is_found(tmp_path):
     (tmp_path / "beside_losses.py").write_text(
         "import keras\n\nclass Shifted(keras.losses.Loss):\n"
@@ -112,3 +157,22 @@ def test_loss_module_beside_the_experiment_is_found(tmp_path):
 def test_bad_loss_names_are_one_clear_error(spec, message):
     with pytest.raises(ConfigError, match=message):
         get_loss(spec)
+
+
+def test_training_a_summed_loss_is_judged_against_a_training_batch_floor():
+    """Trained for real: the epoch losses of a loss summed over batch and pixels lie far below the
+    probe's floor (16 pixels), and far above a training batch's; the run is not a negative_loss."""
+    from harness.config import Variant, load_config
+    from harness.data import load_dataset
+    from harness.train import train_variant
+    from conftest import ROOT
+    cfg = load_config(ROOT / "tests" / "data" / "tiny.toml",
+                      ["train.epochs=2", "data.n_images=40", "augment.stats_rounds=1", "model.start_depth=4"])
+    variant = Variant(name="summed", images="featurewise", masks="binary", head="sigmoid",
+                      loss="test_probe:summed_shifted", validation="like_training")
+    result = train_variant(cfg, variant, 1, load_dataset(cfg["data"]))
+    probe_floor = measure(get_loss("test_probe:summed_shifted"), "sigmoid", BINARY, 0.5).floor
+    assert min(result.history["loss"]) < probe_floor                 # what the old floor called negative
+    assert result.loss_floor == pytest.approx(-16 * 32 * 32, rel=1e-3)   # batch 16 of 32x32 images
+    judged = judge(result.history, result.loss_floor, result.trivial_miou, cfg["verdict"])
+    assert not judged["negative_loss"], (result.history["loss"], result.loss_floor)
