@@ -275,10 +275,10 @@ def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=pr
         log(f"bench: {stage} measured in {stage_seconds[stage]:.0f}s")
     figures["per_backend"] = {backend_name(): backend_figures(figures)}
     for other in other_backends():
-        started = time.perf_counter()
+        started, stage = time.perf_counter(), f"pipeline and train under {other}"
         figures["per_backend"][other] = figures_under(other, experiment, quick, overrides)
-        stage_seconds[f"pipeline and train under {other}"] = time.perf_counter() - started
-        log(f"bench: pipeline and train under {other} measured in {stage_seconds[f'pipeline and train under {other}']:.0f}s")
+        stage_seconds[stage] = time.perf_counter() - started
+        log(f"bench: {stage} measured in {stage_seconds[stage]:.0f}s")
     out = {"command": command, "quick": quick, "machine": machine(), "data": dataset.description,
            "model": {"image_size": cfg["data"]["image_size"], "start_depth": cfg["model"]["start_depth"],
                      "batch_size": cfg["train"]["batch_size"]},

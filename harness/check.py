@@ -98,8 +98,7 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=Non
     levels = target_levels(transform)
     measured = probe.measure(loss, head.activation, levels, head.threshold)
     # The floor the sweep's verdicts will use: for a summed loss, a training batch's, not a probe's.
-    train_floor = measured.training_floor(probe.epoch_batch_sizes(len(dataset.train_images), batch),
-                                          int(np.prod(dataset.train_images.shape[1:3])))
+    train_floor = measured.epoch_floor(dataset.train_images, batch)
     row = CheckRow(variant.name, (t_lo, t_hi), {"background": levels[0], "foreground": levels[1]},
                    head.output_range, loss.target_range, train_floor, loss.lower_bound, measured.threshold,
                    math.nan)

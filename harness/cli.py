@@ -500,13 +500,12 @@ def backend_prefix() -> str:
 def on_sigint(signum, frame):
     """Ctrl-C or SIGTERM: during training the first one asks training to stop at its next batch
     (see errors.DEFERRING); elsewhere, or sent again, it interrupts at once."""
-    again = INTERRUPTED.is_set()
-    if not again:
-        INTERRUPTED_BY["signal"] = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    if INTERRUPTED.is_set():                     # sent again
+        raise KeyboardInterrupt
+    INTERRUPTED_BY["signal"] = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
     INTERRUPTED.set()
-    if DEFERRING.is_set() and not again:
-        return
-    raise KeyboardInterrupt
+    if not DEFERRING.is_set():
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -54,6 +54,10 @@ class Measured:
         pixels = (image_pixels / (PIXELS[0] * PIXELS[1])) ** e_p
         return min(self.floor * b ** e_b * pixels for b in batch_sizes)
 
+    def epoch_floor(self, images: np.ndarray, batch_size: int) -> float:
+        """training_floor for an epoch over `images` (N, H, W, C) in batches of `batch_size`."""
+        return self.training_floor(epoch_batch_sizes(len(images), batch_size), int(np.prod(images.shape[1:3])))
+
 
 def epoch_batch_sizes(n: int, batch_size: int) -> list[int]:
     """The batch sizes of an epoch over n samples: full batches, and a short last one."""

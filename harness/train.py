@@ -134,8 +134,7 @@ def training_floor(measured: probe.Measured, loss, dataset: Dataset, batch_size:
     measurable, the declared one, else 0."""
     if math.isnan(measured.floor):
         return loss.lower_bound or 0.0
-    height, width = dataset.train_images.shape[1:3]
-    return measured.training_floor(probe.epoch_batch_sizes(len(dataset.train_images), batch_size), height * width)
+    return measured.epoch_floor(dataset.train_images, batch_size)
 
 
 def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, deterministic: bool,
