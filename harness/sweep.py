@@ -147,12 +147,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
     run_id = tracker.start_point(variant.name, seed, run_params(cfg, variant, seed, dataset.fingerprint),
                                  tags={"optuna.trial": str(trial.number), "optuna.study": study.study_name,
                                        **check_tags})
-    trial.set_user_attr("mlflow_run_id", run_id)
-    log(f"[{variant.name} seed={seed}] training ({cfg['train']['epochs']} epochs)")
-    started = time.perf_counter()
     progress = progress or Progress(total=1, done=0)
-    progress.start_point(variant.name, seed, cfg["train"]["epochs"])
-
     last_epoch_end = [time.perf_counter()]
 
     def on_epoch(epoch: int, metrics: dict) -> None:
@@ -162,7 +157,12 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         tracker.log_epoch(run_id, epoch, metrics)
         progress.epoch(epoch, metrics.get("loss"))
 
-    try:
+    started = time.perf_counter()
+    try:                                 # from the run's start: a Ctrl-C anywhere after it marks it KILLED
+        trial.set_user_attr("mlflow_run_id", run_id)
+        log(f"[{variant.name} seed={seed}] training ({cfg['train']['epochs']} epochs)")
+        progress.start_point(variant.name, seed, cfg["train"]["epochs"])
+        last_epoch_end[0] = time.perf_counter()
         result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch, on_batch=progress.batch, log=log)
         judged = judge(result.history, result.loss_floor, result.trivial_miou, cfg["verdict"],
                        diverged=result.diverged_at is not None,
