@@ -41,8 +41,21 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
 
 
+class UsageError(HarnessError):
+    """A command line that does not parse: an unknown command or option, a missing argument."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one `harness: error:` line (exit 2) like any other bad
+    input: argparse's own error() prints its usage block first. Subcommand parsers inherit this
+    class (argparse builds them with type(parent))."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", allow_abbrev=False, description="Compare Keras training variants (first case: 'negative loss when whitening input data'): sweep, tune, check, report, ui, bench.")
+    parser = Parser(prog="harness", allow_abbrev=False, description="Compare Keras training variants (first case: 'negative loss when whitening input data'): sweep, tune, check, report, ui, bench.")
     # allow_abbrev=False everywhere: an abbreviated option ("--n-j 3") would slip past what
     # run_workers strips from the workers' arguments, and a later option could make it ambiguous.
     parser.add_argument("--version", action="version", version=f"%(prog)s {harness_version()}")
@@ -532,7 +545,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     command = backend_prefix() + "harness " + shlex.join(argv)
     if args.command == "bench":
         import_tensorflow_quietly()

@@ -94,7 +94,9 @@ def all_loss_curves(histories: dict[str, list[tuple[int, dict]]], floors: dict[s
 
 def miou_bars(summary, trivial: float):
     """Mean validation mIoU per variant with the seed spread, against the trivial predictor."""
-    fig, ax = subplots(figsize=(1.3 * len(summary) + 2, 3.2))
+    # At least 7 in wide: the legend sits beside the bars and needs about 3.6 in (one variant left
+    # tight_layout no room, and matplotlib warned "Tight layout not applied" on the terminal).
+    fig, ax = subplots(figsize=(max(1.3 * len(summary) + 2, 7.0), 3.2))
     x = np.arange(len(summary))
     ax.bar(x, summary["val_miou"].fillna(0), yerr=summary["val_miou_std"].fillna(0), capsize=4, color="tab:blue",
            label="val mIoU as fed: mean over seeds, whisker ±1 std (seed spread)")

@@ -19,10 +19,29 @@ def harness(*args, cwd):
 
 @pytest.mark.parametrize("args", [["sweep", TINY, "--n-j", "2"], ["sweep", TINY, "--stric"],
                                   ["status", TINY, "--stor", "x"], ["check", TINY, "--js"]])
-def test_abbreviated_options_are_refused(tmp_path, args):
-    code, out, err = harness(*args, "--results", tmp_path / "r", cwd=tmp_path)
-    assert code == 2 and "unrecognized arguments" in err, err
+def test_abbreviated_options_are_refused_in_one_line(cli, tmp_path, args):
+    code, out, err = cli(*args, "--results", tmp_path / "r")
+    assert code == 2 and out == ""
+    assert err.splitlines() == [err.strip()] and err.startswith("harness: error: unrecognized arguments"), err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bogus"], "invalid choice: 'bogus'"),                         # an unknown command
+    (["sweep", TINY, "--no-such-option"], "unrecognized arguments: --no-such-option"),
+    (["tune"], "the following arguments are required: variant"),
+    ([], "the following arguments are required: command"),
+])
+def test_a_bad_command_line_is_one_error_line_and_exit_2(cli, args, message):
+    code, out, err = cli(*args)
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("harness: error: ") and message in err, err
+
+
+def test_a_bad_command_line_in_a_fresh_process_prints_no_usage_block(tmp_path):
+    code, out, err = harness("sweep", "--n-j", "3", cwd=tmp_path)
+    assert code == 2 and out == "" and "usage:" not in err
+    assert err.splitlines() == ["harness: error: unrecognized arguments: --n-j (see 'harness --help')"]
 
 
 @pytest.mark.parametrize("variants, code", [('["image_only", "tanh_posted"]', 1), ('["image_only"]', 0)])
