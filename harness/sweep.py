@@ -3,7 +3,6 @@ run, judge it, and tell the study (harness/grid.py) how it went. `--n-jobs` work
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import platform
@@ -20,6 +19,7 @@ from harness.config import Config, Variant
 from harness.errors import interrupted_reason
 from harness.points import grid_points
 from harness.progress import Progress
+from harness.runs import check_tags, failure_tags, judge_result, result_tags
 from harness.tracking import Tracker, default_tracking_uri, first_line
 
 
@@ -68,9 +68,7 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     log = with_progress_cleared(log, progress)
     checks = {}
     for row in check_experiment(cfg, dataset) if run_check else []:
-        checks[row.variant] = {"check.flags": ",".join(row.flags) or "none",
-                               "check.predicted": predicted_verdict(row.flags),
-                               "check.details": json.dumps(row.details)[:5000]}
+        checks[row.variant] = check_tags(row.flags, predicted_verdict(row.flags), row.details)
         log(f"check {row.variant}: predicted {predicted_verdict(row.flags)}; flags: {', '.join(row.flags) or 'none'}")
     open_parent_run(study, tracker, cfg, storage, command)
     tracker.use_dataset(cfg["data"], dataset.fingerprint, dataset.description)
@@ -142,7 +140,6 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
     import optuna
     from harness import plots
     from harness.train import train_variant
-    from harness.verdict import judge
 
     run_id = tracker.start_point(variant.name, seed, run_params(cfg, variant, seed, dataset.fingerprint),
                                  tags={"optuna.trial": str(trial.number), "optuna.study": study.study_name,
@@ -164,20 +161,8 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         progress.start_point(variant.name, seed, cfg["train"]["epochs"])
         last_epoch_end[0] = time.perf_counter()
         result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch, on_batch=progress.batch, log=log)
-        judged = judge(result.history, result.loss_floor, result.trivial_miou, cfg["verdict"],
-                       diverged=result.diverged_at is not None,
-                       diverged_epoch=result.diverged_at[0] if result.diverged_at else None)
-        tags = {"verdict": judged["verdict"], "diverged": judged["diverged"],
-                "negative_loss": judged["negative_loss"], "converged": judged["converged"],
-                "device": result.device, "deterministic": result.deterministic, "feed": result.feed,
-                "loss_floor": result.loss_floor, "trivial_miou": result.trivial_miou,
-                "loss_floor_declared": result.loss_floor_declared, "threshold": result.threshold,
-                "scored_epochs": judged["scored_epochs"], "score_note": judged["score_note"],
-                "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
-                "featurewise_stats": json.dumps(result.stats)}
-        if result.diverged_at:
-            tags["diverged_epoch"], tags["diverged_batch"] = result.diverged_at
-        tracker.set_tags(run_id, tags)
+        judged = judge_result(result, cfg["verdict"])
+        tracker.set_tags(run_id, result_tags(result, judged))
         tracker.log_params(run_id, {"device": result.device})
         if save_models:
             tracker.log_model(run_id, result.model)
@@ -203,13 +188,13 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
             f"{result.seconds:.0f}s on {result.device}")
         return PointOutcome(variant.name, seed, judged["verdict"], time.perf_counter() - started)
     except KeyboardInterrupt:
-        tracker.set_tags(run_id, {"failure": interrupted_reason(), "verdict": "interrupted"})
+        tracker.set_tags(run_id, failure_tags(interrupted_reason(), "interrupted"))
         tracker.end_point(run_id, "KILLED")
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
     except Exception as e:  # noqa: BLE001 - a crashed point is data; the sweep goes on
         reason = f"{type(e).__name__}: {first_line(e)}"
-        tracker.set_tags(run_id, {"failure": reason, "verdict": "crashed"})
+        tracker.set_tags(run_id, failure_tags(reason, "crashed"))
         tracker.end_point(run_id, "FAILED")
         progress.end_point()
         trial.set_user_attr("error", reason)

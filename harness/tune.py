@@ -127,7 +127,7 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
     import optuna
     from harness import plots
     from harness.train import train_variant
-    from harness.verdict import judge
+    from harness.runs import failure_tags, judge_result, result_tags
 
     trial = study.ask()
     params = suggest(trial, cfg["tune"]["ranges"], cfg)
@@ -161,18 +161,9 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
     try:
         with Heartbeat(trial):
             result = train_variant(trial_cfg, variant, seed, dataset, on_epoch=on_epoch)
-        judged = judge(result.history, result.loss_floor, result.trivial_miou, trial_cfg["verdict"],
-                       diverged=result.diverged_at is not None,
-                       diverged_epoch=result.diverged_at[0] if result.diverged_at else None)
+        judged = judge_result(result, trial_cfg["verdict"])
         value = judged["final_miou"] if math.isfinite(judged["final_miou"]) else 0.0
-        tracker.set_tags(run_id, {"verdict": judged["verdict"], "diverged": judged["diverged"],
-                                  "negative_loss": judged["negative_loss"], "converged": judged["converged"],
-                                  "loss_floor": result.loss_floor, "trivial_miou": result.trivial_miou,
-                                  "loss_floor_declared": result.loss_floor_declared, "threshold": result.threshold,
-                                  "scored_epochs": judged["scored_epochs"], "score_note": judged["score_note"],
-                                  "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
-                                  "device": result.device, "deterministic": result.deterministic,
-                                  "tune.state": "complete"})
+        tracker.set_tags(run_id, {**result_tags(result, judged), "tune.state": "complete"})
         tracker.log_figure(run_id, plots.loss_curve(result.history, result.loss_floor,
                                                     f"{variant.name} #{trial.number}"), "loss_curve.png")
         plots.close_all()
@@ -195,13 +186,13 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
         log(f"[tune {variant.name} #{trial.number}] pruned: {e}")
         return TuneOutcome(trial.number, "pruned", math.nan, params)
     except KeyboardInterrupt:
-        tracker.set_tags(run_id, {"failure": interrupted_reason(), "verdict": "interrupted"})
+        tracker.set_tags(run_id, failure_tags(interrupted_reason(), "interrupted"))
         tracker.end_point(run_id, "KILLED")
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
     except Exception as e:  # noqa: BLE001 - a crashed trial is data; tuning goes on
         reason = f"{type(e).__name__}: {first_line(e)}"
-        tracker.set_tags(run_id, {"failure": reason, "verdict": "crashed", "tune.state": "crashed"})
+        tracker.set_tags(run_id, {**failure_tags(reason, "crashed"), "tune.state": "crashed"})
         tracker.end_point(run_id, "FAILED")
         trial.set_user_attr("error", reason)
         tell(study, trial, state=optuna.trial.TrialState.FAIL, log=log)
