@@ -8,11 +8,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012-membrane"
 
+# `harness sweep tests/data/tiny.toml` (one seed, 12 epochs of 256 images 32x32), as measured on the
+# CPU under TensorFlow. The posted tanh loss goes negative but reaches no NaN in 12 epochs there
+# (the default experiment's longer runs do: tests/test_default_sweep.py); under JAX it reaches NaN
+# in the first epoch, so the backends are compared on the other four variants.
+TINY_VERDICTS = {"seed": "negative_loss", "no_featurewise": "converged", "image_only": "converged",
+                 "tanh_posted": "negative_loss", "tanh_corrected": "converged"}
+TINY_VERDICTS_ON_EVERY_BACKEND = ("seed", "no_featurewise", "image_only", "tanh_corrected")
+
+
+def missing(reason: str):
+    """Something a test needs is absent. Locally the test skips and says why; in CI (CI=true) it
+    fails instead, so CI can never pass by checking less."""
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
 
 @pytest.fixture
 def isbi_path():
     if not (ISBI / "image").is_dir():
-        pytest.skip(f"shared ISBI data not found at {ISBI} (only present beside the project checkout)")
+        missing(f"shared ISBI data not found at {ISBI} (only present beside the project checkout)")
     return ISBI
 
 
@@ -31,3 +47,38 @@ def cli(capfd, monkeypatch, tmp_path):
         out, err = capfd.readouterr()
         return code, out, err
     return run
+
+
+def read_until(proc, text: str, timeout: float = 300) -> str:
+    """Read a child's stdout until a line contains `text`, and return what was read. A child that
+    hangs or ends first fails the test with what it printed, after `timeout` seconds at most: a
+    plain readline() would block the test (and CI) for ever. Reads the pipe's file descriptor
+    directly (select + os.read), so a later communicate() on the same child still works."""
+    import select
+    import time
+    fd = proc.stdout.fileno()
+    seen = getattr(proc, "_unread", b"")
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = seen.split(b"\n")
+        for i, line in enumerate(lines[:-1]):
+            if text.encode() in line:
+                proc._unread = b"\n".join(lines[i + 1:])
+                return b"\n".join(lines[:i + 1]).decode(errors="replace") + "\n"
+        left = deadline - time.monotonic()
+        ready = select.select([fd], [], [], max(0.0, left))[0] if left > 0 else []
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk:
+            reason = "ended" if ready else f"printed no such line within {timeout:.0f} s"
+            raise AssertionError(f"the child {reason} before a line with {text!r}; it printed:\n"
+                                 + seen.decode(errors="replace")[-3000:])
+        seen += chunk
+
+
+def need_module(name: str, install: str):
+    """importorskip that fails under CI=true (the test extra installs it there)."""
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"{name} is not importable ({install})")

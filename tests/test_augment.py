@@ -2,6 +2,7 @@
 binary and aligned with their images, the augmented stream has the host path's featurewise statistics,
 and a seed repeats exactly. Also run under KERAS_BACKEND=jax in CI (marker `backend`)."""
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, TINY_VERDICTS, TINY_VERDICTS_ON_EVERY_BACKEND, need_module
 from harness import backend
 from harness.augment import DeviceFeed, build_fed_model
 from harness.config import DEFAULTS, load_config
@@ -131,22 +132,21 @@ def test_auto_resolves_before_the_digest_and_off_keeps_old_study_names(monkeypat
 
 
 @pytest.mark.slow
-def test_a_tiny_sweep_finishes_with_verdicts_under_jax(tmp_path):
-    pytest.importorskip("jax")
+def test_a_tiny_sweep_under_jax_gives_tensorflows_verdicts(tmp_path):
+    need_module("jax", "pip install 'jax[cpu]'")
     results = tmp_path / "results"
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     env.pop("HARNESS_DEBUG", None)
-    sets = ["data.n_images=32", "train.epochs=2", "model.start_depth=4", 'variants=["seed","image_only"]']
-    run = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(TINY),
-                          *[a for s in sets for a in ("--set", s)],
-                          "--results", str(results)], capture_output=True, text=True, cwd=tmp_path, env=env,
-                         timeout=900)
+    variants = list(TINY_VERDICTS_ON_EVERY_BACKEND)
+    run = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(TINY), "--set",
+                          f"variants={json.dumps(variants)}", "--results", str(results)],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
     import csv
     with open(results / "tiny-jax" / "summary.csv") as f:
         rows = {row["variant"]: row for row in csv.DictReader(f)}
-    assert set(rows) == {"seed", "image_only"}
-    assert all(row["verdict"] for row in rows.values()), rows
+    # The same experiment as tests/test_cli_e2e.py's TensorFlow sweep, variant for variant.
+    assert {name: row["verdict"] for name, row in rows.items()} == {v: TINY_VERDICTS[v] for v in variants}
     import harness as harness_pkg
     runs = harness_pkg.load_runs(results, "tiny")
     assert set(runs["status"]) == {"FINISHED"}

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, need_module
 from test_cli_e2e import harness
 
 TINY_TOML = ROOT / "tests" / "data" / "tiny.toml"
@@ -56,7 +56,7 @@ sys.meta_path.insert(0, Absent())
 
 @pytest.mark.slow
 def test_gpu_check_runs_under_jax_without_tensorflow_optuna_or_mlflow(tmp_path):
-    pytest.importorskip("jax")
+    need_module("jax", "pip install 'jax[cpu]'")
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
     env = {"KERAS_BACKEND": "jax", "HARNESS_BENCH_REPS": "1", "HARNESS_GPU_CHECK_WORKERS": "1,2",
            "HARNESS_GPU_CHECK_BUDGET_S": "3600",          # every stage runs, however loaded the machine

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import need_module
+
 from harness.config import DEFAULTS
 from harness.data import (augment_array, featurewise_stats, load_dataset, make_augmenter, make_synthetic,
                           split_groups, standardize)
@@ -21,7 +23,7 @@ def test_featurewise_stats_match_imagedatagenerator_formula():
 
 
 def test_featurewise_stats_equal_tf_keras_imagedatagenerator():
-    idg = pytest.importorskip("tf_keras.preprocessing.image", reason="tf-keras not installed (pip install .[legacy])")
+    idg = need_module("tf_keras.preprocessing.image", "pip install '.[legacy]'")
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 255, (5, 8, 8, 3)).astype(np.float32)
     gen = idg.ImageDataGenerator(featurewise_center=True, featurewise_std_normalization=True)

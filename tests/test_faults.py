@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, read_until
 
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 FAST = ["--set", "train.epochs=4", "--set", "data.n_images=96", "--set", "augment.stats_rounds=0"]
@@ -32,17 +32,8 @@ def run(*args, cwd, timeout=600):
 
 
 def wait_for(proc, text: str, timeout=300) -> str:
-    """Read the worker's stdout until a line contains `text`."""
-    deadline = time.time() + timeout
-    seen = []
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if text in line:
-            return "".join(seen)
-    raise AssertionError(f"never saw {text!r}; got:\n{''.join(seen)}")
+    """Read the sweep's stdout until a line contains `text` (failing after `timeout` s)."""
+    return read_until(proc, text, timeout)
 
 
 def mlflow_runs(results: Path, name="tiny"):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, read_until
 
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 FAST = ["--set", "train.epochs=2", "--set", "data.n_images=48", "--set", "augment.stats_rounds=0"]
@@ -104,9 +104,7 @@ def test_an_interrupted_sweep_then_a_smaller_grid_skips_the_leftovers(tmp_path):
                             'variants=["image_only", "mine"]', "--set", "train.seeds=[1, 2]",
                             "--results", tmp_path / "r"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, text=True)
-    for line in big.stdout:                      # killed as its first point starts: 3 queued, 1 running
-        if "] training (" in line:
-            break
+    read_until(big, "] training (")              # killed as its first point starts: 3 queued, 1 running
     big.send_signal(signal.SIGKILL)
     big.wait()
     code, out, err = sweep(spec, '["image_only"]', "[1]", cwd=tmp_path)

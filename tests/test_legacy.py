@@ -3,12 +3,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import need_module
 
 from harness.config import DEFAULTS
 from harness.data import Dataset, featurewise_stats, fit_transform, legacy_pipeline, make_synthetic
 from harness.errors import ConfigError
 
-pytest.importorskip("tf_keras", reason="tf-keras not installed (pip install '.[legacy]')")
+need_module("tf_keras", "pip install '.[legacy]'")
 
 
 @pytest.fixture(scope="module")

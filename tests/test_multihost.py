@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, missing
 
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 SETTINGS = ["--set", "train.epochs=2", "--set", "train.seeds=[1,2]", "--set", 'variants=["seed","image_only"]',
@@ -49,7 +49,7 @@ def postgres_bin() -> Path:
     for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True):
         if (Path(d) / "initdb").is_file() and (Path(d) / "pg_ctl").is_file():
             return Path(d)
-    pytest.skip("PostgreSQL not installed (Debian package postgresql): no initdb and pg_ctl under "
+    missing("PostgreSQL not installed (Debian package postgresql): no initdb and pg_ctl under "
                 "/usr/lib/postgresql/*/bin")
 
 

@@ -2,6 +2,7 @@
 sweep logged into a fresh MLflow store with hand-made histories and figures: no training), opened in
 headless Chromium (Debian's, through playwright; playwright's own browsers are not needed). Skips where
 Chromium or playwright is missing."""
+import contextlib
 import io
 import os
 import re
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, missing
 from fake_runs import PLATEAU, STUCK, axis_params, log_sweep
 
 from harness.config import load_config
@@ -30,20 +31,27 @@ def variants() -> list[str]:
     return list(HISTORIES)
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextlib.contextmanager
+def browser_launched():
+    """Debian's headless Chromium through playwright (its own browser builds are not needed)."""
     if not CHROMIUM.is_file():
-        pytest.skip(f"Chromium not found at {CHROMIUM} (Debian package chromium)")
+        missing(f"Chromium not found at {CHROMIUM} (Debian package chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("playwright is not importable (pip install playwright; its bundled browsers are not needed)")
+        missing("playwright is not importable (pip install playwright; its bundled browsers are not needed)")
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         try:
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with browser_launched() as chromium:
+        yield chromium
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +78,8 @@ def test_a_pipe_in_a_failure_reason_stays_in_its_cell(report):
     assert "<td>ValueError: shapes (2|3) differ</td>" in report.read_text()
 
 
-@pytest.fixture(scope="module")
-def opened(browser, report):
+@contextlib.contextmanager
+def open_report(browser, report: Path):
     """The page after load, with what it logged and every request that left file:// or data:."""
     page = browser.new_page(viewport=VIEWPORT)
     errors, outside = [], []
@@ -86,8 +94,14 @@ def opened(browser, report):
         page.close()
 
 
-def test_verdict_table_comes_first_with_one_row_per_variant(opened):
-    page, _, _ = opened
+@pytest.fixture(scope="module")
+def opened(browser, report):
+    with open_report(browser, report) as seen:
+        yield seen
+
+
+def verdict_table(page) -> dict[str, str]:
+    """The first table's verdict per variant, as the reader sees it; the table comes before any figure."""
     table = page.locator("table").first
     assert table.is_visible()
     assert page.evaluate("""() => {
@@ -95,20 +109,16 @@ def test_verdict_table_comes_first_with_one_row_per_variant(opened):
         return !!img && !!(table.compareDocumentPosition(img) & Node.DOCUMENT_POSITION_FOLLOWING);
     }"""), "the verdict table must come before the first figure"
     header = [t.strip().lower() for t in table.locator("thead th").all_text_contents()]
-    assert "variant" in header and "verdict" in header, header
     rows = table.locator("tbody tr")
-    assert [rows.nth(i).locator("td").first.text_content().strip() for i in range(rows.count())] == variants()
-    verdict = header.index("verdict")
-    assert all(rows.nth(i).locator("td").nth(verdict).text_content().strip() for i in range(rows.count()))
-    # Wide tables scroll inside the page; the page itself never overflows sideways.
-    assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORT["width"]
+    cells = [[c.strip() for c in rows.nth(i).locator("td").all_text_contents()] for i in range(rows.count())]
+    return {row[header.index("variant")]: row[header.index("verdict")] for row in cells}
 
 
-def test_every_figure_is_embedded_loaded_and_visible(opened):
-    page, _, outside = opened
+def assert_every_figure_shown(page, outside: list, count: int) -> list[str]:
+    """`count` figures, each embedded, loaded, visible and of non-zero size; nothing fetched. -> alt texts."""
     images = page.locator("img")
-    assert images.count() == 2 + len(variants())
-    for i in range(images.count()):
+    assert images.count() == count
+    for i in range(count):
         img = images.nth(i)
         alt = img.get_attribute("alt")
         assert img.get_attribute("src").startswith("data:image/"), alt
@@ -117,8 +127,20 @@ def test_every_figure_is_embedded_loaded_and_visible(opened):
         box = img.bounding_box()
         assert box and box["width"] > 0 and box["height"] > 0, alt
     assert not outside, f"the report must be self-contained, but it requested {outside}"
+    return [images.nth(i).get_attribute("alt") or "" for i in range(count)]
 
-    alts = [images.nth(i).get_attribute("alt") or "" for i in range(images.count())]
+
+def test_verdict_table_comes_first_with_one_row_per_variant(opened):
+    page, _, _ = opened
+    shown = verdict_table(page)
+    assert list(shown) == variants() and all(shown.values()), shown
+    # Wide tables scroll inside the page; the page itself never overflows sideways.
+    assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORT["width"]
+
+
+def test_every_figure_is_embedded_loaded_and_visible(opened):
+    page, _, outside = opened
+    alts = assert_every_figure_shown(page, outside, 2 + len(variants()))
 
     def first(pattern: str) -> int:
         found = [i for i, alt in enumerate(alts) if re.search(pattern, alt, re.IGNORECASE)]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, read_until
 
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 GRID = ["--set", "data.n_images=48", "--set", "augment.stats_rounds=0", "--set", 'variants=["image_only"]',
@@ -46,9 +46,7 @@ def test_status_before_during_and_after_a_sweep(tmp_path):
                               "--results", results], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
     try:
-        for line in sweep.stdout:
-            if "] training (" in line:
-                break
+        read_until(sweep, "] training (")
         during = status("--set", "train.epochs=500", "--results", results, cwd=tmp_path)
     finally:
         sweep.send_signal(signal.SIGINT)

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, read_until
 from test_cli_e2e import free_port, harness, mlflow_api
 from test_report_browser import browser  # noqa: F401 - the shared Chromium fixture
 
@@ -31,7 +31,7 @@ def test_the_printed_address_shows_the_training_runs(tmp_path, browser):  # noqa
     ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--results", str(results), "--port", str(port)],
                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        address = re.search(r"http://127\.0\.0\.1:\d+/#/experiments/(\d+)/runs", ui.stdout.readline())
+        address = re.search(r"http://127\.0\.0\.1:\d+/#/experiments/(\d+)/runs", read_until(ui, "http://", 120))
         assert address, "harness ui must print the training-runs page"
         deadline = time.time() + 90
         while time.time() < deadline:
