@@ -1,0 +1,82 @@
+"""The README's first command, `harness sweep` on the default experiment, through the real CLI. It
+pins the promises themselves: the five verdicts; on the CPU, the committed summary.csv and runs.csv to
+the last digit in every column but the timings (the regression oracle: a change that moves a number
+must regenerate results/whitening/ with the real commands and say why); a real divergence end to end;
+and the real report as a reader sees it in Chromium."""
+import csv
+import math
+import statistics
+
+import pytest
+
+from conftest import ROOT
+from test_cli_e2e import harness
+
+COMMITTED = ROOT / "results" / "whitening"
+VERDICTS = {"seed": "negative_loss", "no_featurewise": "learning", "image_only": "converged",
+            "tanh_posted": "diverged", "tanh_corrected": "converged"}
+TIMINGS = {"seconds_per_epoch", "seconds_per_epoch_std", "run_id"}   # the run id is new every sweep
+
+
+def rows_of(path) -> list[dict]:
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if k not in TIMINGS} for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_the_default_sweep_gives_the_committed_report(tmp_path):
+    results = tmp_path / "results"
+    run = harness("sweep", "--results", results, cwd=tmp_path, timeout=2300)   # experiment: the default
+    assert run.returncode == 0, run.stderr[-3000:]
+    folder = results / "whitening"
+    summary = {row["variant"]: row for row in rows_of(folder / "summary.csv")}
+    assert {name: row["verdict"] for name, row in summary.items()} == VERDICTS
+    # Committed as the README states them, not only as measured here.
+    assert {row["variant"]: row["verdict"] for row in rows_of(COMMITTED / "summary.csv")} == VERDICTS
+
+    runs = rows_of(folder / "runs.csv")
+    if {row["device"] for row in runs} == {"CPU"}:
+        # The CPU is deterministic: every number but the seconds equals the committed report's.
+        assert list(summary.values()) == rows_of(COMMITTED / "summary.csv")
+        assert runs == rows_of(COMMITTED / "runs.csv")
+
+    assert_divergence_end_to_end(results, summary["tanh_posted"], run.stdout)
+    assert_report_shown_in_chromium(folder / "report.html")
+
+
+def assert_divergence_end_to_end(results, summary_row: dict, log: str) -> None:
+    """The posted tanh loss reaches NaN for real: the run stops there and records where, the sweep goes
+    on, and its quality is the mean of the last 3 epochs before the divergence, never NaN weights."""
+    import harness
+    runs = harness.load_runs(results, "whitening")
+    posted = runs[runs["variant"] == "tanh_posted"]
+    assert len(posted) == 2 and set(posted["status"]) == {"FINISHED"}
+    scored_means = []
+    for _, run in posted.iterrows():
+        epoch, batch = int(run["tags.diverged_epoch"]), int(run["tags.diverged_batch"])
+        assert run["tags.verdict"] == "diverged" and run["tags.diverged"] == "True"
+        assert epoch >= 1 and batch >= 1 and int(run["tags.epochs_run"]) == epoch      # stopped in that epoch
+        assert f"[tanh_posted seed={run['seed']}] diverged at epoch {epoch} batch {batch}:" in log
+        scored = int(run["tags.scored_epochs"])
+        assert scored == epoch - 1
+        miou = run["history"].get("val_miou", [])
+        assert len(miou) == scored and all(math.isfinite(v) for v in miou)   # nothing logged from NaN weights
+        if scored:
+            assert f"diverged in epoch {epoch}: scored on the {scored} epoch(s) before" in run["tags.score_note"]
+            scored_means.append(statistics.mean(miou[-3:]))
+        else:
+            assert "no finite epoch to score" in run["tags.score_note"]
+    assert int(summary_row["seeds_scored"]) == len(scored_means) >= 1
+    assert float(summary_row["val_miou"]) == pytest.approx(statistics.mean(scored_means), abs=1e-5)
+
+
+def assert_report_shown_in_chromium(report) -> None:
+    """The real report of this sweep, opened as a reader would: the verdict table first, with the
+    verdicts measured, and every figure (loss curves, mIoU, one prediction sample per variant) shown."""
+    from test_report_browser import (assert_every_figure_shown, browser_launched, open_report,
+                                     verdict_table)
+    with browser_launched() as browser, open_report(browser, report) as (page, errors, outside):
+        assert verdict_table(page) == VERDICTS
+        assert_every_figure_shown(page, outside, 2 + len(VERDICTS))
+        assert not errors, errors

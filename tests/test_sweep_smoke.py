@@ -1,0 +1,49 @@
+"""The sweep's whole product path on a shrunken experiment, in seconds (like the flax examples'
+train_test.py): a broken sweep loop fails the fast set, not only CI's end-to-end tests."""
+import csv
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+TINY = ROOT / "tests" / "data" / "tiny.toml"
+# One variant, one epoch, 32 images of 32x32, a U-Net of start depth 4: the real CLI, Optuna study,
+# MLflow store and report, with almost no training.
+SHRUNK = ["--set", 'variants=["image_only"]', "--set", "data.n_images=32", "--set", "train.epochs=1",
+          "--set", "model.start_depth=4", "--set", "augment.stats_rounds=1"]
+
+
+def test_a_sweep_trains_tracks_and_reports_in_process(cli, tmp_path):
+    results = tmp_path / "r"
+    code, out, err = cli("sweep", TINY, *SHRUNK, "--results", results)
+    assert code == 0, err[-3000:]
+    assert "1 grid points, 0 already finished, 1 to train" in out
+    with open(results / "tiny" / "summary.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["variant"] == "image_only" and row["seeds"] == "1" and row["verdict"] in ("too_short", "not_learning")
+    assert 0 <= float(row["val_miou"]) <= 1 and float(row["trivial_miou"]) > 0.4
+    import harness
+    (run,) = [r for _, r in harness.load_runs(results, "tiny").iterrows()]
+    assert run["status"] == "FINISHED" and run["tags.verdict"] == row["verdict"]
+    assert len(run["history"]["loss"]) == 1 and run["tags.check.flags"] == "none"
+    # Run again: nothing is left to train.
+    code, out, err = cli("sweep", TINY, *SHRUNK, "--results", results)
+    assert code == 0 and "1 already finished, 0 to train" in out, err[-3000:]
+
+
+def test_a_small_sweep_in_a_fresh_process_prints_nothing_on_stderr(tmp_path):
+    """What a user sees: no library warning (matplotlib's "Tight layout not applied" was one), no
+    TensorFlow start-up lines, no MLflow INFO lines. Results go to stdout; stderr holds the progress
+    lines alone (on a pipe: a plain line at most every HARNESS_PROGRESS_S seconds)."""
+    import re
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for name in ("HARNESS_DEBUG", "TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS"):
+        env.pop(name, None)
+    run = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(TINY), *SHRUNK,
+                          "--results", str(tmp_path / "r")], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    other = [line for line in run.stderr.splitlines() if not re.match(r"\[\d+/\d+ done\] ", line)]
+    assert other == [], run.stderr[-3000:]
+    assert "report:" in run.stdout
