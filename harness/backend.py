@@ -15,6 +15,7 @@ jax, or torch); everything else speaks keras / keras.ops. What `train.determinis
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -129,11 +130,6 @@ def select_tensorflow_device() -> str:
     return f"GPU:0 ({tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')})" if gpus else "CPU"
 
 
-def on_accelerator() -> bool:
-    """Whether the backend trains on an accelerator (imports the backend)."""
-    return not select_device().startswith("CPU")
-
-
 def start_clean_session(seed: int, deterministic: bool, mixed_precision: bool = False) -> bool:
     """A fresh Keras graph and the same random streams for the same seed. -> whether the run IS
     deterministic (what was asked, as far as this backend and device can give it)."""
@@ -181,3 +177,66 @@ def device_memory_bytes() -> int | None:
         return int((device.memory_stats() or {}).get("bytes_limit")) or None
     except (TypeError, ValueError, AttributeError):
         return None
+
+
+def gpu_count() -> int:
+    """GPUs on this host, without starting TensorFlow in the parent process."""
+    import shutil
+    import subprocess
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def gpu_memory_mib() -> int | None:
+    """The first GPU's memory in MiB (nvidia-smi), None where unknown."""
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout
+        return int(out.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hold the C-level stderr (fd 2) while TensorFlow is imported: it prints `WARNING: All log
+    messages before absl::InitializeLog()` and `I0000 ... cudart_stub` lines there before any Python
+    log level applies. What it printed is shown after all if the import fails, or with HARNESS_DEBUG=1."""
+    import tempfile
+    if os.environ.get("HARNESS_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def import_tensorflow_quietly() -> None:
+    """Keras and TensorFlow (where installed) imported with the native start-up lines held. Under JAX,
+    XLA is first asked for deterministic GPU kernels where they compile; it reads that once."""
+    prepare_process()
+    with quiet_native_stderr():
+        try:
+            import keras  # noqa: F401 - with the default backend this imports TensorFlow
+            # Under another backend too, where installed: keras.utils.set_random_seed imports it
+            # (to seed tf.data) at every run's start, and its start-up lines would come then.
+            import tensorflow  # noqa: F401
+        except ImportError:
+            pass          # the command itself says what is missing, in one line

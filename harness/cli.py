@@ -2,24 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
-import signal
 import sys
 from pathlib import Path
 
-from harness.errors import DEFERRING, INTERRUPTED, INTERRUPTED_BY, HarnessError
+from harness.backend import import_tensorflow_quietly
+from harness.errors import (EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_DONE, EXIT_INTERNAL, EXIT_INTERRUPTED, HarnessError,
+                            interrupt_handlers)
+from harness.workers import resolve_n_jobs, run_workers, workers_exit
 
 DEFAULT_EXPERIMENT = "whitening"
 TRAINING_COMMANDS = ("sweep", "tune", "check", "bench")      # the commands that import TensorFlow
-
-# Exit codes (README, "Exit codes"): a script or CI job tells these apart.
-EXIT_DONE = 0
-EXIT_CRASHED = 1          # some point crashed and --strict was given; `check --strict`: a predicted failure
-EXIT_BAD_INPUT = 2        # a `harness: error:` line: bad settings, data or stores (argparse uses 2 too)
-EXIT_INTERNAL = 3         # a bug or an unforeseen failure, here or in an --n-jobs worker
-EXIT_INTERRUPTED = 130    # Ctrl-C (128 + SIGINT, as shells report it)
 
 
 def find_experiment(name: str | None) -> Path:
@@ -182,133 +176,6 @@ def cmd_sweep(args, argv: list[str], command: str) -> int:
     return done
 
 
-def workers_exit(codes: list[int]) -> int:
-    """The --n-jobs parent's exit code from its workers' (0 when they all finished their share).
-    Each worker has printed its own error line; a worker that died is named here."""
-    if EXIT_INTERRUPTED in codes:
-        return EXIT_INTERRUPTED
-    died = [(i + 1, code) for i, code in enumerate(codes)
-            if code not in (EXIT_DONE, EXIT_CRASHED, EXIT_BAD_INPUT, EXIT_INTERRUPTED)]
-    for worker, code in died:
-        why = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
-        print(f"harness: internal error: worker {worker} of {len(codes)} {why}"
-              + (" (an internal error, its line is above)" if code == EXIT_INTERNAL else "")
-              + "; finished runs are kept, rerun the same command to train what is left", file=sys.stderr)
-    if died:
-        return EXIT_INTERNAL
-    return EXIT_BAD_INPUT if EXIT_BAD_INPUT in codes else EXIT_DONE
-
-
-def gpu_count() -> int:
-    """GPUs on this host, without starting TensorFlow in the parent process."""
-    import shutil
-    import subprocess
-    if not shutil.which("nvidia-smi"):
-        return 0
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
-
-
-def gpu_memory_mib() -> int | None:
-    """The first GPU's memory in MiB (nvidia-smi), None where unknown."""
-    import subprocess
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout
-        return int(out.split()[0])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-
-
-def resolve_n_jobs(value: str, results: Path) -> int:
-    """--n-jobs N, or auto: per GPU, the worker count that `harness bench --gpu-check` measured fastest
-    on a GPU (results/bench/gpu-check.json, best_workers); on the CPU, 2 where `harness bench` measured
-    --n-jobs 2 faster than one worker (bench.json, n_jobs_2_speedup > 1), else 1. Says which it took."""
-    import json
-    if value != "auto":
-        try:
-            n = int(value)
-        except ValueError:
-            raise HarnessError(f"--n-jobs must be an integer >= 1 or auto, got {value!r}") from None
-        if n < 1:
-            raise HarnessError("--n-jobs must be >= 1")
-        return n
-    gpus = gpu_count()
-    name, key = ("gpu-check.json", "best_workers") if gpus else ("bench.json", "n_jobs_2_speedup")
-    path = results / "bench" / name
-    try:
-        figure = json.loads(path.read_text())["figures"][key]
-    except (OSError, ValueError, KeyError):
-        n = max(gpus, 1)
-        print(f"harness: --n-jobs auto: {n} (no {key} in {path}; run `harness bench"
-              + (" --gpu-check`" if gpus else "`") + " to measure it)", flush=True)
-        return n
-    n = int(figure) * gpus if gpus else (2 if figure > 1 else 1)
-    print(f"harness: --n-jobs auto: {n} ({key} {figure:g} in {path})", flush=True)
-    return n
-
-
-def worker_env(i: int, n: int, gpus: int, memory_mib: int | None) -> dict:
-    """Worker i of n: its GPU (i mod count) and, where several share one, a cap at their share of its
-    memory (JAX: XLA_PYTHON_CLIENT_MEM_FRACTION; TensorFlow: a logical device of that many MiB,
-    harness/backend.py), so one worker cannot take what the others need."""
-    env = {"HARNESS_PROGRESS_LIVE": "0", "HARNESS_WORKER": str(i + 1)}
-    if not gpus:
-        return env
-    env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-    sharing = len(range(i % gpus, n, gpus))          # workers on this worker's GPU
-    if sharing > 1:
-        share = 0.9 / sharing                         # a tenth left for the CUDA context and fragmentation
-        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{share:.3f}"
-        if memory_mib:
-            env["HARNESS_GPU_MEMORY_MB"] = str(int(memory_mib * share))
-    return env
-
-
-def run_workers(argv: list[str], n: int, sweep_id: str) -> list[int]:
-    """`harness sweep` in n worker processes on the same study: each claims points until none is
-    left (grid.next_trial), so the points are shared out without a coordinator. With GPUs, worker i
-    sees GPU i mod count (worker_env). Returns exit codes."""
-    import subprocess
-    worker_argv = [a for a in argv if not a.startswith("--n-jobs")]
-    if "--n-jobs" in argv:                      # "--n-jobs N" as two words
-        i = argv.index("--n-jobs")
-        worker_argv = argv[:i] + argv[i + 2:]
-    gpus = gpu_count()
-    memory = gpu_memory_mib() if gpus and n > gpus else None
-    procs = []
-    for i in range(n):
-        env = dict(os.environ, **worker_env(i, n, gpus, memory))
-        procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", *worker_argv, "--no-report",
-                                       "--sweep-id", sweep_id], env=env))
-    print(f"harness: {n} workers started" + (f" on {gpus} GPU(s)" if gpus else " on the CPU"), flush=True)
-    try:
-        return [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        stop_workers(procs)
-        raise
-
-
-def stop_workers(procs) -> None:
-    """Ctrl-C or SIGTERM at the --n-jobs parent: each worker is asked to stop with a SIGTERM (it
-    marks its run KILLED at its next batch and exits 130); pressed again, asked again, at once.
-    Workers ignore the terminal's SIGINT (main), so one Ctrl-C is one request, whether it reached
-    the whole process group from a terminal or only the parent from `kill -INT`."""
-    while True:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        try:
-            for p in procs:
-                p.wait()
-            return
-        except KeyboardInterrupt:
-            continue
-
-
 def print_summary(path: Path) -> None:
     import csv
     if not path.exists():
@@ -462,80 +329,12 @@ def cmd_compare(args) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Hold the C-level stderr (fd 2) while TensorFlow is imported: it prints `WARNING: All log
-    messages before absl::InitializeLog()` and `I0000 ... cudart_stub` lines there before any Python
-    log level applies. What it printed is shown after all if the import fails, or with HARNESS_DEBUG=1."""
-    import tempfile
-    if os.environ.get("HARNESS_DEBUG"):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            held.seek(0)
-            sys.stderr.write(held.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def import_tensorflow_quietly() -> None:
-    """Keras and TensorFlow (where installed) imported with the native start-up lines held. Under JAX,
-    XLA is first asked for deterministic GPU kernels where they compile; it reads that once (harness/backend.py)."""
-    from harness.backend import prepare_process
-    prepare_process()
-    with quiet_native_stderr():
-        try:
-            import keras  # noqa: F401 - with the default backend this imports TensorFlow
-            # Under another backend too, where installed: keras.utils.set_random_seed imports it
-            # (to seed tf.data) at every run's start, and its start-up lines would come then.
-            import tensorflow  # noqa: F401
-        except ImportError:
-            pass          # the command itself says what is missing, in one line
-
-
 def backend_prefix() -> str:
     """`KERAS_BACKEND=jax ` where another backend than TensorFlow runs: part of the command that
     reproduces a sweep (the report's "Reproduce" section quotes it)."""
     from harness.backend import backend_name
     name = backend_name()
     return "" if name == "tensorflow" else f"KERAS_BACKEND={name} "
-
-
-def on_sigint(signum, frame):
-    """Ctrl-C or SIGTERM: during training the first one asks training to stop at its next batch
-    (see errors.DEFERRING); elsewhere, or sent again, it interrupts at once."""
-    if INTERRUPTED.is_set():                     # sent again
-        raise KeyboardInterrupt
-    INTERRUPTED_BY["signal"] = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-    INTERRUPTED.set()
-    if not DEFERRING.is_set():
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def interrupt_handlers():
-    """Ctrl-C and SIGTERM go to on_sigint while a command runs; the previous handlers come back after
-    (tests run commands in-process). An --n-jobs worker leaves the terminal's Ctrl-C to its parent,
-    which passes it on as SIGTERM (stop_workers). SIGTERM (a scheduler's pre-emption, `docker stop`,
-    `timeout`) is a Ctrl-C."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    INTERRUPTED.clear()
-    signal.signal(signal.SIGINT, signal.SIG_IGN if os.environ.get("HARNESS_WORKER") else on_sigint)
-    signal.signal(signal.SIGTERM, on_sigint)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,16 @@
 """Errors the CLI turns into one clear line and exit code 2 (bad input, unreachable stores), and
 the interrupt request that Ctrl-C sets."""
 import contextlib
+import os
+import signal
 import threading
+
+# Exit codes (README, "Exit codes"): a script or CI job tells these apart.
+EXIT_DONE = 0
+EXIT_CRASHED = 1          # some point crashed and --strict was given; `check --strict`: a predicted failure
+EXIT_BAD_INPUT = 2        # a `harness: error:` line: bad settings, data or stores (argparse uses 2 too)
+EXIT_INTERNAL = 3         # a bug or an unforeseen failure, here or in an --n-jobs worker
+EXIT_INTERRUPTED = 130    # Ctrl-C (128 + SIGINT, as shells report it)
 
 # Set by the CLI's SIGINT handler and checked by training between batches: a KeyboardInterrupt
 # raised while TensorFlow's C++ code runs can be swallowed (seen: tf.data ended the epoch
@@ -52,3 +61,31 @@ class DataError(HarnessError):
 
 class StorageError(HarnessError):
     """An Optuna storage, MLflow tracking store or results folder that cannot be used."""
+
+
+def on_sigint(signum, frame):
+    """Ctrl-C or SIGTERM: during training the first one asks training to stop at its next batch
+    (see errors.DEFERRING); elsewhere, or sent again, it interrupts at once."""
+    if INTERRUPTED.is_set():                     # sent again
+        raise KeyboardInterrupt
+    INTERRUPTED_BY["signal"] = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    INTERRUPTED.set()
+    if not DEFERRING.is_set():
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupt_handlers():
+    """Ctrl-C and SIGTERM go to on_sigint while a command runs; the previous handlers come back after
+    (tests run commands in-process). An --n-jobs worker leaves the terminal's Ctrl-C to its parent,
+    which passes it on as SIGTERM (stop_workers). SIGTERM (a scheduler's pre-emption, `docker stop`,
+    `timeout`) is a Ctrl-C."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    INTERRUPTED.clear()
+    signal.signal(signal.SIGINT, signal.SIG_IGN if os.environ.get("HARNESS_WORKER") else on_sigint)
+    signal.signal(signal.SIGTERM, on_sigint)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

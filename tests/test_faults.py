@@ -200,7 +200,7 @@ def test_ctrl_c_at_the_n_jobs_parent_alone_stops_every_worker(tmp_path):
 
 
 def test_ctrl_c_during_training_waits_for_a_safe_point_and_twice_interrupts_at_once():
-    from harness.cli import on_sigint
+    from harness.errors import on_sigint
     from harness.errors import INTERRUPTED, interrupted_reason, interrupts_deferred, stop_if_interrupted
     INTERRUPTED.clear()
     try:
