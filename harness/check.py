@@ -13,7 +13,7 @@ import numpy as np
 from harness import data as data_lib
 from harness.config import Config, Variant
 from harness.data import Dataset
-from harness import probe
+from harness import leakage, probe
 from harness.losses import get_head, get_loss
 
 # Each flag: what it means and the fix, one line each (also the README's table).
@@ -45,6 +45,11 @@ FLAGS = {
     "masks_not_binary": (
         "masks have more than two levels, before or after augmentation",
         "binarize masks and augment them with nearest-neighbour interpolation"),
+    "validation_near_training": (
+        "validation images sit markedly closer to training images than unrelated images do (neighbouring "
+        "slices or frames on both sides, or duplicated files): validation scores measure recall of near-copies, "
+        "not generalization, and every verdict built on them is optimistic",
+        'hold out a block of the volume or video: --set data.split="contiguous"; remove duplicated files'),
 }
 TOLERANCE = 1e-3
 # A declared floor differing from the measured one by more than this is reported.
@@ -64,12 +69,21 @@ class CheckRow:
     probed_min: float                          # least value found anywhere in the probe
     flags: list[str] = field(default_factory=list)
     details: dict[str, str] = field(default_factory=dict)
+    # The dataset's, the same for every variant: how validation was held out and how close it sits to
+    # training (validation_near_training); see validation_leakage.
+    validation: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["explanations"] = {f: {"why": FLAGS[f][0], "fix": FLAGS[f][1], "measured": self.details.get(f, "")}
+        d["explanations"] = {f: {"why": FLAGS[f][0], "fix": self.fix(f), "measured": self.details.get(f, "")}
                              for f in self.flags}
         return d
+
+    def fix(self, flag: str) -> str:
+        """The flag's fix; validation_near_training's fits what was measured (duplicates, the split)."""
+        if flag == "validation_near_training" and self.validation.get("fix"):
+            return self.validation["fix"]
+        return FLAGS[flag][1]
 
 
 def predicted_verdict(flags: list[str]) -> str:
@@ -198,7 +212,39 @@ def fmt_list(a) -> str:
 
 def check_experiment(cfg: Config, dataset: Dataset | None = None) -> list[CheckRow]:
     dataset = dataset or data_lib.load_dataset(cfg["data"])
-    return [safe_check(v, dataset, cfg) for v in cfg.variants]
+    validation = validation_leakage(dataset, cfg["leakage"])
+    rows = [safe_check(v, dataset, cfg) for v in cfg.variants]
+    for row in rows:                # every variant is scored on this validation set
+        row.validation = validation
+        if validation["flagged"]:
+            row.flags.append("validation_near_training")
+            row.details["validation_near_training"] = validation["measured"]
+    return rows
+
+
+def validation_leakage(dataset: Dataset, settings: dict) -> dict:
+    """How close validation sits to training (harness/leakage.py), as plain data: `split`, `measured`
+    (one line with the numbers), `flagged`, `fix`, and the numbers themselves."""
+    n_train, n_val = len(dataset.train_images), len(dataset.val_images)
+    if dataset.train_sources is None:          # arrays built by hand: each image its own file, in order
+        train_sources, names = np.arange(n_train), ()
+        n_files = n_train + n_val
+    else:
+        train_sources, names = dataset.train_sources, dataset.source_names
+        n_files = len(names)
+    val_sources = dataset.val_sources if dataset.val_sources is not None else np.arange(n_train, n_train + n_val)
+
+    def name(side: str, i: int) -> str:
+        source = (train_sources if side == "training" else val_sources)[i]
+        return f"{side} {names[source]}" if names else f"{side} image {i}"
+
+    m = leakage.measure(dataset.train_images, dataset.val_images, train_sources, n_files,
+                        dataset.split or "as given", settings["side"], settings["far_fraction"], names=name)
+    flagged = leakage.near_training(m, settings["margin"])
+    return {"split": m.split, "flagged": flagged, "measured": leakage.describe(m),
+            "fix": leakage.fix_for(m, settings["margin"]) if flagged else "",
+            "val_median": m.val_median, "typical": m.typical, "margin": settings["margin"],
+            "duplicates": len(m.duplicates)}
 
 
 def safe_check(variant: Variant, dataset: Dataset, cfg: Config) -> CheckRow:
@@ -212,7 +258,7 @@ def safe_check(variant: Variant, dataset: Dataset, cfg: Config) -> CheckRow:
 
 
 def format_rows(rows: list[CheckRow]) -> str:
-    lines = []
+    lines = [f"validation: {rows[0].validation['measured']}"] if rows and rows[0].validation else []
     for r in rows:
         lines.append(f"{r.variant}: targets [{r.target_range[0]:.3g}, {r.target_range[1]:.3g}] "
                      f"(background {r.target_levels['background']:.3g}, foreground {r.target_levels['foreground']:.3g}), "
@@ -222,7 +268,7 @@ def format_rows(rows: list[CheckRow]) -> str:
             lines.append("  no flag")
         for f in r.flags:
             lines.append(f"  {f}: {FLAGS[f][0]} ({r.details[f]})")
-            lines.append(f"    fix: {FLAGS[f][1]}")
+            lines.append(f"    fix: {r.fix(f)}")
     return "\n".join(lines)
 
 

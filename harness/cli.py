@@ -297,7 +297,7 @@ def experiment_name(given: str) -> str:
 def resolve_study(given: str, overrides: list[str], tracking_uri: str):
     """An experiment (file or name, with --set) or an Optuna study name (EXPERIMENT-DIGEST) -> (config,
     study). A study is read with the config its sweep logged (config.json), else its experiment file's."""
-    from harness.config import load_config, validate
+    from harness.config import load_config, load_logged
     from harness.tracking import study_config
     try:
         cfg = load_config(find_experiment(given), overrides)
@@ -308,7 +308,7 @@ def resolve_study(given: str, overrides: list[str], tracking_uri: str):
     experiment = given.rsplit("-", 1)[0]
     raw = study_config(tracking_uri, experiment, given)
     if raw is not None:
-        return validate(raw), given
+        return load_logged(raw), given
     try:
         return load_config(find_experiment(experiment), overrides), given
     except HarnessError:

@@ -69,7 +69,12 @@ DEFAULTS: dict[str, Any] = {
         # that are foreground; every other value is background. Empty: masks must have two levels.
         "foreground_values": [],
         "val_fraction": 0.2,
-        "split_seed": 0,             # the train/validation split depends on this only
+        # How validation is held out, always by source file (tiles of one file stay on one side):
+        # "random": a seeded draw of files; "contiguous": the last val_fraction of the files in natural
+        # sort order, one file before them dropped: a block of a volume or video, whose neighbouring
+        # slices or frames would otherwise sit on both sides (harness check: validation_near_training).
+        "split": "random",
+        "split_seed": 0,             # the random split depends on this only
         "data_seed": 0,              # synthetic images depend on this only
     },
     "augment": {
@@ -127,6 +132,15 @@ DEFAULTS: dict[str, Any] = {
         "pruner_warmup_epochs": 4,   # epochs every trial runs before the pruner may stop it
         "ranges": {"train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
     },
+    # harness check's validation_near_training (harness/leakage.py): measured on the data before
+    # training; it changes no trained number, so it is not part of the study's name.
+    "leakage": {
+        "side": 16,                  # images compared as side x side block means, standardized
+        "far_fraction": 0.25,        # training images this share of the files apart count as unrelated
+        # Flag when validation's median nearest-training correlation exceeds the unrelated pairs'
+        # by this much. Measured: 0.6 or more on neighbouring frames, under 0.1 on independent images.
+        "margin": 0.2,
+    },
     "verdict": {
         # converged: mean val_miou over the last `window` epochs >= trivial + margin, and it exceeds
         # the mean of the `window` epochs before by less than `tolerance` (mIoU is noisy per epoch).
@@ -141,7 +155,7 @@ DEFAULTS: dict[str, Any] = {
 # Settings that tell the grid's points apart (harness/points.py) or change no numbers: left out of
 # the study's digest. Everything else, every key of every other section, is in it, so a key added
 # later is covered without being listed here.
-NOT_IN_STUDY = ("variants", "define", "factorial", "description", "name", "tune")
+NOT_IN_STUDY = ("variants", "define", "factorial", "description", "name", "tune", "leakage")
 
 # `speed` options that change the numbers: parallel augmentation draws another random stream, mixed
 # precision other arithmetic. `jit_compile` is left out: Keras ignores XLA while train.deterministic
@@ -154,11 +168,12 @@ RESULT_SPEED_KEYS = ("parallel_augment", "mixed_precision", "device_augment")
 # keep their names. Any other value is in the digest.
 NEUTRAL: dict[str, Any] = {"speed.parallel_augment": False, "speed.mixed_precision": False,
                            "speed.device_augment": False,
-                           "model.builder": "", "data.foreground_values": []}
+                           "model.builder": "", "data.foreground_values": [], "data.split": "random"}
 
 PIPELINES = ("tfdata", "imagedatagenerator")
 DATA_SOURCES = ("synthetic", "folder")
 FIT_MODES = ("tile", "resize")
+SPLITS = ("random", "contiguous")
 
 
 @dataclass(frozen=True)
@@ -250,6 +265,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return validate(raw, str(path.resolve().parent) if path is not None else "")
 
 
+def load_logged(raw: dict) -> Config:
+    """A config a sweep logged (config.json), perhaps before some keys existed: those take their
+    defaults, which reproduce what the sweep computed (see NEUTRAL)."""
+    full = copy.deepcopy(DEFAULTS)
+    merge(full, raw, where="logged config")
+    return validate(full)
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """`train.seeds=[1,2]` -> ("train.seeds", [1, 2]); a bare word is read as a string."""
     if "=" not in item:
@@ -322,6 +345,7 @@ def validate(raw: dict, source_dir: str = "") -> Config:
     choose("pipeline", raw["pipeline"], PIPELINES)
     choose("data.source", data["source"], DATA_SOURCES)
     choose("data.fit", data["fit"], FIT_MODES)
+    choose("data.split", data["split"], SPLITS)
     if data["source"] == "folder" and not data["path"]:
         raise ConfigError("data.source = 'folder' needs data.path (a folder holding images/ and masks/)")
     positive("data.image_size", data["image_size"], minimum=16)
@@ -351,6 +375,7 @@ def validate(raw: dict, source_dir: str = "") -> Config:
     choose("augment.engine", raw["augment"]["engine"], ("affine", "layers"))
     if raw["augment"]["fill_mode"] not in ("nearest", "reflect", "wrap", "constant"):
         raise ConfigError("augment.fill_mode must be one of nearest, reflect, wrap, constant")
+    validate_leakage(raw["leakage"])
     validate_tune(raw)
     resolve_device_augment(raw)
     variants = resolve_variants(raw)
@@ -390,6 +415,14 @@ def validate_user_names(raw: dict) -> None:
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                for v in values):
         raise ConfigError("data.foreground_values must be a list of mask values, e.g. [1, 2]")
+
+
+def validate_leakage(leakage: dict) -> None:
+    positive("leakage.side", leakage["side"], minimum=2)
+    if not 0.0 < leakage["far_fraction"] < 1.0:
+        raise ConfigError("leakage.far_fraction must be between 0 and 1")
+    if not 0.0 < leakage["margin"] <= 2.0:
+        raise ConfigError("leakage.margin must be a correlation difference in (0, 2]")
 
 
 def validate_tune(raw: dict) -> None:

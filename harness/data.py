@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,12 @@ class Dataset:
     val_images: np.ndarray
     val_masks: np.ndarray
     description: str
+    # Each sample's source file, numbered in natural sort order (neighbouring slices or frames are
+    # neighbouring numbers); None where the arrays were built by hand.
+    train_sources: np.ndarray | None = None
+    val_sources: np.ndarray | None = None
+    source_names: tuple[str, ...] = ()      # the source files in that order
+    split: str = ""                         # how validation was held out, in words
 
     @property
     def fingerprint(self) -> str:
@@ -54,17 +61,33 @@ def load_dataset(data: dict) -> Dataset:
     if data["source"] == "synthetic":
         images, masks = make_synthetic(data["n_images"], data["image_size"], data["foreground_fraction"],
                                        data["data_seed"], data["channels"])
-        groups = np.arange(len(images))
+        groups, names = np.arange(len(images)), [f"image {i}" for i in range(len(images))]
         description = (f"synthetic: {len(images)} images {data['image_size']}x{data['image_size']}x"
                        f"{data['channels']}, foreground {data['foreground_fraction']:.0%}, seed {data['data_seed']}")
     else:
-        images, masks, groups = load_folder(Path(data["path"]), data["image_size"], data["channels"],
-                                            data["fit"], data["mask_threshold"], data["n_images"],
-                                            data["split_seed"], data["foreground_values"])
+        images, masks, groups, names = load_folder(Path(data["path"]), data["image_size"], data["channels"],
+                                                   data["fit"], data["mask_threshold"], data["n_images"],
+                                                   data["split_seed"], data["foreground_values"])
         description = (f"folder {data['path']}: {len(images)} samples {data['image_size']}x{data['image_size']}x"
                        f"{data['channels']} ({data['fit']}) from {len(np.unique(groups))} files")
-    train, val = split_groups(groups, data["val_fraction"], data["split_seed"])
-    return Dataset(images[train], masks[train], images[val], masks[val], description)
+    ranks = natural_ranks(names)
+    sources = ranks[groups]                 # each sample's file, numbered in natural sort order
+    ordered = tuple(sorted(names, key=natural_key))
+    unit = "files" if data["source"] == "folder" else "images"
+    if data["split"] == "contiguous":
+        train, val, split = split_contiguous(sources, data["val_fraction"], ordered, unit)
+    else:
+        # By position in the folder's listing (pair_files), as before data.split existed.
+        train, val = split_groups(groups, data["val_fraction"], data["split_seed"])
+        split = (f"random (seed {data['split_seed']}): {len(np.unique(groups[val]))} of {len(np.unique(groups))} "
+                 f"{unit} validate")
+    return Dataset(images[train], masks[train], images[val], masks[val], description,
+                   sources[train], sources[val], ordered, split)
+
+
+def count_val(n_files: int, val_fraction: float) -> int:
+    """Files held out: val_fraction of them, at least one, and at least one left to train on."""
+    return min(n_files - 1, max(1, round(n_files * val_fraction)))
 
 
 def split_groups(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,10 +96,45 @@ def split_groups(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np
     if len(unique) < 2:
         raise DataError(f"need at least 2 source images for a train/validation split, got {len(unique)}")
     rng = np.random.default_rng(seed)
-    n_val = min(len(unique) - 1, max(1, round(len(unique) * val_fraction)))
+    n_val = count_val(len(unique), val_fraction)
     val_groups = rng.permutation(unique)[:n_val]
     is_val = np.isin(groups, val_groups)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def split_contiguous(sources: np.ndarray, val_fraction: float, names=(), unit: str = "files"
+                     ) -> tuple[np.ndarray, np.ndarray, str]:
+    """The last val_fraction of the files in natural sort order validate: a block of the volume or
+    video. The file just before the block is dropped, so the block's first slice has no direct
+    neighbour in training; with 2 files there is none to spare. -> (train, val, in words)."""
+    unique = np.unique(sources)
+    if len(unique) < 2:
+        raise DataError(f"need at least 2 source images for a train/validation split, got {len(unique)}")
+    n_val = count_val(len(unique), val_fraction)
+    val_files, rest = unique[-n_val:], unique[:-n_val]
+    gap = rest[-1:] if len(rest) >= 2 else rest[:0]
+    name = (lambda r: names[r]) if len(names) else str
+    text = (f"contiguous: the last {n_val} of {len(unique)} {unit} in natural order validate "
+            f"({name(val_files[0])} to {name(val_files[-1])}), ")
+    text += (f"{name(gap[0])} dropped at the border" if len(gap) else
+             f"none dropped at the border (2 {unit}: none to spare)")
+    is_val, is_gap = np.isin(sources, val_files), np.isin(sources, gap)
+    return np.flatnonzero(~is_val & ~is_gap), np.flatnonzero(is_val), text
+
+
+def natural_key(name: str) -> tuple:
+    """'slice_9' before 'slice_10': runs of digits compare as numbers. Short enough not to add a
+    dependency (natsort) for it."""
+    parts = re.split(r"(\d+)", name.lower())
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
+
+
+def natural_ranks(names: list[str]) -> np.ndarray:
+    """Each name's position in natural sort order."""
+    order = sorted(range(len(names)), key=lambda i: natural_key(names[i]))
+    ranks = np.empty(len(names), int)
+    ranks[order] = np.arange(len(names))
+    return ranks
 
 
 def make_synthetic(n: int, size: int, foreground: float, seed: int, channels: int = 3
@@ -135,8 +193,9 @@ def smooth_noise(rng, size: int, channels: int) -> np.ndarray:
 
 
 def load_folder(root: Path, size: int, channels: int, fit: str, threshold: float, limit: int, seed: int = 0,
-                foreground_values: list | tuple = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                foreground_values: list | tuple = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Read images/ and masks/ paired by file stem; tile or resize each to size x size.
+    -> images, masks, each sample's file (its position in pair_files' order), the files' names.
 
     The image intensity scale and the mask levels are decided once for the whole set (a file
     that is all background, or darker than the others, is read on the same scale as the rest).
@@ -163,7 +222,7 @@ def load_folder(root: Path, size: int, channels: int, fit: str, threshold: float
             groups.append(index)
     if limit:
         images, masks, groups = images[:limit], masks[:limit], groups[:limit]
-    return np.stack(images), np.stack(masks), np.array(groups)
+    return np.stack(images), np.stack(masks), np.array(groups), [image.name for image, _ in pairs]
 
 
 def pair_files(root: Path) -> list[tuple[Path, Path]]:
@@ -184,10 +243,14 @@ def pair_files(root: Path) -> list[tuple[Path, Path]]:
         shown = ", ".join(unpaired[:5]) + (" ..." if len(unpaired) > 5 else "")
         raise DataError(f"{len(unpaired)} unpaired file stem(s) between {image_dir.name}/ and "
                         f"{mask_dir.name}/: {shown}")
-    return [(images[s], masks[s]) for s in sorted(images, key=natural_key)]
+    return [(images[s], masks[s]) for s in sorted(images, key=listing_key)]
 
 
-def natural_key(stem: str):
+def listing_key(stem: str):
+    """The order files are read in: digit-only stems by number, then the rest as strings. The random
+    split draws files by their position in it, so it stays as it was (another order would move
+    existing studies' files between training and validation); data.split="contiguous" sorts the
+    names naturally (natural_key)."""
     return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
 
 

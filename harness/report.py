@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import plots
+from harness import leakage, plots
 from harness.config import Config
 from harness.errors import ConfigError
 from harness.points import runs_of_grid
@@ -87,6 +87,7 @@ def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
             "predicted": run.get("tags.check.predicted") if isinstance(run.get("tags.check.predicted"), str) else "",
             "check_flags": run.get("tags.check.flags") if isinstance(run.get("tags.check.flags"), str) else "",
             "check_details": run.get("tags.check.details") if isinstance(run.get("tags.check.details"), str) else "",
+            "check_validation": run.get("tags.check.validation") if isinstance(run.get("tags.check.validation"), str) else "",
         })
     if not rows:
         return pd.DataFrame()
@@ -140,6 +141,7 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
         row["predicted"] = group["predicted"].iloc[0]
         row["check_flags"] = group["check_flags"].iloc[0]
         row["check_details"] = group["check_details"].iloc[0]
+        row["check_validation"] = group["check_validation"].iloc[0]
         row["score_note"] = "; ".join(f"s{s}: {n}" for s, n in zip(group["seed"], group["score_note"]) if n)
         row["agrees"] = bool(row["predicted"]) and all(agrees(row["predicted"], v) for v in group["verdict"])
         rows.append(row)
@@ -212,9 +214,57 @@ def explain(summary: pd.DataFrame) -> str:
         declared = row.get("loss_floor_declared", float("nan"))
         if isinstance(declared, float) and math.isfinite(declared) and abs(declared - row["loss_floor"]) > 0.01:
             extra += f" The loss declares a floor of {declared:.3g}; measured {round(row['loss_floor'], 4):.3g} (the verdicts use the measured one)."
+        extra += validation_note(row)
         why = why[:1].upper() + why[1:]
         lines.append(f"- **{row['variant']}**: `{row['verdict']}` ({row['verdict_per_seed']}). {why}.{extra}")
     return "\n".join(lines)
+
+
+NEAR_TRAINING = "validation_near_training"
+SPLIT_FIX = '--set data.split="contiguous"'
+
+
+def near_training(row) -> bool:
+    return NEAR_TRAINING in str(row.get("check_flags", "")).split(",")
+
+
+def validation_of(row) -> dict:
+    """What `harness check` measured of the validation set (tag check.validation); {} before it did."""
+    try:
+        return json.loads(row.get("check_validation") or "{}")
+    except json.JSONDecodeError:
+        return {}
+
+
+def validation_note(row) -> str:
+    """For a verdict measured on a validation set that sits close to training: the flag, the numbers
+    and the fix ('' otherwise)."""
+    if not near_training(row):
+        return ""
+    fix = validation_of(row).get("fix") or f"hold out a block of the volume or video: {SPLIT_FIX}"
+    return (f" Measured on a validation set that sits close to training (`{NEAR_TRAINING}`: "
+            f"{check_detail(row, NEAR_TRAINING)}): its scores measure recall of near-copies more than "
+            f"generalization, so this verdict and the mIoU ranking are optimistic. Fix: {fix.replace(SPLIT_FIX, f'`{SPLIT_FIX}`')}.")
+
+
+def marked_verdicts(summary: pd.DataFrame) -> pd.DataFrame:
+    """The verdict table's copy: a verdict on a validation set close to training says so."""
+    shown = summary.copy()
+    shown["verdict"] = [f"{v} (validation near training)" if near_training(r) else v
+                        for v, (_, r) in zip(summary["verdict"], summary.iterrows())]
+    return shown
+
+
+def validation_paragraph(summary: pd.DataFrame) -> str:
+    """Which split the verdicts were measured on, and what the check measured of it."""
+    found = next((v for v in map(validation_of, (r for _, r in summary.iterrows())) if v), {})
+    if not found:
+        return ("Validation: how close it sits to training was not measured for these runs (they predate "
+                "`harness check`'s `validation_near_training`).")
+    text = f"Validation: {found['measured']}."
+    if found.get("flagged"):
+        text += f" Flagged `{NEAR_TRAINING}`: the verdicts below are marked."
+    return text
 
 
 def check_detail(row, flag: str) -> str:
@@ -260,7 +310,7 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str, st
                     + ["verdict", "predicted", "agrees", "check_flags", "score_note"])
     csv_table(summary[summary_cols]).to_csv(out / "summary.csv", index=False, float_format="%.6g",
                                             na_rep="nan", lineterminator="\n")
-    csv_table(points.drop(columns=["history", "check_details"])).to_csv(out / "runs.csv", index=False, float_format="%.6g",
+    csv_table(points.drop(columns=["history", "check_details", "check_validation"])).to_csv(out / "runs.csv", index=False, float_format="%.6g",
                                                      lineterminator="\n")
 
     floors = dict(zip(summary["variant"], summary["loss_floor"]))
@@ -512,7 +562,7 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
         "",
         "## Verdicts",
         "",
-        markdown_table(summary, ["variant", "seeds", "seeds_scored", "verdict", "predicted", "agrees", "negative_loss",
+        markdown_table(marked_verdicts(summary), ["variant", "seeds", "seeds_scored", "verdict", "predicted", "agrees", "negative_loss",
                                  "diverged",
                                  "converged",
                                  "min_loss", "loss_floor", "final_loss", "val_miou", "val_miou_std",
@@ -522,6 +572,8 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
         "scored on its epochs before the divergence, or not at all), `_std` the spread over seeds; IoU/Dice "
         f"over the last {cfg['verdict']['window']} scored epochs. `loss_floor` is measured: the loss at perfect "
         "predictions of valid targets. `val_as_train_miou` is shown where validation was fed raw.",
+        "",
+        validation_paragraph(summary),
         "",
         "## Why",
         "",
@@ -548,6 +600,8 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
         parts += ["## Crashed or interrupted points", "", markdown_table(failed, list(failed.columns)), ""]
     parts += [
         "## Rules", "", rules_markdown(cfg["verdict"]), "",
+        leakage.rule_text(cfg["leakage"]["margin"], cfg["leakage"]["far_fraction"], cfg["leakage"]["side"]), "",
+        split_rule(cfg["data"]), "",
         "## Per seed", "",
         markdown_table(points, ["variant", "seed", "verdict", "min_loss", "final_loss", "val_miou",
                                 "val_as_train_miou", "diverged_at", "seconds_per_epoch"]),
@@ -556,6 +610,18 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
     parts += ["## Variants", "", markdown_table(pd.DataFrame([{"variant": v.name, **v.axes()} for v in cfg.variants]),
                                                 ["variant", "images", "masks", "head", "loss", "validation"]), ""]
     return "\n".join(parts)
+
+
+def split_rule(data: dict) -> str:
+    """The train/validation split these settings make, in words."""
+    if data["split"] == "contiguous":
+        return (f"Split (`data.split = \"contiguous\"`): the last {data['val_fraction']:g} of the source files in natural "
+                "sort order validate, a block of the volume or video; the file just before it is dropped, so the "
+                "block's first slice has no direct neighbour in training.")
+    return (f"Split (`data.split = \"random\"`): {data['val_fraction']:g} of the source files, drawn with seed "
+            f"{data['split_seed']}, validate; tiles of one file stay on one side. Slices of a volume or frames of a "
+            f"video then have neighbours on both sides: `{NEAR_TRAINING}` says whether that happened, and "
+            f"`{SPLIT_FIX}` holds out a block instead.")
 
 
 VERDICT_TONE = {"converged": "good", "learning": "warn", "unstable": "warn", "not_learning": "warn",
@@ -663,7 +729,8 @@ def mark_table(tokens) -> None:
 
 
 def cell_tone(column: str, text: str) -> str:
-    name, value = column.strip("`").lower(), text.strip("`")
+    # "converged (validation near training)" is coloured as converged; the note stays visible.
+    name, value = column.strip("`").lower(), text.strip("`").split(" (")[0]
     if name.startswith("verdict") and value in VERDICT_TONE:
         return VERDICT_TONE[value]
     if name in ("agrees", "same verdict") and value == "false":

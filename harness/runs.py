@@ -30,10 +30,15 @@ def result_tags(result, judged: dict) -> dict:
     return tags
 
 
-def check_tags(flags: list[str], predicted: str, details: dict) -> dict:
-    """What `harness check` measured for the run's variant before training."""
-    return {"check.flags": ",".join(flags) or "none", "check.predicted": predicted,
+def check_tags(flags: list[str], predicted: str, details: dict, validation: dict | None = None) -> dict:
+    """What `harness check` measured for the run's variant before training; `validation`: how close
+    the validation images sit to the training images (harness/leakage.py), and which split."""
+    tags = {"check.flags": ",".join(flags) or "none", "check.predicted": predicted,
             "check.details": json.dumps(details)[:5000]}
+    if validation is not None:
+        # The report says which split the verdicts were measured on, and how close.
+        tags["check.validation"] = json.dumps(validation)[:5000]
+    return tags
 
 
 def failure_tags(reason: str, verdict: str) -> dict:

@@ -63,12 +63,17 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     missing = grid.enqueue_missing(study, points, sweep_id)
     log(f"{cfg.name}: {len(points)} grid points, {len(points) - len(missing)} already finished, "
         f"{len(missing)} to train" + (f" ({stale_runs} interrupted run(s) marked FAILED)" if stale_runs else ""))
-    log(f"data: {dataset.description}, fingerprint {dataset.fingerprint}")
+    log(f"data: {dataset.description}, fingerprint {dataset.fingerprint}; split {dataset.split}")
     progress = Progress(total=len(points), done=len(points) - len(missing))
     log = with_progress_cleared(log, progress)
     checks = {}
-    for row in check_experiment(cfg, dataset) if run_check else []:
-        checks[row.variant] = check_tags(row.flags, predicted_verdict(row.flags), row.details)
+    rows = check_experiment(cfg, dataset) if run_check else []
+    if rows:
+        validation = rows[0].validation
+        log(f"check validation: {validation['measured']}"
+            + (f"; validation_near_training (fix: {validation['fix']})" if validation["flagged"] else "; no flag"))
+    for row in rows:
+        checks[row.variant] = check_tags(row.flags, predicted_verdict(row.flags), row.details, row.validation)
         log(f"check {row.variant}: predicted {predicted_verdict(row.flags)}; flags: {', '.join(row.flags) or 'none'}")
     open_parent_run(study, tracker, cfg, storage, command)
     tracker.use_dataset(cfg["data"], dataset.fingerprint, dataset.description)

@@ -132,3 +132,52 @@ def test_declared_and_measured_floors_are_cross_checked(setup):
     posted = check_variant(Variant("v", "featurewise", "signed", "tanh", "modified_bce_posted", "like_training"),
                            ds, cfg)
     assert "declared_floor_differs" in posted.flags and posted.threshold == pytest.approx(0.0, abs=1e-6)
+
+
+# validation_near_training: measured once per dataset, on every variant's row.
+QUICK = ["variants=[\"image_only\"]", "augment.stats_rounds=1", "train.batch_size=8"]
+
+
+def test_cli_check_flags_neighbouring_frames_split_at_random_and_not_as_a_block(cli, tmp_path):
+    import json
+    from scenes import moving_scene, write_folder
+    images, masks = moving_scene(40, 64, speed=3)
+    folder = write_folder(tmp_path / "frames", images, masks, [f"frame_{i}" for i in range(1, 41)])
+    common = ["check", "--json", "--set", "data.source=folder", "--set", f"data.path={folder}",
+              "--set", "data.image_size=64", *[a for s in QUICK for a in ("--set", s)]]
+    code, out, _ = cli(*common)
+    row = json.loads(out)[0]
+    assert code == 0 and "validation_near_training" in row["flags"]
+    assert row["validation"]["val_median"] - row["validation"]["typical"] > 0.4
+    assert 'data.split="contiguous"' in row["explanations"]["validation_near_training"]["fix"]
+    code, out, _ = cli(*common, "--set", 'data.split="contiguous"')
+    row = json.loads(out)[0]
+    assert code == 0 and "validation_near_training" not in row["flags"], row["validation"]
+    assert row["validation"]["split"].startswith("contiguous: the last 8 of 40 files")
+    code, out, _ = cli(*common[:1], *common[2:])                    # the text output says it too
+    assert out.startswith("validation: split random") and "validation_near_training:" in out
+
+
+def test_duplicated_files_across_the_split_are_flagged_and_named(tmp_path):
+    from harness.check import check_experiment
+    from harness.data import load_dataset
+    from scenes import write_folder
+    x, m = make_synthetic(10, 32, 0.15, seed=0)
+    names = [f"a{i}" for i in range(10)] + [f"copy_of_a{i}" for i in range(10)]
+    write_folder(tmp_path, np.concatenate([x, x])[..., :1], np.concatenate([m, m]), names)
+    cfg = load_config(None, ["data.source=folder", f"data.path={tmp_path}", "data.image_size=32", "data.channels=1",
+                             *QUICK])
+    rows = check_experiment(cfg, load_dataset(cfg["data"]))
+    assert rows[0].flags == ["validation_near_training"]
+    measured = rows[0].details["validation_near_training"]
+    assert "exact duplicate(s) across the split" in measured and ".png = training " in measured
+    assert rows[0].fix("validation_near_training").startswith("remove the duplicated files")
+
+
+@pytest.mark.parametrize("experiment", [None, ROOT / "experiments" / "whitening.toml"])
+def test_the_embedded_synthetic_set_is_not_flagged(experiment):
+    from harness.check import validation_leakage
+    from harness.data import load_dataset
+    cfg = load_config(experiment)
+    found = validation_leakage(load_dataset(cfg["data"]), cfg["leakage"])
+    assert not found["flagged"] and abs(found["val_median"] - found["typical"]) < 0.1, found["measured"]

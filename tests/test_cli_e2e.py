@@ -201,3 +201,21 @@ def test_imagedatagenerator_pipeline_reproduces_the_case(tmp_path):
     from harness.tracking import load_runs
     runs = load_runs(f"sqlite:///{results / 'mlflow.db'}", "tiny", with_history=False)
     assert set(runs["params.pipeline"]) == {"imagedatagenerator"}
+
+
+@pytest.mark.slow
+def test_a_sweep_on_neighbouring_frames_logs_and_reports_validation_near_training(tmp_path, cli):
+    from scenes import moving_scene, write_folder
+    images, masks = moving_scene(40, 32, speed=2)
+    folder = write_folder(tmp_path / "frames", images, masks, [f"frame_{i}" for i in range(1, 41)])
+    code, out, err = cli("sweep", TINY, "--set", "data.source=folder", "--set", f"data.path={folder}",
+                         "--set", 'variants=["image_only"]', "--set", "train.epochs=2", "--results", tmp_path / "r")
+    assert code == 0, err[-2000:]
+    assert "split random (seed 0): 8 of 40 files validate" in out
+    assert "check validation: split random" in out and 'validation_near_training (fix: hold out a block' in out
+    report = (tmp_path / "r" / "tiny" / "report.md").read_text()
+    assert "| image_only | 1 | 1 | " in report and " (validation near training) |" in report
+    assert "Validation: split random (seed 0): 8 of 40 files validate: validation's nearest training image" in report
+    why = report[report.index("## Why"):report.index("## Loss curves")]
+    assert "`validation_near_training`" in why and '`--set data.split="contiguous"`' in why
+    assert summary(tmp_path / "r", "tiny")["image_only"]["check_flags"] == "validation_near_training"

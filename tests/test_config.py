@@ -83,3 +83,30 @@ def test_factorial_grid_expands_and_excludes(tmp_path):
     f.write_text('[factorial]\nheads = ["tanh"]\n')
     with pytest.raises(ConfigError, match="unknown axis 'heads'"):
         load_config(f)
+
+
+def test_study_names_of_existing_experiments_are_unchanged():
+    """Values at main before data.split and [leakage] existed: their defaults leave the digest alone,
+    and the leakage thresholds change no trained number, so no value of them renames a study."""
+    assert load_config(None).study_name == "experiment-a48efbff"
+    assert load_config(ROOT / "experiments" / "whitening.toml").study_name == "whitening-8cc43140"
+    assert load_config(ROOT / "experiments" / "whitening-isbi.toml").study_name == "whitening-isbi-78818db9"
+    assert load_config(None, ["data.split=random", "leakage.margin=0.5"]).study_name == "experiment-a48efbff"
+    assert load_config(None, ["data.split=contiguous"]).study_name != "experiment-a48efbff"
+
+
+@pytest.mark.parametrize("override, message", [("data.split=blocks", "valid: random, contiguous"),
+                                               ("leakage.far_fraction=1.5", "between 0 and 1"),
+                                               ("leakage.margin=0", "leakage.margin")])
+def test_split_and_leakage_settings_are_validated(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_a_config_logged_before_split_and_leakage_existed_still_loads():
+    from harness.config import load_logged
+    raw = load_config(DEFAULT).raw
+    old = {k: v for k, v in raw.items() if k != "leakage"}
+    old["data"] = {k: v for k, v in raw["data"].items() if k != "split"}
+    cfg = load_logged(old)
+    assert cfg["data"]["split"] == "random" and cfg.study_name == "whitening-8cc43140"

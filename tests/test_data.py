@@ -10,6 +10,8 @@ from harness.data import (augment_array, featurewise_stats, load_dataset, make_a
 from harness.metrics import confusion_ious, trivial_miou
 from harness.errors import DataError
 
+from conftest import ROOT
+
 
 def test_featurewise_stats_match_imagedatagenerator_formula():
     rng = np.random.default_rng(0)
@@ -272,3 +274,60 @@ def test_isbi_folder_reads(isbi_path):
     assert ds.train_images.shape[1:] == (64, 64, 3)
     assert len(np.unique(ds.train_images[:, 0, 0, 0])) > 1
     assert 0.6 < ds.foreground_fraction < 0.9       # ~78 % of pixels are cell interior
+
+
+# The default experiment's validation images at main before data.split existed (split_groups over
+# 384 images, seed 0), and the fingerprints (every pixel and the split) of its datasets then.
+MAIN_VAL_INDICES = [0, 5, 18, 31, 36, 38, 39, 44, 54, 55, 63, 71, 75, 83, 84, 85, 88, 90, 93, 107, 114, 119, 124,
+                    126, 128, 133, 141, 144, 145, 157, 160, 161, 162, 164, 189, 190, 195, 198, 200, 202, 204, 208,
+                    210, 212, 213, 214, 220, 221, 229, 230, 235, 242, 246, 248, 249, 251, 259, 264, 266, 274, 284,
+                    291, 293, 297, 305, 309, 311, 320, 334, 336, 345, 359, 370, 372, 373, 374, 375]
+
+
+def test_the_random_split_is_the_split_from_before_data_split_existed():
+    from harness.config import load_config
+    _, v = split_groups(np.arange(384), 0.2, seed=0)
+    assert v.tolist() == MAIN_VAL_INDICES
+    cfg = load_config(ROOT / "experiments" / "whitening.toml", ["data.split=random"])
+    data = load_dataset(cfg["data"])
+    images, _ = make_synthetic(384, 48, 0.15, seed=0)
+    np.testing.assert_array_equal(data.val_images, images[MAIN_VAL_INDICES])
+    assert data.fingerprint == "a89ac368b542"
+    assert load_dataset(load_config(None)["data"]).fingerprint == "29efb2540ef2"
+    assert data.split == "random (seed 0): 77 of 384 images validate"
+
+
+def test_the_isbi_random_split_is_unchanged(isbi_path):
+    from harness.config import load_config
+    cfg = load_config(ROOT / "experiments" / "whitening-isbi.toml", [f"data.path={isbi_path}"])
+    data = load_dataset(cfg["data"])
+    assert data.fingerprint == "70731196c521"
+    assert {data.source_names[r] for r in data.val_sources} == {f"{i}.png" for i in (2, 4, 10, 11, 21, 26)}
+
+
+def test_natural_order_reads_digit_runs_as_numbers():
+    from harness.data import natural_ranks
+    names = ["frame_10.png", "frame_9.png", "Frame_1.png", "frame_2b.png", "frame_2a.png"]
+    assert natural_ranks(names).tolist() == [4, 3, 0, 2, 1]
+
+
+def test_a_contiguous_split_holds_out_the_last_files_in_natural_order_and_drops_one(tmp_path):
+    from harness.config import load_config
+    from scenes import moving_scene, write_folder
+    images, masks = moving_scene(12, 32)
+    stems = [f"frame_{i}" for i in range(1, 13)]          # unpadded: frame_10 sorts before frame_2 as text
+    write_folder(tmp_path, images, masks, stems)
+    cfg = load_config(None, ["data.source=folder", f"data.path={tmp_path}", "data.image_size=32",
+                             "data.split=contiguous", "data.val_fraction=0.25"])
+    data = load_dataset(cfg["data"])
+    assert [data.source_names[r] for r in data.val_sources] == ["frame_10.png", "frame_11.png", "frame_12.png"]
+    assert [data.source_names[r] for r in data.train_sources] == [f"frame_{i}.png" for i in range(1, 9)]
+    np.testing.assert_array_equal(data.val_images[..., 0], images[9:, ..., 0].astype(np.uint8))  # as written
+    assert data.split == ("contiguous: the last 3 of 12 files in natural order validate (frame_10.png to "
+                          "frame_12.png), frame_9.png dropped at the border")
+
+
+def test_a_contiguous_split_of_two_files_drops_none():
+    from harness.data import split_contiguous
+    train, val, text = split_contiguous(np.array([0, 0, 1, 1]), 0.2)
+    assert train.tolist() == [0, 1] and val.tolist() == [2, 3] and "none to spare" in text

@@ -91,3 +91,40 @@ def test_a_diverged_trial_is_never_the_best_unless_all_failed():
     best, all_failed = pick_best(trials(("complete", "diverged", 0.5), ("complete", "negative_loss", 0.6)))
     assert best["verdict"] == "negative_loss" and all_failed
     assert pick_best(trials(("pruned", "pruned", math.nan))) == (None, True)
+
+
+def test_a_verdict_on_a_validation_set_close_to_training_is_marked_with_the_fix(cfg):
+    from harness.report import marked_verdicts, split_rule, validation_paragraph
+    measured = ("split random (seed 0): 6 of 30 files validate: validation's nearest training image correlates 0.78 "
+                "(median over 8 validation images; max 0.83), typical 0.21 for training images at least 8 files apart")
+    validation = json.dumps({"split": "random (seed 0): 6 of 30 files validate", "flagged": True, "measured": measured,
+                             "fix": 'hold out a block of the volume or video: --set data.split="contiguous"'})
+    runs = pd.DataFrame([run("image_only", 1, PLATEAU, **{
+        "check.flags": "validation_near_training", "check.details": json.dumps({"validation_near_training": measured}),
+        "check.validation": validation})])
+    points = point_rows(runs, cfg)
+    summary = summarize(points)
+    text = explain(summary)
+    assert "`converged`" in text and "`validation_near_training`: split random" in text
+    assert "correlates 0.78" in text and 'Fix: hold out a block of the volume or video: `--set data.split="contiguous"`' in text
+    assert marked_verdicts(summary).iloc[0]["verdict"] == "converged (validation near training)"
+    assert summary.iloc[0]["verdict"] == "converged"                    # summary.csv keeps the bare verdict
+    assert validation_paragraph(summary).startswith(f"Validation: {measured}. Flagged `validation_near_training`")
+    assert split_rule(cfg["data"]).startswith("Split (`data.split = \"random\"`)")
+    from harness.report import cell_tone, render_markdown
+    assert cell_tone("verdict", "converged (validation near training)") == "good"
+    md = render_markdown(cfg, summary, points, failures(runs), [], "harness report")
+    assert "| converged (validation near training) |" in md and f"Validation: {measured}." in md
+    rules = md[md.index("## Rules"):]
+    assert "`validation_near_training`: each validation image's signature" in rules and "Split (`data.split" in rules
+
+
+def test_an_unflagged_split_is_stated_and_runs_from_before_the_check_say_so(cfg):
+    from harness.report import marked_verdicts, validation_paragraph
+    validation = json.dumps({"split": "contiguous: ...", "flagged": False, "measured": "split contiguous: x", "fix": ""})
+    summary = summarize(point_rows(pd.DataFrame([run("image_only", 1, PLATEAU, **{"check.validation": validation})]), cfg))
+    assert validation_paragraph(summary) == "Validation: split contiguous: x."
+    assert "near training" not in explain(summary) and "near-copies" not in explain(summary)
+    assert marked_verdicts(summary).iloc[0]["verdict"] == "converged"
+    old = summarize(point_rows(pd.DataFrame([run("image_only", 1, PLATEAU)]), cfg))
+    assert "not measured" in validation_paragraph(old)
