@@ -150,5 +150,6 @@ def test_a_tiny_sweep_under_jax_gives_tensorflows_verdicts(tmp_path):
     import harness as harness_pkg
     runs = harness_pkg.load_runs(results, "tiny")
     assert set(runs["status"]) == {"FINISHED"}
-    assert set(runs["tags.device"]) == {"CPU (jax)"} and set(runs["tags.deterministic"]) == {"True"}
+    assert set(runs["tags.device"]) == {f"CPU (jax; {backend.host_cpu()})"}
+    assert set(runs["tags.deterministic"]) == {"True"}
     assert set(runs["tags.feed"]) == {"device augment"}

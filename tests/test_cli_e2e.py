@@ -66,7 +66,8 @@ def test_sweep_reaches_the_case_verdicts_and_resumes(tmp_path):
         assert "val_loss" in history or isinstance(run.get("tags.nonfinite.val_loss"), str)
     assert {"dataset_fingerprint", "version.tensorflow", "git_commit", "axis.masks", "device"} <= {
         c.removeprefix("params.") for c in runs.columns}
-    assert set(runs["tags.device"]) == {"CPU"} or all(d.startswith("GPU") for d in runs["tags.device"])
+    from harness.backend import host_cpu
+    assert set(runs["tags.device"]) == {f"CPU ({host_cpu()})"} or all(d.startswith("GPU") for d in runs["tags.device"])
 
     again = harness("sweep", TINY, "--results", results, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]

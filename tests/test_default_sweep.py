@@ -1,8 +1,13 @@
 """The README's first command, `harness sweep` on the default experiment, through the real CLI. It
-pins the promises themselves: the five verdicts; on the CPU, the committed summary.csv and runs.csv to
-the last digit in every column but the timings (the regression oracle: a change that moves a number
-must regenerate results/whitening/ with the real commands and say why); a real divergence end to end;
-and the real report as a reader sees it in Chromium."""
+pins the promises themselves: the five verdicts; on a CPU of the kind that made the committed report,
+its summary.csv and runs.csv to the last digit in every column but the timings (the regression oracle:
+a change that moves a number must regenerate results/whitening/ with the real commands and say why);
+a real divergence end to end; and the real report as a reader sees it in Chromium.
+
+The CPU is deterministic, but only per kind of CPU: TensorFlow's CPU kernels choose their
+instructions (AVX2, AVX-512, AMX) and blocking by the processor, and the float sums come out in
+another order (harness/backend.py host_cpu). Runs record the CPU in their `device`; on another kind
+the numbers are compared within what that order can move."""
 import csv
 import math
 import statistics
@@ -35,11 +40,18 @@ def test_the_default_sweep_gives_the_committed_report(tmp_path):
     # Committed as the README states them, not only as measured here.
     assert {row["variant"]: row["verdict"] for row in rows_of(COMMITTED / "summary.csv")} == VERDICTS
 
-    runs = rows_of(folder / "runs.csv")
-    if {row["device"] for row in runs} == {"CPU"}:
-        # The CPU is deterministic: every number but the seconds equals the committed report's.
-        assert list(summary.values()) == rows_of(COMMITTED / "summary.csv")
-        assert runs == rows_of(COMMITTED / "runs.csv")
+    runs, committed_runs = rows_of(folder / "runs.csv"), rows_of(COMMITTED / "runs.csv")
+    committed = {row["variant"]: row for row in rows_of(COMMITTED / "summary.csv")}
+    devices = {row["device"] for row in runs}
+    if len(devices) == 1 and devices == {row["device"] for row in committed_runs} and devices.pop().startswith("CPU"):
+        # The committed report's kind of CPU: every number but the seconds is the same.
+        assert summary == committed
+        assert runs == committed_runs
+    else:
+        # Another device: the healthy variants' quality agrees within what the order of float sums
+        # moves (the chaotic ones, seed and tanh_posted, only in their verdicts, asserted above).
+        for name in ("no_featurewise", "image_only", "tanh_corrected"):
+            assert float(summary[name]["val_miou"]) == pytest.approx(float(committed[name]["val_miou"]), abs=0.05)
 
     assert_divergence_end_to_end(results, summary["tanh_posted"], run.stdout)
     assert_report_shown_in_chromium(folder / "report.html")
