@@ -1,7 +1,7 @@
 """The record of one trained run, defined once: how a RunResult is judged, the tags its MLflow run
 carries, and its lifecycle (start, judge, end, tell: TrackedRun). A sweep's point, a tune trial and
 the tests' logged runs all write through here, and the report reads these names back
-(harness/report.py: `tags.<name>`)."""
+(harness/report/tables.py: `tags.<name>`)."""
 from __future__ import annotations
 
 import contextlib
