@@ -7,6 +7,9 @@ report.html). Here: write_report, which computes each section once and writes th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
 
 from harness.config import Config
 from harness.points import runs_of_grid
@@ -19,13 +22,20 @@ from harness.report.tables import SUMMARY_COLUMNS, csv_table, failures, point_ro
 from harness.report.tuning import pick_best, tune_section
 from harness.tracking import attach_report, load_runs, sweep_commands
 
-__all__ = ["write_report", "compare_studies", "comparison_table", "study_summary", "explain",
+__all__ = ["Written", "write_report", "compare_studies", "comparison_table", "study_summary", "explain",
            "marked_verdicts", "split_rule", "validation_paragraph", "cell_tone", "render_html", "render_markdown",
            "failures", "point_rows", "summarize", "pick_best"]
 
 
+class Written(NamedTuple):
+    """What write_report wrote: report.md's path, and the per-variant summary (summary.csv's rows,
+    unrounded; empty when the study has no finished grid run)."""
+    path: Path
+    summary: pd.DataFrame
+
+
 def write_report(cfg: Config, results: Path, tracking_uri: str, command: str, study: str | None = None,
-                 folder: Path | None = None) -> Path:
+                 folder: Path | None = None) -> Written:
     """Read the runs back from MLflow and write <results>/<experiment>/{report.md,html,summary.csv,...}
     (or into `folder`), from the config's study or the given `study`."""
     study = study or cfg.study_name
@@ -38,7 +48,7 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str, st
               f"(`harness sweep` trains them).\n\n" + tune_section(cfg, tracking_uri, out, summary=None))
         (out / "report.md").write_text(md)
         (out / "report.html").write_text(render_html(md, out))
-        return out / "report.md"
+        return Written(out / "report.md", pd.DataFrame())
     summary = summarize(points)
     csv_table(summary[SUMMARY_COLUMNS]).to_csv(out / "summary.csv", index=False, float_format="%.6g",
                                                na_rep="nan", lineterminator="\n")
@@ -55,4 +65,4 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str, st
     (out / "report.html").write_text(render_html(md, out))
     # The parent run keeps the report too, so a tracking server shows it to every host.
     attach_report(tracking_uri, cfg.name, study, [out / n for n in ("report.md", "report.html", "summary.csv")])
-    return out / "report.md"
+    return Written(out / "report.md", summary)
