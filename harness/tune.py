@@ -165,7 +165,6 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
         value = judged["final_miou"] if math.isfinite(judged["final_miou"]) else 0.0
         tracker.log_figure(run.run_id, plots.loss_curve(result.history, result.loss_floor,
                                                         f"{variant.name} #{trial.number}"), "loss_curve.png")
-        plots.close_all()
         run.end()
         if judged["diverged"]:
             # A diverged trial has no honest score: failed in Optuna, so it is never the study's
