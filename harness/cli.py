@@ -170,20 +170,18 @@ def cmd_sweep(args, argv: list[str], command: str) -> int:
     done = EXIT_CRASHED if (args.strict and crashed) else EXIT_DONE
     if args.no_report:
         return done
-    report = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
+    report, summary = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
     print(f"report: {report}")
-    print_summary(report.parent / "summary.csv")
+    print_summary(summary)
     return done
 
 
-def print_summary(path: Path) -> None:
-    import csv
-    if not path.exists():
+def print_summary(summary) -> None:
+    """The report's summary (a DataFrame, one row per variant; empty: no finished grid run) as a table."""
+    if summary.empty:
         return
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
     print(f"{'variant':<18} {'verdict':<15} {'predicted':<27} {'min_loss':>9} {'floor':>7} {'val_miou':>8} {'trivial':>7}")
-    for r in rows:
+    for _, r in summary.iterrows():
         print(f"{r['variant']:<18} {r['verdict']:<15} {r['predicted']:<27} {float(r['min_loss']):>9.3f} "
               f"{float(r['loss_floor']):>7.3f} {float(r['val_miou']):>8.3f} {float(r['trivial_miou']):>7.3f}")
 
@@ -199,7 +197,7 @@ def cmd_tune(args, command: str) -> int:
     check_writable(args.results)
     import_tensorflow_quietly()
     run_tune(cfg, args.variant, trials, args.results, args.storage, args.tracking_uri, command)
-    report = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
+    report = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command).path
     print(f"report: {report}")
     return 0
 
@@ -219,7 +217,7 @@ def cmd_report(args, command: str) -> int:
             raise HarnessError(f"study {args.study} is not a study of experiment {load(args).name}")
         folder = args.results / cfg.report_name / study
     check_writable(args.results)
-    report = write_report(cfg, args.results, uri, command, study=study, folder=folder)
+    report = write_report(cfg, args.results, uri, command, study=study, folder=folder).path
     print(f"report: {report}")
     return 0
 

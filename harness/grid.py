@@ -234,6 +234,23 @@ def tell(study, trial, value=None, state=None, log=print) -> None:
         log(f"note: trial {trial.number} was already finished elsewhere ({first_line(e)})")
 
 
+def teller(study, trial, log=print) -> Callable[..., None]:
+    """How harness/runs.py finishes a trial without speaking Optuna: `tell(state, value=None)`, state
+    "complete" (with the value), "fail", "pruned", or "interrupted" (Ctrl-C: failed, and an error
+    telling it is raised, not logged)."""
+    import optuna
+    states = {"fail": optuna.trial.TrialState.FAIL, "pruned": optuna.trial.TrialState.PRUNED}
+
+    def tell_trial(state: str, value: float | None = None) -> None:
+        if state == "complete":
+            tell(study, trial, value, log=log)
+        elif state == "interrupted":
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            tell(study, trial, state=states[state], log=log)
+    return tell_trial
+
+
 def point_trials(cfg: Config, storage_url: str) -> dict[str, list[dict]] | None:
     """For `harness status`: every trial of the grid's study as plain data, by point key (oldest
     first); None when the storage or the study does not exist yet. Creates nothing."""

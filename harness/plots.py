@@ -7,12 +7,7 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
-
-def close_all() -> None:
-    plt.close("all")
 
 
 def subplots(*args, figsize, squeeze=True):

@@ -1,10 +1,15 @@
-"""The record of one trained run, defined once: how a RunResult is judged, and the tags its MLflow
-run carries. A sweep's point, a tune trial and the tests' logged runs all write through here, and
-the report reads these names back (harness/report.py: `tags.<name>`)."""
+"""The record of one trained run, defined once: how a RunResult is judged, the tags its MLflow run
+carries, and its lifecycle (start, judge, end, tell: TrackedRun). A sweep's point, a tune trial and
+the tests' logged runs all write through here, and the report reads these names back
+(harness/report/tables.py: `tags.<name>`)."""
 from __future__ import annotations
 
+import contextlib
 import json
+from typing import Callable
 
+from harness.errors import interrupted_reason
+from harness.tracking import first_line
 from harness.verdict import judge
 
 
@@ -44,3 +49,77 @@ def check_tags(flags: list[str], predicted: str, details: dict, validation: dict
 def failure_tags(reason: str, verdict: str) -> dict:
     """A run that ended without a result: `verdict` is "crashed" or "interrupted"."""
     return {"failure": reason, "verdict": verdict}
+
+
+def pruned_tags(reason: str) -> dict:
+    """A tune trial stopped by the pruner: a finished run whose verdict is "pruned"."""
+    return {"tune.state": "pruned", "verdict": "pruned", "tune.pruned": reason}
+
+
+class TrackedRun:
+    """One run's lifecycle, the same for a sweep's point and a tune trial: start its MLflow run, judge
+    the result and write its tags, end the run, and tell its Optuna trial once.
+
+    `tracker`: the sweep's harness.tracking.Tracker. `tell(state, value=None)`: finishes the trial,
+    state "complete" (with its value), "fail", "pruned" or "interrupted" (harness/grid.py: teller).
+    `note(key, value)`: a user attribute of the trial. `label`: how log lines name the run.
+    `state_tag`: a tag that also records how the run ended ("tune.state" for tune trials).
+
+    Inside `started(...)` the caller trains; a KeyboardInterrupt ends the run KILLED and is raised
+    again; an exception ends it FAILED (a crash is data: it is not raised, and `ended` says
+    "crashed"); one of `pruned` ends it FINISHED as pruned."""
+
+    def __init__(self, tracker, tell: Callable[..., None], note: Callable[[str, object], None],
+                 log: Callable[[str], None], label: str, state_tag: str | None = None):
+        self.tracker, self.tell, self.note, self.log = tracker, tell, note, log
+        self.label, self.state_tag = label, state_tag
+        self.run_id: str | None = None
+        self.ended = ""            # "finished", "pruned" or "crashed" once known
+        self.reason = ""           # why it crashed or was pruned
+
+    def state(self, name: str) -> dict:
+        return {self.state_tag: name} if self.state_tag else {}
+
+    @contextlib.contextmanager
+    def started(self, variant: str, seed: int, params: dict, tags: dict, pruned: tuple = ()):
+        self.run_id = self.tracker.start_point(variant, seed, params, tags)
+        try:                             # from the run's start: a Ctrl-C anywhere after it marks it KILLED
+            self.note("mlflow_run_id", self.run_id)
+            yield self
+        except pruned as e:
+            self.ended, self.reason = "pruned", str(e)
+            self.tracker.set_tags(self.run_id, pruned_tags(self.reason))
+            self.tracker.end_point(self.run_id, "FINISHED")
+            self.tell("pruned")
+            self.log(f"{self.label} pruned: {e}")
+        except KeyboardInterrupt:
+            self.tracker.set_tags(self.run_id, failure_tags(interrupted_reason(), "interrupted"))
+            self.tracker.end_point(self.run_id, "KILLED")
+            self.tell("interrupted")
+            raise
+        except Exception as e:  # noqa: BLE001 - a crashed run is data; the sweep or tuning goes on
+            self.ended, self.reason = "crashed", f"{type(e).__name__}: {first_line(e)}"
+            self.tracker.set_tags(self.run_id, {**failure_tags(self.reason, "crashed"), **self.state("crashed")})
+            self.tracker.end_point(self.run_id, "FAILED")
+            self.note("error", self.reason)
+            self.tell("fail")
+            self.log(f"{self.label} crashed: {self.reason}")
+
+    def judge(self, result, rules: dict) -> dict:
+        """The result's verdict under `rules`, written to the run as its tags."""
+        judged = judge_result(result, rules)
+        self.tracker.set_tags(self.run_id, {**result_tags(result, judged), **self.state("complete")})
+        return judged
+
+    def end(self) -> None:
+        """The run trained and was judged: FINISHED (the trial is told after, by `complete` or `fail`)."""
+        self.ended = "finished"
+        self.tracker.end_point(self.run_id, "FINISHED")
+
+    def complete(self, value: float) -> None:
+        self.tell("complete", value)
+
+    def fail(self, reason: str) -> None:
+        """A finished run with no honest score (diverged): its trial failed, with the reason."""
+        self.note("error", reason)
+        self.tell("fail")

@@ -16,10 +16,9 @@ from typing import Callable
 
 from harness import grid
 from harness.config import Config, Variant
-from harness.errors import interrupted_reason
 from harness.points import grid_points
 from harness.progress import Progress
-from harness.runs import check_tags, failure_tags, judge_result, result_tags
+from harness.runs import TrackedRun, check_tags
 from harness.tracking import Tracker, default_tracking_uri, first_line
 
 
@@ -142,13 +141,11 @@ def with_progress_cleared(log: Callable[[str], None], progress: Progress) -> Cal
 
 def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, check_tags: dict,
               progress: Progress | None = None, figures=None, save_models: bool = False) -> PointOutcome:
-    import optuna
     from harness import plots
     from harness.train import train_variant
 
-    run_id = tracker.start_point(variant.name, seed, run_params(cfg, variant, seed, dataset.fingerprint),
-                                 tags={"optuna.trial": str(trial.number), "optuna.study": study.study_name,
-                                       **check_tags})
+    label = f"[{variant.name} seed={seed}]"
+    run = TrackedRun(tracker, grid.teller(study, trial, log), trial.set_user_attr, log, label)
     progress = progress or Progress(total=1, done=0)
     last_epoch_end = [time.perf_counter()]
 
@@ -156,22 +153,22 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         now = time.perf_counter()        # wall time per epoch, validation included (bench extrapolates it)
         metrics = {**metrics, "epoch_seconds": now - last_epoch_end[0]}
         last_epoch_end[0] = now
-        tracker.log_epoch(run_id, epoch, metrics)
+        tracker.log_epoch(run.run_id, epoch, metrics)
         progress.epoch(epoch, metrics.get("loss"))
 
     started = time.perf_counter()
-    try:                                 # from the run's start: a Ctrl-C anywhere after it marks it KILLED
-        trial.set_user_attr("mlflow_run_id", run_id)
-        log(f"[{variant.name} seed={seed}] training ({cfg['train']['epochs']} epochs)")
+    with run.started(variant.name, seed, run_params(cfg, variant, seed, dataset.fingerprint),
+                     tags={"optuna.trial": str(trial.number), "optuna.study": study.study_name, **check_tags}):
+        run_id = run.run_id
+        log(f"{label} training ({cfg['train']['epochs']} epochs)")
         progress.start_point(variant.name, seed, cfg["train"]["epochs"])
         last_epoch_end[0] = time.perf_counter()
         result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch, on_batch=progress.batch, log=log)
-        judged = judge_result(result, cfg["verdict"])
-        tracker.set_tags(run_id, result_tags(result, judged))
+        judged = run.judge(result, cfg["verdict"])
         tracker.log_params(run_id, {"device": result.device})
         if save_models:
             tracker.log_model(run_id, result.model)
-        tracker.end_point(run_id, "FINISHED")
+        run.end()
 
         def draw_figures():
             try:
@@ -186,26 +183,14 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         trial.set_user_attr("verdict", judged["verdict"])          # for `harness status`, without MLflow
         progress.end_point()
         value = judged["final_miou"]
-        grid.tell(study, trial, value if math.isfinite(value) else 0.0, log=log)
+        run.complete(value if math.isfinite(value) else 0.0)
         where = f" at epoch {result.diverged_at[0]} batch {result.diverged_at[1]}" if result.diverged_at else ""
-        log(f"[{variant.name} seed={seed}] {judged['verdict']}{where}: min loss {judged['min_loss']:.4g} "
+        log(f"{label} {judged['verdict']}{where}: min loss {judged['min_loss']:.4g} "
             f"(floor {round(result.loss_floor, 4):.4g}), val_miou {value:.3f} (trivial {result.trivial_miou:.3f}), "
             f"{result.seconds:.0f}s on {result.device}")
         return PointOutcome(variant.name, seed, judged["verdict"], time.perf_counter() - started)
-    except KeyboardInterrupt:
-        tracker.set_tags(run_id, failure_tags(interrupted_reason(), "interrupted"))
-        tracker.end_point(run_id, "KILLED")
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        raise
-    except Exception as e:  # noqa: BLE001 - a crashed point is data; the sweep goes on
-        reason = f"{type(e).__name__}: {first_line(e)}"
-        tracker.set_tags(run_id, failure_tags(reason, "crashed"))
-        tracker.end_point(run_id, "FAILED")
-        progress.end_point()
-        trial.set_user_attr("error", reason)
-        grid.tell(study, trial, state=optuna.trial.TrialState.FAIL, log=log)
-        log(f"[{variant.name} seed={seed}] crashed: {reason}")
-        return PointOutcome(variant.name, seed, "crashed", time.perf_counter() - started)
+    progress.end_point()                 # here only when it crashed (run.ended): the sweep goes on
+    return PointOutcome(variant.name, seed, "crashed", time.perf_counter() - started)
 
 
 def fail_orphaned_runs(study, tracker: Tracker) -> int:

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 from harness.config import Config, Variant
-from harness.errors import ConfigError, interrupted_reason
-from harness.grid import Heartbeat, default_storage, fail_stale_trials, open_study, tell
+from harness.errors import ConfigError
+from harness.grid import Heartbeat, default_storage, fail_stale_trials, open_study, teller
+from harness.runs import TrackedRun
 from harness.sweep import run_params
-from harness.tracking import Tracker, default_tracking_uri, first_line
+from harness.tracking import Tracker, default_tracking_uri
 
 TUNE_KIND = "tune"                 # harness.kind of each trial's run (the parent is "tune-study")
 
@@ -127,27 +128,21 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
     import optuna
     from harness import plots
     from harness.train import train_variant
-    from harness.runs import failure_tags, judge_result, result_tags
 
     trial = study.ask()
     params = suggest(trial, cfg["tune"]["ranges"], cfg)
     trial_cfg = cfg.with_overrides(params)
     seed = cfg["tune"]["seed"]
-    run_id = tracker.start_point(
-        variant.name, seed, {**run_params(trial_cfg, variant, seed, dataset.fingerprint),
-                             **{f"tuned.{k}": v for k, v in params.items()}},
-        tags={"harness.kind": TUNE_KIND, "optuna.trial": str(trial.number), "optuna.study": study.study_name,
-              "tune.base_study": cfg.study_name})
-    trial.set_user_attr("mlflow_run_id", run_id)
+    label = f"[tune {variant.name} #{trial.number}]"
+    run = TrackedRun(tracker, teller(study, trial, log), trial.set_user_attr, log, label, state_tag="tune.state")
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-    log(f"[tune {variant.name} #{trial.number}] {shown}")
     started = time.perf_counter()
 
     seen: list[float] = []
     window = cfg["verdict"]["window"]
 
     def on_epoch(epoch: int, metrics: dict) -> None:
-        tracker.log_epoch(run_id, epoch, metrics)
+        tracker.log_epoch(run.run_id, epoch, metrics)
         value = metrics.get("val_miou")
         seen.append(value if value is not None and math.isfinite(value) else 0.0)
         # The pruner sees what the verdict judges: the mean over the last `window` epochs (a single
@@ -158,43 +153,27 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
             raise optuna.TrialPruned(f"val_miou {smoothed:.3f} (mean of the last {window} epochs) at epoch "
                                      f"{epoch} trails the median of finished trials")
 
-    try:
+    with run.started(variant.name, seed, {**run_params(trial_cfg, variant, seed, dataset.fingerprint),
+                                          **{f"tuned.{k}": v for k, v in params.items()}},
+                     tags={"harness.kind": TUNE_KIND, "optuna.trial": str(trial.number),
+                           "optuna.study": study.study_name, "tune.base_study": cfg.study_name},
+                     pruned=optuna.TrialPruned):
+        log(f"{label} {shown}")
         with Heartbeat(trial):
             result = train_variant(trial_cfg, variant, seed, dataset, on_epoch=on_epoch)
-        judged = judge_result(result, trial_cfg["verdict"])
+        judged = run.judge(result, trial_cfg["verdict"])
         value = judged["final_miou"] if math.isfinite(judged["final_miou"]) else 0.0
-        tracker.set_tags(run_id, {**result_tags(result, judged), "tune.state": "complete"})
-        tracker.log_figure(run_id, plots.loss_curve(result.history, result.loss_floor,
-                                                    f"{variant.name} #{trial.number}"), "loss_curve.png")
-        plots.close_all()
-        tracker.end_point(run_id, "FINISHED")
+        tracker.log_figure(run.run_id, plots.loss_curve(result.history, result.loss_floor,
+                                                        f"{variant.name} #{trial.number}"), "loss_curve.png")
+        run.end()
         if judged["diverged"]:
             # A diverged trial has no honest score: failed in Optuna, so it is never the study's
             # best trial; it still counts towards --trials (its error says why).
-            trial.set_user_attr("error", judged["score_note"])
-            tell(study, trial, state=optuna.trial.TrialState.FAIL, log=log)
+            run.fail(judged["score_note"])
         else:
-            tell(study, trial, value, log=log)
-        log(f"[tune {variant.name} #{trial.number}] {judged['verdict']}: val_miou {value:.3f} "
+            run.complete(value)
+        log(f"{label} {judged['verdict']}: val_miou {value:.3f} "
             f"(min loss {judged['min_loss']:.4g}, floor {round(result.loss_floor, 4):.4g}), "
             f"{time.perf_counter() - started:.0f}s")
         return TuneOutcome(trial.number, "complete", value, params)
-    except optuna.TrialPruned as e:
-        tracker.set_tags(run_id, {"tune.state": "pruned", "verdict": "pruned", "tune.pruned": str(e)})
-        tracker.end_point(run_id, "FINISHED")
-        tell(study, trial, state=optuna.trial.TrialState.PRUNED, log=log)
-        log(f"[tune {variant.name} #{trial.number}] pruned: {e}")
-        return TuneOutcome(trial.number, "pruned", math.nan, params)
-    except KeyboardInterrupt:
-        tracker.set_tags(run_id, failure_tags(interrupted_reason(), "interrupted"))
-        tracker.end_point(run_id, "KILLED")
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        raise
-    except Exception as e:  # noqa: BLE001 - a crashed trial is data; tuning goes on
-        reason = f"{type(e).__name__}: {first_line(e)}"
-        tracker.set_tags(run_id, {**failure_tags(reason, "crashed"), "tune.state": "crashed"})
-        tracker.end_point(run_id, "FAILED")
-        trial.set_user_attr("error", reason)
-        tell(study, trial, state=optuna.trial.TrialState.FAIL, log=log)
-        log(f"[tune {variant.name} #{trial.number}] crashed: {reason}")
-        return TuneOutcome(trial.number, "crashed", math.nan, params)
+    return TuneOutcome(trial.number, run.ended, math.nan, params)       # pruned or crashed

@@ -61,4 +61,3 @@ def log_figures(tracker: Tracker, run: str, variant: str, history: dict) -> None
     samples = {"images": image, "truth": truth, "prediction": truth * 0.8, "threshold": 0.5}
     tracker.log_figure(run, plots.loss_curve(history, 0.0, variant), "loss_curve.png")
     tracker.log_figure(run, plots.prediction_samples(samples, variant), "predictions.png")
-    plots.close_all()

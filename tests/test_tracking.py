@@ -54,7 +54,7 @@ def test_a_resumed_sweep_adds_its_command_once(tmp_path, cfg):
 def test_report_names_its_sweep_and_is_attached_to_the_parent_run(tmp_path, cfg):
     from harness.report import write_report
     tracker = log_sweep(tmp_path, cfg, {"seed": STUCK, "image_only": PLATEAU})
-    md = write_report(cfg, tmp_path, tracker.uri, "harness report tiny").read_text()
+    md = write_report(cfg, tmp_path, tracker.uri, "harness report tiny").path.read_text()
     section = md[md.index("## Reproduce"):]
     assert f"```\n{COMMAND}\n```" in section
     assert "python 3.11" in section and "device CPU" in section and "harness commit " in section
@@ -66,7 +66,7 @@ def test_report_names_its_sweep_and_is_attached_to_the_parent_run(tmp_path, cfg)
 def test_an_empty_study_gives_a_report_that_says_so(tmp_path, cfg):
     from harness.report import write_report
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", cfg.name, tmp_path)
-    md = write_report(cfg, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "harness report").read_text()
+    md = write_report(cfg, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "harness report").path.read_text()
     assert "No finished grid runs yet" in md and cfg.study_name in md
     assert "<p>No finished grid runs yet" in (tmp_path / "tiny" / "report.html").read_text()
 
@@ -77,7 +77,7 @@ def test_compare_gives_the_reports_pipelines_table(tmp_path, cfg):
     legacy = cfg.with_overrides({"pipeline": "imagedatagenerator"})
     log_sweep(tmp_path, legacy, {"seed": STUCK, "image_only": STUCK},
               command=COMMAND + " --set pipeline=imagedatagenerator")
-    md = write_report(cfg, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "harness report").read_text()
+    md = write_report(cfg, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", "harness report").path.read_text()
     section = md[md.index("## Pipelines compared"):].split("\n\n")[2]
     text, table = compare_studies(cfg, cfg.study_name, legacy, legacy.study_name, f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert section in text
