@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from harness.backend import import_tensorflow_quietly
-from harness.errors import (EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_DONE, EXIT_INTERNAL, EXIT_INTERRUPTED, HarnessError,
-                            interrupt_handlers)
+from harness.errors import (EXIT_CRASHED, EXIT_DONE, EXIT_INTERNAL, EXIT_INTERRUPTED, HarnessError,
+                            exit_code_of, interrupt_handlers)
 from harness.workers import resolve_n_jobs, run_workers, workers_exit
 
 DEFAULT_EXPERIMENT = "whitening"
@@ -66,8 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="log MLflow's system metrics (CPU, memory, disk, network, GPU) for each point's run")
     sweep.add_argument("--save-models", action="store_true",
                        help="keep each point's trained model as a model.keras artifact of its run")
-    sweep.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)   # set for --n-jobs workers
-    sweep.add_argument("--sweep-id", help=argparse.SUPPRESS)   # the --n-jobs parent's, shared by its workers
     status = sub.add_parser("status", allow_abbrev=False, help="every point of the grid with its state, and the study (no training)")
     add_experiment_args(status)
     status.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<results>/optuna.db)")
@@ -141,7 +139,7 @@ def check_writable(results: Path) -> None:
         raise HarnessError(f"results folder {results} cannot be written: {e.strerror}") from None
 
 
-def cmd_sweep(args, argv: list[str], command: str) -> int:
+def cmd_sweep(args, command: str) -> int:
     from harness.sweep import run_sweep
     from harness.report import write_report
     from harness.tracking import default_tracking_uri
@@ -154,7 +152,7 @@ def cmd_sweep(args, argv: list[str], command: str) -> int:
         import uuid
         from harness.sweep import workers_parent_run
         with workers_parent_run(cfg, args.results, args.storage, args.tracking_uri, command) as parent:
-            codes = run_workers(argv, args.n_jobs, sweep_id=uuid.uuid4().hex[:12])
+            codes = run_workers(worker_spec(args, command), args.n_jobs, sweep_id=uuid.uuid4().hex[:12])
             failed = workers_exit(codes)
             parent["failed"] = failed == EXIT_INTERNAL
             parent["interrupted"] = failed == EXIT_INTERRUPTED
@@ -164,16 +162,22 @@ def cmd_sweep(args, argv: list[str], command: str) -> int:
     else:
         import_tensorflow_quietly()
         outcomes = run_sweep(cfg, args.results, args.storage, args.tracking_uri, command=command,
-                             sweep_id=args.sweep_id, system_metrics=args.system_metrics,
-                             save_models=args.save_models)
+                             system_metrics=args.system_metrics, save_models=args.save_models)
         crashed = any(o.verdict == "crashed" for o in outcomes)
     done = EXIT_CRASHED if (args.strict and crashed) else EXIT_DONE
-    if args.no_report:
-        return done
     report, summary = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
     print(f"report: {report}")
     print_summary(summary)
     return done
+
+
+def worker_spec(args, command: str) -> dict:
+    """What an --n-jobs worker is told, as plain data (harness/workers.py): the same experiment and
+    options as its parent, and the parent's command for the record."""
+    return {"experiment": str(find_experiment(args.experiment).resolve()), "overrides": list(args.overrides),
+            "results": str(args.results), "storage": args.storage, "tracking_uri": args.tracking_uri,
+            "system_metrics": args.system_metrics, "save_models": args.save_models, "strict": args.strict,
+            "command": command}
 
 
 def print_summary(summary) -> None:
@@ -342,55 +346,44 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(argv: list[str]) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except UsageError as e:
-        print(f"harness: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return exit_code_of(lambda: dispatch(build_parser().parse_args(argv), argv))
+
+
+def dispatch(args, argv: list[str]) -> int:
+    """Hand the parsed command line to its command; returns the exit code."""
     command = backend_prefix() + "harness " + shlex.join(argv)
+    if args.command == "sweep":
+        return cmd_sweep(args, command)
     if args.command == "bench":
-        import_tensorflow_quietly()
-    try:
-        if args.command == "sweep":
-            return cmd_sweep(args, argv, command)
-        if args.command == "bench":
-            check_writable(args.results)
-            if args.gpu_check:
-                from harness.gpu_check import run_gpu_check      # Keras alone: no TensorFlow, Optuna, MLflow
-                run_gpu_check(args.results, command, overrides=args.overrides,
-                              experiment=find_experiment(args.experiment) if args.experiment else None)
-                print(f"wrote {args.results / 'bench' / 'gpu-check.json'} and gpu-check.md")
-                return 0
-            from harness.bench import figure_lines, run_bench
-            out = run_bench(find_experiment(args.experiment), args.results, args.quick, command,
-                            overrides=args.overrides)
-            print("\n".join(figure_lines(out)))
-            print(f"wrote {args.results / 'bench' / 'bench.json'} and bench.md")
-            return 0
-        if args.command == "tune":
-            return cmd_tune(args, command)
-        if args.command == "check":
-            return cmd_check(args)
-        if args.command == "report":
-            return cmd_report(args, command)
-        if args.command == "ui":
-            return cmd_ui(args)
-        if args.command == "status":
-            return cmd_status(args)
-        if args.command == "compare":
-            return cmd_compare(args)
-    except HarnessError as e:
-        print(f"harness: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("harness: interrupted; finished runs are kept, rerun the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line, finished runs are kept
-        if os.environ.get("HARNESS_DEBUG"):
-            raise
-        print(f"harness: internal error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-              " (finished runs are kept; HARNESS_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return EXIT_INTERNAL
+        return cmd_bench(args, command)
+    if args.command == "tune":
+        return cmd_tune(args, command)
+    if args.command == "check":
+        return cmd_check(args)
+    if args.command == "report":
+        return cmd_report(args, command)
+    if args.command == "ui":
+        return cmd_ui(args)
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "compare":
+        return cmd_compare(args)
+    raise UsageError(f"unknown command {args.command!r}")
+
+
+def cmd_bench(args, command: str) -> int:
+    import_tensorflow_quietly()
+    check_writable(args.results)
+    if args.gpu_check:
+        from harness.gpu_check import run_gpu_check      # Keras alone: no TensorFlow, Optuna, MLflow
+        run_gpu_check(args.results, command, overrides=args.overrides,
+                      experiment=find_experiment(args.experiment) if args.experiment else None)
+        print(f"wrote {args.results / 'bench' / 'gpu-check.json'} and gpu-check.md")
+        return EXIT_DONE
+    from harness.bench import figure_lines, run_bench
+    out = run_bench(find_experiment(args.experiment), args.results, args.quick, command, overrides=args.overrides)
+    print("\n".join(figure_lines(out)))
+    print(f"wrote {args.results / 'bench' / 'bench.json'} and bench.md")
     return EXIT_DONE
 
 

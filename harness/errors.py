@@ -3,6 +3,7 @@ the interrupt request that Ctrl-C sets."""
 import contextlib
 import os
 import signal
+import sys
 import threading
 
 # Exit codes (README, "Exit codes"): a script or CI job tells these apart.
@@ -75,17 +76,38 @@ def on_sigint(signum, frame):
 
 
 @contextlib.contextmanager
-def interrupt_handlers():
+def interrupt_handlers(worker: bool = False):
     """Ctrl-C and SIGTERM go to on_sigint while a command runs; the previous handlers come back after
     (tests run commands in-process). An --n-jobs worker leaves the terminal's Ctrl-C to its parent,
     which passes it on as SIGTERM (stop_workers). SIGTERM (a scheduler's pre-emption, `docker stop`,
     `timeout`) is a Ctrl-C."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     INTERRUPTED.clear()
-    signal.signal(signal.SIGINT, signal.SIG_IGN if os.environ.get("HARNESS_WORKER") else on_sigint)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if worker else on_sigint)
     signal.signal(signal.SIGTERM, on_sigint)
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def exit_code_of(command) -> int:
+    """Run a command (a function returning its exit code): a known error becomes one line on stderr
+    and its exit code, an interrupt 130, anything else an internal error, 3 (HARNESS_DEBUG=1 raises
+    it instead, with its traceback). Finished runs are never lost on the way out."""
+    try:
+        return command()
+    except HarnessError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("harness: interrupted; finished runs are kept, rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line, finished runs are kept
+        if os.environ.get("HARNESS_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"harness: internal error: {type(e).__name__}: {first}"
+              " (finished runs are kept; HARNESS_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import platform
 import subprocess
 import time
@@ -33,7 +32,7 @@ class PointOutcome:
 def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_uri: str | None = None,
               command: str = "", log: Callable[[str], None] = print, run_check: bool = True,
               dataset=None, sweep_id: str | None = None, system_metrics: bool = False,
-              save_models: bool = False) -> list[PointOutcome]:
+              save_models: bool = False, worker: int | None = None) -> list[PointOutcome]:
     """Train every (variant, seed) point not finished yet; return what this call trained. Workers
     of one `--n-jobs` sweep share its `sweep_id`: a point that crashed is tried once in it.
     `system_metrics`: MLflow's system metrics for each point's run; `save_models`: each point's
@@ -64,7 +63,7 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
         f"{len(missing)} to train" + (f" ({stale_runs} interrupted run(s) marked FAILED)" if stale_runs else ""))
     log(f"data: {dataset.description}, fingerprint {dataset.fingerprint}; split {dataset.split}")
     progress = Progress(total=len(points), done=len(points) - len(missing))
-    log = with_progress_cleared(log, progress)
+    log = with_progress_cleared(log, progress, f"[worker {worker}] " if worker else "")
     checks = {}
     rows = check_experiment(cfg, dataset) if run_check else []
     if rows:
@@ -74,10 +73,11 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     for row in rows:
         checks[row.variant] = check_tags(row.flags, predicted_verdict(row.flags), row.details, row.validation)
         log(f"check {row.variant}: predicted {predicted_verdict(row.flags)}; flags: {', '.join(row.flags) or 'none'}")
-    open_parent_run(study, tracker, cfg, storage, command)
+    # A --n-jobs worker reopens its parent's run, whose command its parent recorded.
+    open_parent_run(study, tracker, cfg, storage, command, record_command=worker is None)
     tracker.use_dataset(cfg["data"], dataset.fingerprint, dataset.description)
     # A --n-jobs worker leaves the parent run to the process that started the workers.
-    owns_parent = not os.environ.get("HARNESS_WORKER")
+    owns_parent = worker is None
     outcomes, status = [], "KILLED"      # stays KILLED unless the loop ends normally
     figures = ThreadPoolExecutor(max_workers=1, thread_name_prefix="figures")
     try:
@@ -102,11 +102,12 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
     return outcomes
 
 
-def open_parent_run(study, tracker: Tracker, cfg: Config, storage: str, command: str) -> str:
+def open_parent_run(study, tracker: Tracker, cfg: Config, storage: str, command: str,
+                    record_command: bool = True) -> str:
     """The sweep's MLflow parent run: one per study, reopened on resume."""
     parent = tracker.start_sweep(study.user_attrs.get("mlflow_parent_run_id"),
                                  params={"study": study.study_name, "storage": storage, "command": command},
-                                 tags={"harness.experiment": cfg.name})
+                                 tags={"harness.experiment": cfg.name}, record_command=record_command)
     study.set_user_attr("mlflow_parent_run_id", parent)
     tracker.log_config(parent, cfg.raw)
     return parent
@@ -129,9 +130,8 @@ def workers_parent_run(cfg: Config, results: Path, storage: str | None, tracking
         tracker.end_sweep(status)
 
 
-def with_progress_cleared(log: Callable[[str], None], progress: Progress) -> Callable[[str], None]:
+def with_progress_cleared(log: Callable[[str], None], progress: Progress, prefix: str = "") -> Callable[[str], None]:
     """Log lines wipe the live progress line first, so the two never share a terminal line."""
-    prefix = f"[worker {os.environ['HARNESS_WORKER']}] " if os.environ.get("HARNESS_WORKER") else ""
 
     def logged(message: str) -> None:
         progress.clear()

@@ -79,15 +79,17 @@ class Tracker:
         except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
             raise StorageError(f"MLflow tracking store {self.uri} is not usable: {first_line(e)}") from None
 
-    def start_sweep(self, run_id: str | None, params: dict, tags: dict) -> str:
-        """Open the sweep's parent run, or reopen it when resuming (one parent run per study)."""
+    def start_sweep(self, run_id: str | None, params: dict, tags: dict, record_command: bool = True) -> str:
+        """Open the sweep's parent run, or reopen it when resuming (one parent run per study).
+        `record_command`: False for an --n-jobs worker, whose parent recorded the command."""
         command = params.get("command", "")
         self.source = source_tags(source_name(command))
         if run_id is not None:
             try:
                 self.client.update_run(run_id, status="RUNNING")
                 self.parent_id = run_id
-                self.add_command(run_id, command)
+                if record_command:
+                    self.add_command(run_id, command)
                 return run_id
             except Exception:  # noqa: BLE001 - deleted or foreign run: start a new parent
                 pass
@@ -95,13 +97,14 @@ class Tracker:
                                      tags={KIND_TAG: "sweep", **self.source, **tags})
         self.parent_id = run.info.run_id
         self.log_params(self.parent_id, params)
-        self.add_command(self.parent_id, command)
+        if record_command:
+            self.add_command(self.parent_id, command)
         return self.parent_id
 
     def add_command(self, run_id: str, command: str) -> None:
         """Params cannot change, so a resumed sweep's own command (its --set flags may add seeds or
         variants) is appended to a tag: the report names every command that trained the study."""
-        if not command or "--no-report" in command:       # a --n-jobs worker: its parent's command counts
+        if not command:
             return
         known = self.client.get_run(run_id).data.tags.get(COMMANDS_TAG, "")
         if command not in known.splitlines():

@@ -1,8 +1,11 @@
 """`sweep --n-jobs`: how many workers, each one's GPU and memory share, starting and stopping them,
-and the parent's exit code from theirs. Each worker is a `harness sweep` process on the same study
-(harness/sweep.py), claiming points until none is left."""
+and the parent's exit code from theirs. Each worker is a process of its own, `python -m harness.workers
+SPEC` (its entry point is `main` below, told what to run as plain JSON), running the sweep loop
+(harness/sweep.py) on the parent's study and claiming points until none is left; the parent owns the
+MLflow parent run and writes the report."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -10,7 +13,7 @@ from pathlib import Path
 
 from harness.backend import gpu_count, gpu_memory_mib
 from harness.errors import (EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_DONE, EXIT_INTERNAL, EXIT_INTERRUPTED,
-                            HarnessError)
+                            HarnessError, exit_code_of, interrupt_handlers)
 
 
 def workers_exit(codes: list[int]) -> int:
@@ -62,6 +65,8 @@ def worker_env(i: int, n: int, gpus: int, memory_mib: int | None) -> dict:
     """Worker i of n: its GPU (i mod count) and, where several share one, a cap at their share of its
     memory (JAX: XLA_PYTHON_CLIENT_MEM_FRACTION; TensorFlow: a logical device of that many MiB,
     harness/backend.py), so one worker cannot take what the others need."""
+    # HARNESS_WORKER: the worker's number, for a user's code that wants to know (the tests break one
+    # worker on purpose through it); the harness itself is told in the worker's spec.
     env = {"HARNESS_PROGRESS_LIVE": "0", "HARNESS_WORKER": str(i + 1)}
     if not gpus:
         return env
@@ -75,22 +80,19 @@ def worker_env(i: int, n: int, gpus: int, memory_mib: int | None) -> dict:
     return env
 
 
-def run_workers(argv: list[str], n: int, sweep_id: str) -> list[int]:
-    """`harness sweep` in n worker processes on the same study: each claims points until none is
-    left (grid.next_trial), so the points are shared out without a coordinator. With GPUs, worker i
-    sees GPU i mod count (worker_env). Returns exit codes."""
+def run_workers(spec: dict, n: int, sweep_id: str) -> list[int]:
+    """The sweep in n worker processes on the same study: each claims points until none is left
+    (grid.next_trial), so the points are shared out without a coordinator. `spec`: the sweep's
+    settings as plain data (cli.worker_spec). With GPUs, worker i sees GPU i mod count (worker_env).
+    Returns exit codes."""
     import subprocess
-    worker_argv = [a for a in argv if not a.startswith("--n-jobs")]
-    if "--n-jobs" in argv:                      # "--n-jobs N" as two words
-        i = argv.index("--n-jobs")
-        worker_argv = argv[:i] + argv[i + 2:]
     gpus = gpu_count()
     memory = gpu_memory_mib() if gpus and n > gpus else None
     procs = []
     for i in range(n):
         env = dict(os.environ, **worker_env(i, n, gpus, memory))
-        procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", *worker_argv, "--no-report",
-                                       "--sweep-id", sweep_id], env=env))
+        told = json.dumps({**spec, "sweep_id": sweep_id, "worker": i + 1})
+        procs.append(subprocess.Popen([sys.executable, "-m", "harness.workers", told], env=env))
     print(f"harness: {n} workers started" + (f" on {gpus} GPU(s)" if gpus else " on the CPU"), flush=True)
     try:
         return [p.wait() for p in procs]
@@ -114,3 +116,29 @@ def stop_workers(procs) -> None:
             return
         except KeyboardInterrupt:
             continue
+
+
+def run_worker(spec: dict) -> int:
+    """One worker's share of the sweep: no parent run and no report of its own (its parent's)."""
+    from harness.backend import import_tensorflow_quietly
+    from harness.config import load_config
+    from harness.sweep import run_sweep
+    cfg = load_config(spec["experiment"], spec["overrides"])
+    import_tensorflow_quietly()
+    outcomes = run_sweep(cfg, Path(spec["results"]), spec["storage"], spec["tracking_uri"], command=spec["command"],
+                         sweep_id=spec["sweep_id"], worker=spec["worker"], system_metrics=spec["system_metrics"],
+                         save_models=spec["save_models"])
+    crashed = any(o.verdict == "crashed" for o in outcomes)
+    return EXIT_CRASHED if (spec["strict"] and crashed) else EXIT_DONE
+
+
+def main(argv: list[str]) -> int:
+    """The worker's entry point: `python -m harness.workers SPEC`, SPEC the JSON run_workers wrote.
+    It leaves the terminal's Ctrl-C to its parent, which passes it on as SIGTERM (stop_workers)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with interrupt_handlers(worker=True):
+        return exit_code_of(lambda: run_worker(json.loads(argv[0])))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

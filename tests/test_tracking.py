@@ -46,8 +46,11 @@ def test_runs_carry_source_git_dataset_and_config(tmp_path, cfg):
 def test_a_resumed_sweep_adds_its_command_once(tmp_path, cfg):
     tracker = log_sweep(tmp_path, cfg, {"seed": STUCK})
     more = COMMAND + " --set train.seeds=[1,2]"
-    for command in (more, more, "harness sweep tiny --no-report"):       # the last: a --n-jobs worker
+    for command in (more, more):
         tracker.start_sweep(tracker.parent_id, params={"command": command}, tags={})
+    # An --n-jobs worker reopens the run with its parent's command, which its parent recorded.
+    tracker.start_sweep(tracker.parent_id, params={"command": "harness sweep tiny --n-jobs 2"}, tags={},
+                        record_command=False)
     assert sweep_commands(tracker.uri, cfg.name, cfg.study_name) == [COMMAND, more]
 
 
