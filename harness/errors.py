@@ -89,3 +89,9 @@ def interrupt_handlers():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def needs_tensorflow(pipeline: str, backend: str) -> ConfigError:
+    """The refusal of a TensorFlow-only feed under another Keras backend, naming the alternative."""
+    return ConfigError(f'pipeline "{pipeline}" needs KERAS_BACKEND=tensorflow; under {backend} use '
+                       f"--set speed.device_augment=true" + (" --set pipeline=tfdata" if pipeline != "tfdata" else ""))
