@@ -56,7 +56,7 @@ def median_rates(contenders: dict[str, Callable[[], int]], reps: int) -> dict[st
 
 def pipeline_figure(cfg: Config, dataset, reps: int) -> dict:
     from harness.backend import backend_name
-    from harness.feeds import fit_transform
+    from harness.feeds.choose import fit_transform
     aug, bs = cfg["augment"], cfg["train"]["batch_size"]
     transform = fit_transform(dataset, "featurewise", "featurewise", aug, seed=1)
     n = len(dataset.train_images)

@@ -12,7 +12,7 @@ import numpy as np
 
 from harness.config import Config, Variant
 from harness.data import Dataset, load_dataset
-from harness.feeds import choose_feed, validation_arrays
+from harness.feeds.choose import choose_feed, validation_arrays
 from harness import leakage, probe
 from harness.losses import get_head, get_loss
 

@@ -99,7 +99,7 @@ def compiled_fed_model(cfg: Config, dataset, jit_compile: bool | str = "auto"):
     """image_only's setup (sigmoid + BCE, featurewise images, binary masks) behind the device feed,
     compiled: -> (model, its fit input)."""
     import keras
-    from harness.feeds import fit_transform
+    from harness.feeds.choose import fit_transform
     from harness.feeds.device import build_fed_model
     from harness.models import build_model
     transform = fit_transform(dataset, "featurewise", "binary", cfg["augment"], 1)
@@ -133,7 +133,7 @@ def pipeline_rates(cfg: Config, dataset, reps: int) -> dict:
     import keras
     from harness.backend import backend_name
     from harness.bench import device_augment_epoch, median_rates
-    from harness.feeds import fit_transform
+    from harness.feeds.choose import fit_transform
     transform = fit_transform(dataset, "featurewise", "featurewise", cfg["augment"], 1)
     contenders = {"device_augment": device_augment_epoch(cfg, dataset, transform)}
     with keras.device("cpu:0"):

@@ -13,7 +13,7 @@ from harness import metrics, probe
 from harness.config import Config, Variant
 from harness.data import Dataset
 from harness.errors import interrupts_deferred, stop_if_interrupted
-from harness.feeds import choose_feed, validation_arrays
+from harness.feeds.choose import choose_feed, validation_arrays
 from harness.losses import get_head, get_loss
 
 N_SAMPLES = 4  # validation images kept for the prediction-sample figure

@@ -15,7 +15,7 @@ from conftest import ROOT, TINY_VERDICTS, TINY_VERDICTS_ON_EVERY_BACKEND, need_m
 from harness import backend
 from harness.config import DEFAULTS, load_config
 from harness.data import Dataset, make_synthetic
-from harness.feeds import fit_transform, sample_batches as augmented_batches
+from harness.feeds.choose import fit_transform, sample_batches as augmented_batches
 from harness.feeds.device import DeviceFeed, build_fed_model
 from harness.transforms import Stats, Transform
 from harness.errors import ConfigError

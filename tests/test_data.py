@@ -6,7 +6,7 @@ from conftest import need_module
 
 from harness.config import DEFAULTS
 from harness.data import load_dataset, make_synthetic, split_groups
-from harness.feeds import augment_array
+from harness.feeds.choose import augment_array
 from harness.transforms import featurewise_stats, make_augmenter, standardize
 from harness.metrics import confusion_ious, trivial_miou
 from harness.errors import DataError

@@ -7,7 +7,7 @@ from conftest import need_module
 
 from harness.config import DEFAULTS
 from harness.data import Dataset, make_synthetic
-from harness.feeds import fit_transform
+from harness.feeds.choose import fit_transform
 from harness.feeds.imagedatagenerator import legacy_pipeline
 from harness.transforms import featurewise_stats
 from harness.errors import ConfigError
