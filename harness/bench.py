@@ -55,18 +55,19 @@ def median_rates(contenders: dict[str, Callable[[], int]], reps: int) -> dict[st
 
 
 def pipeline_figure(cfg: Config, dataset, reps: int) -> dict:
-    from harness import data as data_lib
     from harness.backend import backend_name
+    from harness.feeds.choose import fit_transform
     aug, bs = cfg["augment"], cfg["train"]["batch_size"]
-    transform = data_lib.fit_transform(dataset, "featurewise", "featurewise", aug, seed=1)
+    transform = fit_transform(dataset, "featurewise", "featurewise", aug, seed=1)
     n = len(dataset.train_images)
     device_epoch = device_augment_epoch(cfg, dataset, transform)
     if backend_name() != "tensorflow":
         # tf.data and the ImageDataGenerator pair need TensorFlow: device augmentation alone.
         rates = median_rates({"device_augment": device_epoch}, reps)
         return {"pipeline_images_per_s": rates, "pipeline_images": n}
-    ours = data_lib.train_pipeline(dataset, transform, aug, bs, seed=1)
-    ours_parallel = data_lib.train_pipeline(dataset, transform, aug, bs, seed=1, parallel=True)
+    from harness.feeds.tfdata import train_pipeline
+    ours = train_pipeline(dataset, transform, aug, bs, seed=1)
+    ours_parallel = train_pipeline(dataset, transform, aug, bs, seed=1, parallel=True)
 
     def harness_epoch() -> int:
         return sum(int(x.shape[0]) for x, _ in ours)
@@ -93,12 +94,12 @@ def pipeline_figure(cfg: Config, dataset, reps: int) -> dict:
 
 
 def device_augment_epoch(cfg: Config, dataset, transform) -> Callable[[], int]:
-    """One epoch of device augmentation alone (harness/augment.py: gather, affine maps, transform), in
+    """One epoch of device augmentation alone (harness/feeds/device.py: gather, affine maps, transform), in
     a compiled function on the training device, as the train step runs it. Each batch returns one
     number per sample (a sum over image and mask), so nothing is left out and little is copied back."""
     import keras
     from keras import ops
-    from harness.augment import DeviceFeed
+    from harness.feeds.device import DeviceFeed
 
     class Augmented(keras.layers.Layer):
         def __init__(self, feed):
@@ -125,7 +126,7 @@ def device_augment_epoch(cfg: Config, dataset, transform) -> Callable[[], int]:
 
 def legacy_pair(dataset, aug, bs):
     """The case's zipped pair for the `seed` variant, fitted as the case fits it."""
-    from harness.data import legacy_generator
+    from harness.feeds.imagedatagenerator import legacy_generator
     rounds = aug["stats_rounds"]
     image_gen, mask_gen = legacy_generator(aug, True), legacy_generator(aug, True)
     image_gen.fit(dataset.train_images, augment=rounds > 0, rounds=max(rounds, 1), seed=1)
@@ -137,7 +138,7 @@ def legacy_pair(dataset, aug, bs):
 def bare_fit_seconds(cfg: Config, dataset, epochs: int, **compile_kw) -> float:
     """The upper bound: the same model on pre-computed in-memory tensors, no augmentation, no callbacks."""
     import keras
-    from harness.data import featurewise_stats, standardize
+    from harness.transforms import featurewise_stats, standardize
     from harness.models import build_model
     from harness.backend import start_clean_session
     start_clean_session(1, cfg["train"]["deterministic"])

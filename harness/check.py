@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from harness import data as data_lib
 from harness.config import Config, Variant
-from harness.data import Dataset
+from harness.data import Dataset, load_dataset
+from harness.feeds.choose import choose_feed, validation_arrays
 from harness import leakage, probe
 from harness.losses import get_head, get_loss
 
@@ -95,17 +95,16 @@ def predicted_verdict(flags: list[str]) -> str:
     return "trains"
 
 
-def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=None, seed: int = 1) -> CheckRow:
+def check_variant(variant: Variant, dataset: Dataset, cfg: Config, seed: int = 1) -> CheckRow:
     head, loss = get_head(variant.head), get_loss(variant.loss, cfg.source_dir)
-    aug, batch = cfg["augment"], cfg["train"]["batch_size"]
-    pipeline = cfg["pipeline"]
-    if transform is None and pipeline == "imagedatagenerator":
-        _, _, transform = data_lib.legacy_pipeline(dataset, variant.images, variant.masks, aug, batch, seed)
-    transform = transform or data_lib.fit_transform(dataset, variant.images, variant.masks, aug, seed)
+    batch = cfg["train"]["batch_size"]
+    # The feed training will use: its statistics, and a few of its augmented batches.
+    feed = choose_feed(cfg, dataset, variant, seed)
+    transform = feed.transform
     check_model(cfg, dataset, head.activation)
 
     # Targets as training sees them: a few augmented batches through the variant's transform.
-    raw_batches = list(data_lib.augmented_batches(dataset, aug, batch, seed, max_batches=8, pipeline=pipeline))
+    raw_batches = list(feed.sample_batches(max_batches=8))
     aug_masks = np.concatenate([m for _, m in raw_batches])
     targets = np.asarray(transform.mask(aug_masks), np.float32)
     t_lo, t_hi = float(targets.min()), float(targets.max())
@@ -154,7 +153,7 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, transform=Non
     if loss.lower_bound is not None and not abs(loss.lower_bound - measured.floor) <= FLOOR_AGREEMENT:
         flag("declared_floor_differs", f"declared {loss.lower_bound:.4g}, measured {measured.floor:.4g}")
 
-    val_x, val_y = data_lib.validation_arrays(dataset, transform, variant.validation)
+    val_x, val_y = validation_arrays(dataset, transform, variant.validation)
     train_x = np.asarray(transform.image(np.concatenate([x for x, _ in raw_batches])), np.float32)
     mismatch = input_mismatch(train_x, val_x) + target_mismatch(targets, val_y)
     if mismatch:
@@ -211,7 +210,7 @@ def fmt_list(a) -> str:
 
 
 def check_experiment(cfg: Config, dataset: Dataset | None = None) -> list[CheckRow]:
-    dataset = dataset or data_lib.load_dataset(cfg["data"])
+    dataset = dataset or load_dataset(cfg["data"])
     validation = validation_leakage(dataset, cfg["leakage"])
     rows = [safe_check(v, dataset, cfg) for v in cfg.variants]
     for row in rows:                # every variant is scored on this validation set

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, needs_tensorflow
 
 # The axes a variant is made of. Each value is looked up in one registry: transforms in data.py,
 # heads and losses in losses.py. Kept here as names so that the config can be checked before
@@ -116,7 +116,7 @@ DEFAULTS: dict[str, Any] = {
         # Augment batches on all cores, each from its own stateless key (affine engine): as
         # reproducible, another random stream. What it gives: `harness bench` (parallel_augment).
         "parallel_augment": False,
-        # Augment on the device, inside the compiled train step (harness/augment.py): the training
+        # Augment on the device, inside the compiled train step (harness/feeds/device.py): the training
         # arrays live on the accelerator and no host pipeline can starve it; the only choice under a
         # Keras backend other than TensorFlow. "auto": on where KERAS_BACKEND is not tensorflow or an
         # accelerator is visible, else off; resolved when the config is validated (the resolved value
@@ -394,8 +394,7 @@ def resolve_device_augment(raw: dict) -> None:
                                    and not speed["parallel_augment"]
                                    and (backend != "tensorflow" or accelerator_visible()))
     if backend != "tensorflow" and not speed["device_augment"]:
-        raise ConfigError(f'pipeline "{pipeline}" needs KERAS_BACKEND=tensorflow; under {backend} use '
-                          f"--set speed.device_augment=true" + (" --set pipeline=tfdata" if pipeline != "tfdata" else ""))
+        raise needs_tensorflow(pipeline, backend)
     if speed["device_augment"]:
         if pipeline != "tfdata":
             raise ConfigError(f'speed.device_augment replaces the tfdata pipeline; pipeline "{pipeline}" '

@@ -111,3 +111,9 @@ def exit_code_of(command) -> int:
         print(f"harness: internal error: {type(e).__name__}: {first}"
               " (finished runs are kept; HARNESS_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def needs_tensorflow(pipeline: str, backend: str) -> ConfigError:
+    """The refusal of a TensorFlow-only feed under another Keras backend, naming the alternative."""
+    return ConfigError(f'pipeline "{pipeline}" needs KERAS_BACKEND=tensorflow; under {backend} use '
+                       f"--set speed.device_augment=true" + (" --set pipeline=tfdata" if pipeline != "tfdata" else ""))

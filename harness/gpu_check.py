@@ -99,8 +99,8 @@ def compiled_fed_model(cfg: Config, dataset, jit_compile: bool | str = "auto"):
     """image_only's setup (sigmoid + BCE, featurewise images, binary masks) behind the device feed,
     compiled: -> (model, its fit input)."""
     import keras
-    from harness.augment import build_fed_model
-    from harness.data import fit_transform
+    from harness.feeds.choose import fit_transform
+    from harness.feeds.device import build_fed_model
     from harness.models import build_model
     transform = fit_transform(dataset, "featurewise", "binary", cfg["augment"], 1)
     inner = build_model(cfg, dataset.train_images.shape[1:], "sigmoid")
@@ -133,7 +133,7 @@ def pipeline_rates(cfg: Config, dataset, reps: int) -> dict:
     import keras
     from harness.backend import backend_name
     from harness.bench import device_augment_epoch, median_rates
-    from harness.data import fit_transform
+    from harness.feeds.choose import fit_transform
     transform = fit_transform(dataset, "featurewise", "featurewise", cfg["augment"], 1)
     contenders = {"device_augment": device_augment_epoch(cfg, dataset, transform)}
     with keras.device("cpu:0"):
@@ -144,7 +144,7 @@ def pipeline_rates(cfg: Config, dataset, reps: int) -> dict:
             return host()
     contenders["host_keras_ops"] = host_epoch
     if backend_name() == "tensorflow":
-        from harness.data import train_pipeline
+        from harness.feeds.tfdata import train_pipeline
         batches = train_pipeline(dataset, transform, cfg["augment"], cfg["train"]["batch_size"], seed=1)
         contenders["host_tfdata"] = lambda: sum(int(x.shape[0]) for x, _ in batches)
     return median_rates(contenders, reps)

@@ -9,11 +9,11 @@ from typing import Callable
 import numpy as np
 
 from harness import backend
-from harness import data as data_lib
 from harness import metrics, probe
 from harness.config import Config, Variant
 from harness.data import Dataset
 from harness.errors import interrupts_deferred, stop_if_interrupted
+from harness.feeds.choose import choose_feed, validation_arrays
 from harness.losses import get_head, get_loss
 
 N_SAMPLES = 4  # validation images kept for the prediction-sample figure
@@ -142,46 +142,29 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
     import keras
     from harness.models import build_model
 
-    train_cfg, aug, speed = cfg["train"], cfg["augment"], cfg["speed"]
+    train_cfg, speed = cfg["train"], cfg["speed"]
     device = backend.select_device()
     deterministic = backend.start_clean_session(seed, deterministic, speed["mixed_precision"])
     head, loss = get_head(variant.head), get_loss(variant.loss, cfg.source_dir)
-    if cfg["pipeline"] == "imagedatagenerator":
-        train_ds, steps, transform = data_lib.legacy_pipeline(dataset, variant.images, variant.masks, aug,
-                                                              train_cfg["batch_size"], seed)
-        feed = "imagedatagenerator"
-    elif speed["device_augment"]:
-        # Statistics from the host augmenter (as the case's fit(augment=True, rounds)); batches
-        # augmented on the device (harness/augment.py), built below with the model.
-        transform = data_lib.fit_transform(dataset, variant.images, variant.masks, aug, seed)
-        train_ds, steps, feed = None, None, "device augment"
-    else:
-        transform = data_lib.fit_transform(dataset, variant.images, variant.masks, aug, seed)
-        train_ds = data_lib.train_pipeline(dataset, transform, aug, train_cfg["batch_size"], seed,
-                                           parallel=speed["parallel_augment"])
-        steps, feed = None, "tfdata"
+    # The statistics pass and, for tf.data and the generator pair, the pipeline: before the model is
+    # built, as the random draws have always come (harness/feeds/).
+    feed = choose_feed(cfg, dataset, variant, seed)
+    transform = feed.transform
     stop_if_interrupted()            # the statistics pass can take a while: a safe point after it
-    val_x, val_y = data_lib.validation_arrays(dataset, transform, variant.validation)
+    val_x, val_y = validation_arrays(dataset, transform, variant.validation)
     eval_inputs = {"val": val_x}
     if variant.validation == "raw":
-        eval_inputs["val_as_train"] = data_lib.validation_arrays(dataset, transform, "like_training")[0]
+        eval_inputs["val_as_train"] = validation_arrays(dataset, transform, "like_training")[0]
 
     # The floor the verdicts compare with and the threshold that scores predictions, measured on
     # this variant's own targets (harness/probe.py, the same numbers as `harness check`).
     measured = probe.measure(loss, head.activation, transform.levels(), head.threshold)
     model = build_model(cfg, dataset.train_images.shape[1:], head.activation)
-    trained = model                      # what fit() trains: the model, or the device feed around it
-    fit_args = {"x": train_ds, "steps_per_epoch": steps, "shuffle": False}  # the tf.data pipeline shuffles
-    if feed == "device augment":
-        from harness.augment import build_fed_model
-        trained, train_x, where = build_fed_model(model, dataset.train_images, dataset.train_masks, transform,
-                                                  aug, seed)
-        fit_args = {"x": train_x, "batch_size": train_cfg["batch_size"], "shuffle": True}
-        if where != "device":
-            feed = "device augment, streamed"
-            if log is not None:
-                log(f"[{variant.name} seed={seed}] note: the training arrays are too large for the device; "
-                    "host batches are streamed to it and augmented there")
+    # What fit() trains: the model, or the device feed around it.
+    trained, fit_args = feed.fit_inputs(model, train_cfg["batch_size"])
+    if feed.name == "device augment, streamed" and log is not None:
+        log(f"[{variant.name} seed={seed}] note: the training arrays are too large for the device; "
+            "host batches are streamed to it and augmented there")
     # JAX runs a train step op by op unless it is jitted: XLA is how JAX runs at all (its CPU
     # results are deterministic either way), so speed.jit_compile only decides for TensorFlow.
     jit = speed["jit_compile"] or backend.backend_name() == "jax"
@@ -212,4 +195,4 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
                      loss_floor=training_floor(measured, loss, dataset, train_cfg["batch_size"]),
                      loss_floor_declared=loss.lower_bound, threshold=measured.threshold,
                      trivial_miou=metrics.trivial_miou(dataset.val_masks), stats=stats, samples=samples,
-                     deterministic=bool(deterministic), feed=feed, model=model)
+                     deterministic=bool(deterministic), feed=feed.name, model=model)

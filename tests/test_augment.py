@@ -1,4 +1,4 @@
-"""Device augmentation (harness/augment.py) on whichever Keras backend runs the tests: masks stay
+"""Device augmentation (harness/feeds/device.py) on whichever Keras backend runs the tests: masks stay
 binary and aligned with their images, the augmented stream has the host path's featurewise statistics,
 and a seed repeats exactly. Also run under KERAS_BACKEND=jax in CI (marker `backend`)."""
 import copy
@@ -13,9 +13,11 @@ import pytest
 
 from conftest import ROOT, TINY_VERDICTS, TINY_VERDICTS_ON_EVERY_BACKEND, need_module
 from harness import backend
-from harness.augment import DeviceFeed, build_fed_model
 from harness.config import DEFAULTS, load_config
-from harness.data import Dataset, Stats, Transform, augmented_batches, fit_transform, make_synthetic
+from harness.data import Dataset, make_synthetic
+from harness.feeds.choose import fit_transform, sample_batches as augmented_batches
+from harness.feeds.device import DeviceFeed, build_fed_model
+from harness.transforms import Stats, Transform
 from harness.errors import ConfigError
 
 backend_test = pytest.mark.backend     # the fast ones; CI runs them again under KERAS_BACKEND=jax

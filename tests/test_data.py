@@ -5,8 +5,9 @@ from PIL import Image
 from conftest import need_module
 
 from harness.config import DEFAULTS
-from harness.data import (augment_array, featurewise_stats, load_dataset, make_augmenter, make_synthetic,
-                          split_groups, standardize)
+from harness.data import load_dataset, make_synthetic, split_groups
+from harness.feeds.choose import augment_array
+from harness.transforms import featurewise_stats, make_augmenter, standardize
 from harness.metrics import confusion_ious, trivial_miou
 from harness.errors import DataError
 
@@ -70,8 +71,10 @@ def test_augmentation_keeps_image_and_mask_aligned(engine):
 def test_parallel_augmentation_is_reproducible_aligned_and_new_each_epoch():
     """speed.parallel_augment: stateless per-batch keys, so the parallel map gives the same batches
     for the same seed, other batches each epoch, and masks still on their images."""
-    from harness.data import Dataset, Transform, train_pipeline
-    from harness.data import featurewise_stats as stats
+    from harness.data import Dataset
+    from harness.feeds.tfdata import train_pipeline
+    from harness.transforms import Transform
+    from harness.transforms import featurewise_stats as stats
     _, m = make_synthetic(48, 32, 0.2, seed=3)
     image = np.repeat(m, 3, axis=-1) * 255.0          # the image *is* the mask
     data = Dataset(train_images=image, train_masks=m, val_images=image[:4], val_masks=m[:4],

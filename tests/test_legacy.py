@@ -6,7 +6,10 @@ import pytest
 from conftest import need_module
 
 from harness.config import DEFAULTS
-from harness.data import Dataset, featurewise_stats, fit_transform, legacy_pipeline, make_synthetic
+from harness.data import Dataset, make_synthetic
+from harness.feeds.choose import fit_transform
+from harness.feeds.imagedatagenerator import legacy_pipeline
+from harness.transforms import featurewise_stats
 from harness.errors import ConfigError
 
 need_module("tf_keras", "pip install '.[legacy]'")

@@ -1,0 +1,131 @@
+"""harness/feeds/: every feed gives the one interface, choose_feed's rules pick it, and the imports of
+the data flow point one way (transforms <- feeds <- train/check/bench, data <- feeds)."""
+import ast
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, need_module
+from harness import backend
+from harness.config import load_config
+from harness.data import load_dataset
+from harness.errors import ConfigError
+from harness.feeds.base import Feed
+from harness.feeds.choose import choose_feed
+from harness.transforms import Transform
+
+TINY = ROOT / "tests" / "data" / "tiny.toml"
+SMALL = ["data.n_images=12", "data.image_size=16", "model.start_depth=4", "train.batch_size=4",
+         "augment.stats_rounds=1", 'variants=["seed"]']
+HARNESS = ROOT / "harness"
+
+
+def setup(*sets):
+    cfg = load_config(TINY, SMALL + list(sets))
+    return cfg, load_dataset(cfg["data"])
+
+
+def check_interface(feed, cfg, dataset):
+    from harness.models import build_model
+    assert isinstance(feed, Feed) and isinstance(feed.transform, Transform)
+    batches = list(feed.sample_batches(max_batches=2))
+    assert len(batches) == 2
+    for images, masks in batches:
+        assert images.shape == (4, 16, 16, 3) and masks.shape == (4, 16, 16, 1)
+    model = build_model(cfg, dataset.train_images.shape[1:], "sigmoid")
+    trained, fit_args = feed.fit_inputs(model, 4)
+    assert "x" in fit_args and hasattr(trained, "fit")
+    return trained, fit_args
+
+
+@pytest.mark.skipif(backend.backend_name() != "tensorflow", reason="tf.data needs TensorFlow")
+def test_tfdata_feed_by_default_on_a_cpu(monkeypatch):
+    monkeypatch.setattr(backend, "accelerator_visible", lambda: False)
+    cfg, dataset = setup()
+    feed = choose_feed(cfg, dataset, cfg.variants[0], 1)
+    assert feed.name == "tfdata"
+    trained, fit_args = check_interface(feed, cfg, dataset)
+    assert fit_args["shuffle"] is False                  # the pipeline shuffles
+
+
+@pytest.mark.skipif(backend.backend_name() != "tensorflow", reason="the generator pair needs TensorFlow")
+def test_imagedatagenerator_feed_for_the_case_pipeline():
+    need_module("tf_keras", "pip install tf-keras")
+    cfg, dataset = setup("pipeline=imagedatagenerator")
+    feed = choose_feed(cfg, dataset, cfg.variants[0], 1)
+    assert feed.name == "imagedatagenerator"
+    _, fit_args = check_interface(feed, cfg, dataset)
+    assert fit_args["steps_per_epoch"] == -(-len(dataset.train_images) // 4)
+
+
+@pytest.mark.backend
+def test_device_feed_resident_or_streamed_by_the_device_data_limit(monkeypatch):
+    cfg, dataset = setup("speed.device_augment=true")
+    feed = choose_feed(cfg, dataset, cfg.variants[0], 1)
+    assert feed.name == "device augment"
+    trained, fit_args = check_interface(feed, cfg, dataset)
+    assert fit_args["shuffle"] is True and fit_args["x"].dtype == np.int32      # indices into the arrays
+    monkeypatch.setenv("HARNESS_DEVICE_DATA_MB", "0")
+    streamed = choose_feed(cfg, dataset, cfg.variants[0], 1)
+    assert streamed.name == "device augment, streamed"
+    _, fit_args = check_interface(streamed, cfg, dataset)
+    assert set(fit_args["x"]) == {"images", "masks"}
+    np.testing.assert_array_equal(streamed.transform.image_stats.mean, feed.transform.image_stats.mean)
+
+
+@pytest.mark.backend
+def test_tensorflow_feeds_are_refused_under_another_backend_in_one_line(monkeypatch):
+    monkeypatch.setattr(backend, "backend_name", lambda: "tensorflow")
+    monkeypatch.setattr(backend, "accelerator_visible", lambda: False)
+    cfg, dataset = setup("speed.device_augment=false")
+    idg, _ = setup("pipeline=imagedatagenerator")
+    monkeypatch.setattr(backend, "backend_name", lambda: "jax")
+    with pytest.raises(ConfigError, match='^pipeline "tfdata" needs KERAS_BACKEND=tensorflow; under jax use '
+                                          "--set speed.device_augment=true$"):
+        choose_feed(cfg, dataset, cfg.variants[0], 1)
+    with pytest.raises(ConfigError, match="--set pipeline=tfdata$"):
+        choose_feed(idg, dataset, idg.variants[0], 1)
+
+
+def imports_of(path) -> set[str]:
+    """Every harness module a file imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("harness")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("harness"):
+            names = {f"{node.module}.{a.name}" for a in node.names}
+            found |= {n for n in names if module_path(n)} or {node.module}
+    return found
+
+
+def module_path(name: str):
+    path = ROOT.joinpath(*name.split("."))
+    return next((p for p in (path.with_suffix(".py"), path / "__init__.py") if p.exists()), None)
+
+
+def test_imports_point_down_the_data_flow():
+    graph = {}
+    for path in [*HARNESS.glob("*.py"), *(HARNESS / "feeds").glob("*.py")]:
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = imports_of(path)
+    assert graph["harness.transforms"] == set()
+    assert graph["harness.data"] <= {"harness.errors", "harness.backend"}
+    feeds = [m for m in graph if m.startswith("harness.feeds")]
+    for m in feeds:
+        assert not graph[m] & {"harness.train", "harness.check", "harness.bench", "harness.config"}, m
+        assert "harness.feeds" not in graph[m], m            # the package's __init__ imports nothing
+
+    def reaches(start, goal):
+        seen, todo = set(), list(graph.get(start, ()))
+        while todo:
+            n = todo.pop()
+            if n == goal:
+                return True
+            if n not in seen:
+                seen.add(n)
+                todo.extend(graph.get(n, ()))
+        return False
+    for m in [*feeds, "harness.transforms", "harness.data", "harness.train", "harness.check"]:
+        assert not reaches(m, m), f"{m} imports itself back"
+    assert not (HARNESS / "augment.py").exists()
