@@ -132,3 +132,88 @@ def test_declared_and_measured_floors_are_cross_checked(setup):
     posted = check_variant(Variant("v", "featurewise", "signed", "tanh", "modified_bce_posted", "like_training"),
                            ds, cfg)
     assert "declared_floor_differs" in posted.flags and posted.threshold == pytest.approx(0.0, abs=1e-6)
+
+
+# The check's plain parts: what a row says, and the measurements behind two of its flags.
+from harness.check import (CheckRow, count_levels, format_rows, input_mismatch, safe_check,  # noqa: E402
+                           target_levels, target_mismatch)
+
+
+def test_flags_predict_a_crash_then_a_failure_then_training():
+    assert predicted_verdict(["loss_floor_not_zero", "check_failed", "loss_unbounded_below"]) == "crashed"
+    assert predicted_verdict(["loss_unbounded_below"]) == "negative_loss_or_diverged"
+    assert predicted_verdict(["masks_not_binary", "loss_not_minimized_at_target"]) == "negative_loss_or_diverged"
+    assert predicted_verdict(["loss_floor_not_zero", "loss_summed", "targets_outside_loss_domain"]) == "trains"
+    assert predicted_verdict([]) == "trains"
+
+
+def row(**changed):
+    base = dict(variant="seed", target_range=(-0.446, 2.43), target_levels={"background": -0.446, "foreground": 2.43},
+                head_range=(0.0, 1.0), loss_domain=(0.0, 1.0), loss_floor=0.0, declared_floor=0.0, threshold=0.5,
+                probed_min=-12.5)
+    return CheckRow(**{**base, **changed})
+
+
+def test_a_row_reads_as_its_measurements_its_flags_and_their_fixes():
+    r = row(flags=["targets_outside_loss_domain"], details={"targets_outside_loss_domain": "targets span [-0.446, 2.43]"})
+    assert format_rows([r, row(variant="image_only", target_range=(0.0, 1.0))]).splitlines() == [
+        "seed: targets [-0.446, 2.43] (background -0.446, foreground 2.43), head [0, 1], loss domain [0, 1], "
+        "floor 0, threshold 0.5 -> predicted: trains",
+        "  targets_outside_loss_domain: training targets leave the range the loss is defined for "
+        "(targets span [-0.446, 2.43])",
+        "    fix: feed binary masks (do not whiten them), or use a loss defined for these targets",
+        "image_only: targets [0, 1] (background -0.446, foreground 2.43), head [0, 1], loss domain [0, 1], "
+        "floor 0, threshold 0.5 -> predicted: trains",
+        "  no flag"]
+    d = r.to_dict()
+    assert d["explanations"] == {"targets_outside_loss_domain": {
+        "why": "training targets leave the range the loss is defined for",
+        "fix": "feed binary masks (do not whiten them), or use a loss defined for these targets",
+        "measured": "targets span [-0.446, 2.43]"}}
+    assert d["variant"] == "seed" and d["probed_min"] == -12.5
+
+
+def test_a_variant_whose_check_raises_is_a_check_failed_row(setup):
+    cfg, ds = setup
+    r = safe_check(Variant("v", "featurewise", "binary", "sigmoid", "no_such_loss", "like_training"), ds, cfg)
+    assert r.variant == "v" and r.flags == ["check_failed"]
+    assert r.details["check_failed"].startswith("ConfigError: unknown loss 'no_such_loss'")
+    assert math.isnan(r.loss_floor) and math.isnan(r.threshold) and r.declared_floor is None
+    assert math.isnan(r.target_levels["background"]) and math.isnan(r.target_levels["foreground"])
+
+
+def test_validation_inputs_must_match_training_within_one_std_and_a_factor_two():
+    rng = np.random.default_rng(0)
+    train = rng.normal(0.0, 1.0, (4, 8, 8, 2)).astype(np.float32)
+    standardized = (train - train.mean(axis=(0, 1, 2))) / train.std(axis=(0, 1, 2))
+    assert input_mismatch(standardized, standardized * 1.9 + 0.9) == []
+    assert input_mismatch(standardized, standardized * 0.55 - 0.9) == []
+    assert input_mismatch(standardized, standardized + 1.1) != []           # mean off by more than one std
+    assert input_mismatch(standardized, standardized - 1.1) != []
+    assert input_mismatch(standardized, standardized * 2.1) != []           # twice as wide
+    assert input_mismatch(standardized, standardized * 0.45) != []          # half as wide
+    shifted = standardized.copy()
+    shifted[..., 1] += 1.5                                                  # one channel off is enough
+    (message,) = input_mismatch(standardized, shifted)
+    assert message.startswith("inputs: training mean [") and "validation mean [" in message
+
+
+def test_validation_targets_must_span_the_training_range_within_five_percent():
+    train = np.array([-0.5, 2.5])                  # span 3: 0.15 either way is allowed
+    assert target_mismatch(train, np.array([-0.64, 2.64])) == []
+    assert target_mismatch(train, np.array([-0.36, 2.36])) == []
+    assert target_mismatch(train, np.array([0.0, 1.0])) == ["targets: training [-0.5, 2.5], validation [0, 1]"]
+    assert target_mismatch(train, np.array([-0.66, 2.5])) != []
+    assert target_mismatch(train, np.array([-0.5, 2.34])) != []
+
+
+def test_mask_levels_are_counted_to_four_decimals():
+    assert count_levels(np.array([0.0, 1.0, 1.00001, 0.0])) == 2
+    assert count_levels(np.array([0.0, 0.5, 1.0, 1.0])) == 3
+
+
+def test_target_levels_are_what_a_background_and_a_foreground_pixel_become():
+    class Whiten:
+        def mask(self, m):
+            return (np.asarray(m, np.float32) - 0.15) / 0.5
+    assert target_levels(Whiten()) == {0: pytest.approx(-0.3), 1: pytest.approx(1.7)}
