@@ -219,10 +219,9 @@ def test_target_levels_are_what_a_background_and_a_foreground_pixel_become():
     assert target_levels(Whiten()) == {0: pytest.approx(-0.3), 1: pytest.approx(1.7)}
 
 
-def test_an_experiment_is_checked_variant_by_variant_on_its_own_data():
+def test_an_experiment_is_checked_on_its_own_data():
     from harness.check import check_experiment
     cfg = load_config(ROOT / "experiments" / "whitening.toml",
                       ["data.n_images=24", "data.image_size=32", "augment.stats_rounds=1", "train.batch_size=8",
-                       'variants=["image_only", "tanh_corrected"]'])
-    rows = check_experiment(cfg)
-    assert [(r.variant, r.flags) for r in rows] == [("image_only", []), ("tanh_corrected", [])]
+                       'variants=["image_only"]'])
+    assert [(r.variant, r.flags) for r in check_experiment(cfg)] == [("image_only", [])]
