@@ -49,3 +49,9 @@ def test_an_empty_prediction_of_an_empty_mask_is_perfect():
     # ... while predicting foreground on an empty mask scores 0 on foreground, 0 on background.
     assert confusion_ious(full, empty) == {"iou": 0.0, "bg_iou": 0.0, "miou": 0.0, "dice": 0.0}
 
+
+
+def test_an_over_segmentation_is_scored_by_its_false_positives():
+    # tp = 1, fp = 1, fn = 0, tn = 1: one wrongly predicted pixel halves both IoUs.
+    s = confusion_ious(np.array([1, 1, 0]), np.array([1, 0, 0]))
+    assert s == {"iou": 0.5, "bg_iou": 0.5, "miou": 0.5, "dice": pytest.approx(2 / 3)}
