@@ -1,5 +1,6 @@
 """harness check: flags from measurement, on crafted losses and data."""
 import math
+import re
 
 import keras
 import numpy as np
@@ -225,3 +226,27 @@ def test_an_experiment_is_checked_on_its_own_data():
                       ["data.n_images=24", "data.image_size=32", "augment.stats_rounds=1", "train.batch_size=8",
                        'variants=["image_only"]'])
     assert [(r.variant, r.flags) for r in check_experiment(cfg)] == [("image_only", [])]
+
+
+def test_the_posted_case_row_states_what_was_measured(setup):
+    # tanh_posted as in the case: whitened masks, the posted formula, raw validation. Every finding
+    # states its numbers, one entry per class where both classes show it.
+    cfg, ds = setup
+    r = check_variant(Variant("tanh_posted", "featurewise", "featurewise", "tanh", "modified_bce_posted", "raw"), ds, cfg)
+    assert r.flags == ["targets_outside_loss_domain", "loss_unbounded_below", "loss_not_minimized_at_target",
+                       "declared_floor_differs", "validation_not_transformed_like_training"]
+    bg, fg = r.target_levels["background"], r.target_levels["foreground"]
+    assert r.target_range == pytest.approx((bg, fg)) and -1 < bg < 0 and fg > 2       # binary masks, whitened
+    assert (r.head_range, r.loss_domain, r.threshold) == ((-1.0, 1.0), (-1.0, 1.0), 0.0)
+    assert r.declared_floor == pytest.approx(-math.log(2)) and r.loss_floor == pytest.approx(0.0, abs=1e-3)
+    assert math.isfinite(r.probed_min) and r.probed_min < -20           # the foreground curve at p = -1
+    number = r"-?[\d.]+(e-?\d+)?"
+    assert re.fullmatch(rf"targets span \[{number}, {number}\], loss domain \[-1, 1\]", r.details["targets_outside_loss_domain"])
+    assert re.fullmatch(rf"class 0 \(target {number}\): {number} -> {number} toward p=1; "
+                        rf"class 1 \(target {number}\): {number} -> {number} toward p=-1", r.details["loss_unbounded_below"])
+    assert re.fullmatch(rf"class 0 \(target {number}\): lowest {number} at p=1, threshold 0; "
+                        rf"class 1 \(target {number}\): lowest {number} at p=-1, threshold 0", r.details["loss_not_minimized_at_target"])
+    assert r.details["declared_floor_differs"] == "declared -0.6931, measured 0"
+    assert re.fullmatch(r"inputs: training mean \[.*\] std \[.*\], validation mean \[.*\] std \[.*\]; "
+                        rf"targets: training \[{number}, {number}\], validation \[0, 1\]",
+                        r.details["validation_not_transformed_like_training"])
