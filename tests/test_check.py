@@ -181,6 +181,19 @@ def test_a_variant_whose_check_raises_is_a_check_failed_row(setup):
     assert r.details["check_failed"].startswith("ConfigError: unknown loss 'no_such_loss'")
     assert math.isnan(r.loss_floor) and math.isnan(r.threshold) and r.declared_floor is None
     assert math.isnan(r.target_levels["background"]) and math.isnan(r.target_levels["foreground"])
+    assert math.isnan(r.probed_min)
+    # ... and it prints like any row: NaN where nothing was measured.
+    assert format_rows([r]).splitlines()[0] == ("v: targets [nan, nan] (background nan, foreground nan), head [nan, nan], "
+                                                "loss domain [nan, nan], floor nan, threshold nan -> predicted: crashed")
+
+
+def test_the_check_measures_the_first_seed_training_data(setup):
+    # Whitened masks: the targets' levels come from augmented statistics, which depend on the seed.
+    cfg, ds = setup
+    variant = Variant("seed", "featurewise", "featurewise", "sigmoid", "bce", "like_training")
+    first = safe_check(variant, ds, cfg.with_overrides({"train.seeds": [3, 1]}))
+    assert first.flags and "check_failed" not in first.flags
+    assert first.target_levels != check_variant(variant, ds, cfg, seed=1).target_levels
 
 
 def test_validation_inputs_must_match_training_within_one_std_and_a_factor_two():
