@@ -218,3 +218,11 @@ def test_failed_seeds_combine_to_the_most_severe_failure_in_any_order():
     assert combine(["crashed", "converged"]) == "unstable"
     assert combine(["learning", "learning", "learning"]) == "learning"
     assert combine(["too_short", "learning", "converged"]) == "too_short"
+
+
+def test_an_odd_window_takes_the_middle_epoch_as_median():
+    # window 5: the last window [0.5, 0.5, 0.75, 1.0, 1.0] sorted has median 0.75, as had the window
+    # before: a plateau, though two epochs dipped to 0.5.
+    rules = {**EXACT, "window": 5}
+    miou = [0.75] * 5 + [1.0, 0.5, 0.75, 0.5, 1.0]
+    assert judge(history([0.5] * 10, miou), 0.0, QUARTER, rules)["verdict"] == "converged"
