@@ -286,3 +286,20 @@ def test_size_exponents_tell_a_sum_from_a_mean():
     assert size_exponents(scaled(1, 1), 1.0, [-1.0, -1.0 + 1e-3]) == (0.0, 0.0)
     # A value that changes sign with the size says nothing of a sum: a mean.
     assert size_exponents(lambda y, p: 1.0 if len(y) == 1 and y.shape[1] == 4 else -1.0, 1.0, [0.5]) == (0.0, 0.0)
+
+
+def test_the_probe_feeds_a_loss_float32_like_training():
+    def float32_only(y, p):
+        assert y.dtype == np.float32 and p.dtype == np.float32, (y.dtype, p.dtype)
+        return squared(y, p) * len(y)
+    assert measure_floor(float32_only, LINE.astype(np.float32), {0: -0.5, 1: 0.5}, (-1.0, 1.0), 0.0)[0] == 0.0
+    assert size_exponents(float32_only, 1.0, [0.5]) == (1.0, 0.0)
+
+
+def test_a_value_that_vanishes_or_barely_differs_from_zero_says_nothing_of_size():
+    def summed_from(base):          # value ~ batch x pixels, exactly `base` on the probe
+        return lambda y, p: base * len(y) * y.shape[1] * y.shape[2] / 16
+    assert size_exponents(summed_from(0.00125), 1.0, [0.5]) == (1.0, 1.0)
+    assert size_exponents(summed_from(0.001), 1.0, [0.5]) == (0.0, 0.0)        # not clearly away from 0
+    # 0 for a larger batch or image: no exponent to read, and no error.
+    assert size_exponents(lambda y, p: 1.0 if len(y) == 1 and y.shape[1] == 4 else 0.0, 1.0, [0.5]) == (0.0, 0.0)
