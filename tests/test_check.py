@@ -86,6 +86,7 @@ def test_a_summed_loss_is_flagged_and_shows_a_training_batch_floor(setup):
     row = check_variant(variant, ds, cfg)
     assert row.flags == ["loss_floor_not_zero", "loss_summed"]
     assert row.loss_floor == pytest.approx(-0.5 * 8 * 32 * 32, rel=1e-3)   # 18 images: batches of 8, 8, 2
+    assert row.details["loss_summed"] == "value ~ batch^1 x pixels^1; floor -8 on a 4x4 probe, -4096 for a training batch"
     assert predicted_verdict(row.flags) == "trains"
 
 
