@@ -226,3 +226,10 @@ def test_an_odd_window_takes_the_middle_epoch_as_median():
     rules = {**EXACT, "window": 5}
     miou = [0.75] * 5 + [1.0, 0.5, 0.75, 0.5, 1.0]
     assert judge(history([0.5] * 10, miou), 0.0, QUARTER, rules)["verdict"] == "converged"
+
+
+def test_a_run_with_no_history_is_judged_not_learning():
+    # The report judges a finished run whose metrics were never logged with an empty history.
+    j = judge({}, 0.0, QUARTER, EXACT)
+    assert j["verdict"] == "not_learning" and not j["diverged"] and not j["negative_loss"]
+    assert math.isnan(j["min_loss"]) and math.isnan(j["final_loss"]) and j["scored_epochs"] == 0
