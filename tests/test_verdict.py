@@ -233,3 +233,14 @@ def test_a_run_with_no_history_is_judged_not_learning():
     j = judge({}, 0.0, QUARTER, EXACT)
     assert j["verdict"] == "not_learning" and not j["diverged"] and not j["negative_loss"]
     assert math.isnan(j["min_loss"]) and math.isnan(j["final_loss"]) and j["scored_epochs"] == 0
+
+
+def test_only_the_last_two_windows_judge_the_trend():
+    # Ten epochs: low for six, then a plateau over the last two windows: converged, whatever came first.
+    miou = [0.25] * 6 + [0.75] * 4
+    assert judge(history([0.5] * 10, miou), 0.0, QUARTER, EXACT)["verdict"] == "converged"
+
+
+def test_an_epoch_given_for_a_run_that_did_not_diverge_is_ignored():
+    j = judge(history([0.5] * 4, [0.75] * 4), 0.0, QUARTER, EXACT, diverged=False, diverged_epoch=2)
+    assert j["scored_epochs"] == 4 and j["verdict"] == "converged" and j["score_note"] == ""
