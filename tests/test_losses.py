@@ -62,9 +62,9 @@ def test_dice_is_one_minus_the_overlap():
 
 
 def per_sample(name, y, p):
-    """The loss of a batch of two 2x2 samples: one value per sample, as Keras expects of a loss."""
-    out = np.asarray(LOSSES[name].fn(np.asarray(y, np.float32).reshape(2, 2, 2, 1),
-                                     np.asarray(p, np.float32).reshape(2, 2, 2, 1)))
+    """The loss of a batch of two 1x4 samples: one value per sample, as Keras expects of a loss."""
+    out = np.asarray(LOSSES[name].fn(np.asarray(y, np.float32).reshape(2, 1, 4, 1),
+                                     np.asarray(p, np.float32).reshape(2, 1, 4, 1)))
     assert out.shape == (2,), name
     return out
 
