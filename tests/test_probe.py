@@ -303,3 +303,7 @@ def test_a_value_that_vanishes_or_barely_differs_from_zero_says_nothing_of_size(
     assert size_exponents(summed_from(0.001), 1.0, [0.5]) == (0.0, 0.0)        # not clearly away from 0
     # 0 for a larger batch or image: no exponent to read, and no error.
     assert size_exponents(lambda y, p: 1.0 if len(y) == 1 and y.shape[1] == 4 else 0.0, 1.0, [0.5]) == (0.0, 0.0)
+
+
+def test_a_loss_summed_over_every_element_channels_included_is_a_sum():
+    assert size_exponents(lambda y, p: float(np.sum(np.ones_like(y))), 1.0, [0.5]) == (1.0, 1.0)
