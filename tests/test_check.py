@@ -264,3 +264,10 @@ def test_the_posted_case_row_states_what_was_measured(setup):
     assert re.fullmatch(r"inputs: training mean \[.*\] std \[.*\], validation mean \[.*\] std \[.*\]; "
                         rf"targets: training \[{number}, {number}\], validation \[0, 1\]",
                         r.details["validation_not_transformed_like_training"])
+
+
+def test_targets_exactly_five_percent_off_still_match_and_lists_print_plainly():
+    from harness.check import fmt_list
+    assert target_mismatch(np.array([0.0, 1.0]), np.array([0.05, 1.0])) == []
+    assert target_mismatch(np.array([-1.0, 0.0]), np.array([-1.0, -0.05])) == []
+    assert fmt_list(np.array([0.5, 1.25, 158.0])) == "[0.5, 1.25, 158]"
