@@ -29,6 +29,8 @@ import numpy as np
 PROBE_LIMIT = {"sigmoid": 14.0, "tanh": 7.0}
 N_POINTS = 141
 PIXELS = (4, 4)          # a tiny constant image per call: spatial losses (Dice) see a real mask
+PROBE_PIXELS = PIXELS[0] * PIXELS[1]
+WIDER = (1, PIXELS[0] * 2, PIXELS[1] * 2, 1)     # a probe with four times the pixels (size_exponents)
 FLAT = 1e-6              # loss values this close to the least count as least (a flat minimum)
 EDGE_STEPS, FALLING = 10, 0.1   # a loss still falling by this much over the last steps has no floor
 SIZE_PROBE_MIN = 1e-3    # a loss value this far from 0 shows how the loss grows with batch and image
@@ -51,7 +53,7 @@ class Measured:
         e_b, e_p = self.exponents
         if not math.isfinite(self.floor) or (e_b == 0 and e_p == 0):
             return self.floor
-        pixels = (image_pixels / (PIXELS[0] * PIXELS[1])) ** e_p
+        pixels = (image_pixels / PROBE_PIXELS) ** e_p
         return min(self.floor * b ** e_b * pixels for b in batch_sizes)
 
     def epoch_floor(self, images: np.ndarray, batch_size: int) -> float:
@@ -158,7 +160,7 @@ def size_exponents(loss_fn, target: float, outputs: list[float]) -> tuple[float,
     else:
         return 0.0, 0.0
     exponents = []
-    for shape, factor in (((2, *PIXELS, 1), 2), ((1, PIXELS[0] * 2, PIXELS[1] * 2, 1), 4)):
+    for shape, factor in (((2, *PIXELS, 1), 2), (WIDER, 4)):
         ratio = value(shape, output) / base
         e = math.log(ratio) / math.log(factor) if math.isfinite(ratio) and ratio > 0 else 0.0
         exponents.append(1.0 if abs(e - 1.0) < 0.1 else 0.0)

@@ -49,7 +49,7 @@ def is_finite(x) -> bool:
 
 
 def mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
+    return sum(values) / len(values) if values else math.nan
 
 
 def scored(history: dict[str, list[float]], key: str, diverged_epoch: int | None) -> list[float]:
@@ -64,7 +64,7 @@ def median(values: list[float]) -> float:
     ordered = sorted(values)
     n = len(ordered)
     if not n:
-        return float("nan")
+        return math.nan
     return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
 
@@ -78,7 +78,7 @@ def judge(history: dict[str, list[float]], loss_floor: float, trivial_miou: floa
     if diverged_epoch is None:
         diverged_epoch = first_bad
     finite = [x for x in losses if is_finite(x)]
-    min_loss = min(finite) if finite else float("nan")
+    min_loss = min(finite) if finite else math.nan
     # NaN: no floor was measured (old runs), so 0; -inf: the loss has no floor, nothing is below it.
     floor = 0.0 if loss_floor is None or math.isnan(loss_floor) else loss_floor
     negative = bool(finite) and min_loss < floor - rules["bound_slack"]
@@ -86,7 +86,7 @@ def judge(history: dict[str, list[float]], loss_floor: float, trivial_miou: floa
     miou = scored(history, "val_miou", diverged_epoch if diverged else None)
     window = rules["window"]
     final_miou = mean(miou[-window:])
-    before = median(miou[-2 * window:-window]) if len(miou) >= 2 * window else float("nan")
+    before = median(miou[-2 * window:-window]) if len(miou) >= 2 * window else math.nan
     bar = trivial_miou + rules["margin"]
     above = is_finite(final_miou) and final_miou >= bar
     change = median(miou[-window:]) - before
@@ -103,7 +103,7 @@ def judge(history: dict[str, list[float]], loss_floor: float, trivial_miou: floa
     else:
         verdict = "not_learning"
     return {"diverged": diverged, "negative_loss": negative, "converged": verdict == "converged",
-            "verdict": verdict, "min_loss": min_loss, "final_loss": finite[-1] if finite else float("nan"),
+            "verdict": verdict, "min_loss": min_loss, "final_loss": finite[-1] if finite else math.nan,
             "final_miou": final_miou, "scored_epochs": len(miou),
             "score_note": score_note(diverged, diverged_epoch, len(miou))}
 

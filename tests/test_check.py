@@ -1,5 +1,6 @@
 """harness check: flags from measurement, on crafted losses and data."""
 import math
+import re
 
 import keras
 import numpy as np
@@ -85,6 +86,7 @@ def test_a_summed_loss_is_flagged_and_shows_a_training_batch_floor(setup):
     row = check_variant(variant, ds, cfg)
     assert row.flags == ["loss_floor_not_zero", "loss_summed"]
     assert row.loss_floor == pytest.approx(-0.5 * 8 * 32 * 32, rel=1e-3)   # 18 images: batches of 8, 8, 2
+    assert row.details["loss_summed"] == "value ~ batch^1 x pixels^1; floor -8 on a 4x4 probe, -4096 for a training batch"
     assert predicted_verdict(row.flags) == "trains"
 
 
@@ -181,3 +183,140 @@ def test_the_embedded_synthetic_set_is_not_flagged(experiment):
     cfg = load_config(experiment)
     found = validation_leakage(load_dataset(cfg["data"]), cfg["leakage"])
     assert not found["flagged"] and abs(found["val_median"] - found["typical"]) < 0.1, found["measured"]
+
+
+# The check's plain parts: what a row says, and the measurements behind two of its flags.
+from harness.check import (CheckRow, count_levels, format_rows, input_mismatch, safe_check,  # noqa: E402
+                           target_levels, target_mismatch)
+
+
+def test_flags_predict_a_crash_then_a_failure_then_training():
+    assert predicted_verdict(["loss_floor_not_zero", "check_failed", "loss_unbounded_below"]) == "crashed"
+    assert predicted_verdict(["loss_unbounded_below"]) == "negative_loss_or_diverged"
+    assert predicted_verdict(["masks_not_binary", "loss_not_minimized_at_target"]) == "negative_loss_or_diverged"
+    assert predicted_verdict(["loss_floor_not_zero", "loss_summed", "targets_outside_loss_domain"]) == "trains"
+    assert predicted_verdict([]) == "trains"
+
+
+def row(**changed):
+    base = dict(variant="seed", target_range=(-0.446, 2.43), target_levels={"background": -0.446, "foreground": 2.43},
+                head_range=(0.0, 1.0), loss_domain=(0.0, 1.0), loss_floor=0.0, declared_floor=0.0, threshold=0.5,
+                probed_min=-12.5)
+    return CheckRow(**{**base, **changed})
+
+
+def test_a_row_reads_as_its_measurements_its_flags_and_their_fixes():
+    r = row(flags=["targets_outside_loss_domain"], details={"targets_outside_loss_domain": "targets span [-0.446, 2.43]"})
+    assert format_rows([r, row(variant="image_only", target_range=(0.0, 1.0))]).splitlines() == [
+        "seed: targets [-0.446, 2.43] (background -0.446, foreground 2.43), head [0, 1], loss domain [0, 1], "
+        "floor 0, threshold 0.5 -> predicted: trains",
+        "  targets_outside_loss_domain: training targets leave the range the loss is defined for "
+        "(targets span [-0.446, 2.43])",
+        "    fix: feed binary masks (do not whiten them), or use a loss defined for these targets",
+        "image_only: targets [0, 1] (background -0.446, foreground 2.43), head [0, 1], loss domain [0, 1], "
+        "floor 0, threshold 0.5 -> predicted: trains",
+        "  no flag"]
+    d = r.to_dict()
+    assert d["explanations"] == {"targets_outside_loss_domain": {
+        "why": "training targets leave the range the loss is defined for",
+        "fix": "feed binary masks (do not whiten them), or use a loss defined for these targets",
+        "measured": "targets span [-0.446, 2.43]"}}
+    assert d["variant"] == "seed" and d["probed_min"] == -12.5
+
+
+def test_a_variant_whose_check_raises_is_a_check_failed_row(setup):
+    cfg, ds = setup
+    r = safe_check(Variant("v", "featurewise", "binary", "sigmoid", "no_such_loss", "like_training"), ds, cfg)
+    assert r.variant == "v" and r.flags == ["check_failed"]
+    assert r.details["check_failed"].startswith("ConfigError: unknown loss 'no_such_loss'")
+    assert math.isnan(r.loss_floor) and math.isnan(r.threshold) and r.declared_floor is None
+    assert math.isnan(r.target_levels["background"]) and math.isnan(r.target_levels["foreground"])
+    assert math.isnan(r.probed_min)
+    # ... and it prints like any row: NaN where nothing was measured.
+    assert format_rows([r]).splitlines()[0] == ("v: targets [nan, nan] (background nan, foreground nan), head [nan, nan], "
+                                                "loss domain [nan, nan], floor nan, threshold nan -> predicted: crashed")
+
+
+def test_the_check_measures_the_first_seed_training_data(setup):
+    # Whitened masks: the targets' levels come from augmented statistics, which depend on the seed.
+    cfg, ds = setup
+    variant = Variant("seed", "featurewise", "featurewise", "sigmoid", "bce", "like_training")
+    first = safe_check(variant, ds, cfg.with_overrides({"train.seeds": [3, 1]}))
+    assert first.flags and "check_failed" not in first.flags
+    assert first.target_levels != check_variant(variant, ds, cfg, seed=1).target_levels
+
+
+def test_validation_inputs_must_match_training_within_one_std_and_a_factor_two():
+    rng = np.random.default_rng(0)
+    train = rng.normal(0.0, 1.0, (4, 8, 8, 2)).astype(np.float32)
+    standardized = (train - train.mean(axis=(0, 1, 2))) / train.std(axis=(0, 1, 2))
+    assert input_mismatch(standardized, standardized * 1.9 + 0.9) == []
+    assert input_mismatch(standardized, standardized * 0.55 - 0.9) == []
+    assert input_mismatch(standardized, standardized + 1.1) != []           # mean off by more than one std
+    assert input_mismatch(standardized, standardized - 1.1) != []
+    assert input_mismatch(standardized, standardized * 2.1) != []           # twice as wide
+    assert input_mismatch(standardized, standardized * 0.45) != []          # half as wide
+    shifted = standardized.copy()
+    shifted[..., 1] += 1.5                                                  # one channel off is enough
+    (message,) = input_mismatch(standardized, shifted)
+    assert message.startswith("inputs: training mean [") and "validation mean [" in message
+
+
+def test_validation_targets_must_span_the_training_range_within_five_percent():
+    train = np.array([-0.5, 2.5])                  # span 3: 0.15 either way is allowed
+    assert target_mismatch(train, np.array([-0.64, 2.64])) == []
+    assert target_mismatch(train, np.array([-0.36, 2.36])) == []
+    assert target_mismatch(train, np.array([0.0, 1.0])) == ["targets: training [-0.5, 2.5], validation [0, 1]"]
+    assert target_mismatch(train, np.array([-0.66, 2.5])) != []
+    assert target_mismatch(train, np.array([-0.5, 2.34])) != []
+
+
+def test_mask_levels_are_counted_to_four_decimals():
+    assert count_levels(np.array([0.0, 1.0, 1.00001, 0.0])) == 2
+    assert count_levels(np.array([0.0, 0.5, 1.0, 1.0])) == 3
+
+
+def test_target_levels_are_what_a_background_and_a_foreground_pixel_become():
+    class Whiten:
+        def mask(self, m):
+            return (np.asarray(m, np.float32) - 0.15) / 0.5
+    assert target_levels(Whiten()) == {0: pytest.approx(-0.3), 1: pytest.approx(1.7)}
+
+
+def test_an_experiment_is_checked_on_its_own_data():
+    from harness.check import check_experiment
+    cfg = load_config(ROOT / "experiments" / "whitening.toml",
+                      ["data.n_images=24", "data.image_size=32", "augment.stats_rounds=1", "train.batch_size=8",
+                       'variants=["image_only"]'])
+    assert [(r.variant, r.flags) for r in check_experiment(cfg)] == [("image_only", [])]
+
+
+def test_the_posted_case_row_states_what_was_measured(setup):
+    # tanh_posted as in the case: whitened masks, the posted formula, raw validation. Every finding
+    # states its numbers, one entry per class where both classes show it.
+    cfg, ds = setup
+    r = check_variant(Variant("tanh_posted", "featurewise", "featurewise", "tanh", "modified_bce_posted", "raw"), ds, cfg)
+    assert r.flags == ["targets_outside_loss_domain", "loss_unbounded_below", "loss_not_minimized_at_target",
+                       "declared_floor_differs", "validation_not_transformed_like_training"]
+    bg, fg = r.target_levels["background"], r.target_levels["foreground"]
+    assert r.target_range == pytest.approx((bg, fg)) and -1 < bg < 0 and fg > 2       # binary masks, whitened
+    assert (r.head_range, r.loss_domain, r.threshold) == ((-1.0, 1.0), (-1.0, 1.0), 0.0)
+    assert r.declared_floor == pytest.approx(-math.log(2)) and r.loss_floor == pytest.approx(0.0, abs=1e-3)
+    assert math.isfinite(r.probed_min) and r.probed_min < -20           # the foreground curve at p = -1
+    number = r"-?[\d.]+(e-?\d+)?"
+    assert re.fullmatch(rf"targets span \[{number}, {number}\], loss domain \[-1, 1\]", r.details["targets_outside_loss_domain"])
+    assert re.fullmatch(rf"class 0 \(target {number}\): {number} -> {number} toward p=1; "
+                        rf"class 1 \(target {number}\): {number} -> {number} toward p=-1", r.details["loss_unbounded_below"])
+    assert re.fullmatch(rf"class 0 \(target {number}\): lowest {number} at p=1, threshold 0; "
+                        rf"class 1 \(target {number}\): lowest {number} at p=-1, threshold 0", r.details["loss_not_minimized_at_target"])
+    assert r.details["declared_floor_differs"] == "declared -0.6931, measured 0"
+    assert re.fullmatch(r"inputs: training mean \[.*\] std \[.*\], validation mean \[.*\] std \[.*\]; "
+                        rf"targets: training \[{number}, {number}\], validation \[0, 1\]",
+                        r.details["validation_not_transformed_like_training"])
+
+
+def test_targets_exactly_five_percent_off_still_match_and_lists_print_plainly():
+    from harness.check import fmt_list
+    assert target_mismatch(np.array([0.0, 1.0]), np.array([0.05, 1.0])) == []
+    assert target_mismatch(np.array([-1.0, 0.0]), np.array([-1.0, -0.05])) == []
+    assert fmt_list(np.array([0.5, 1.25, 158.0])) == "[0.5, 1.25, 158]"

@@ -28,3 +28,30 @@ def test_above_half_foreground_the_trivial_predictor_says_foreground():
     assert trivial_miou(truth.astype(np.float32)) == pytest.approx(everything["miou"]) == pytest.approx(13 / 32)
     # Predicting background here would score less: the floor is the better of the two constant guesses.
     assert confusion_ious(np.zeros_like(truth), truth)["miou"] < trivial_miou(truth.astype(np.float32))
+
+
+def test_each_count_lands_in_its_own_score():
+    # tp = 2, fp = 1, fn = 3, tn = 4 (pixels in any shape: scores pool over all of them)
+    pred = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0], np.float32).reshape(1, 2, 5, 1)
+    truth = np.array([1, 1, 0, 1, 1, 1, 0, 0, 0, 0], np.float32).reshape(1, 2, 5, 1)
+    s = confusion_ious(pred, truth)
+    assert s["iou"] == pytest.approx(2 / 6) and s["bg_iou"] == pytest.approx(4 / 8)
+    assert s["miou"] == pytest.approx((2 / 6 + 4 / 8) / 2) and s["dice"] == pytest.approx(4 / 8)
+    assert all(type(v) is float for v in s.values())
+
+
+def test_an_empty_prediction_of_an_empty_mask_is_perfect():
+    # No foreground anywhere, none predicted: nothing was missed, every score is 1, not 0 or NaN.
+    empty = np.zeros((2, 4, 4, 1), np.float32)
+    assert confusion_ious(empty, empty) == {"iou": 1.0, "bg_iou": 1.0, "miou": 1.0, "dice": 1.0}
+    full = np.ones((2, 4, 4, 1), np.float32)
+    assert confusion_ious(full, full) == {"iou": 1.0, "bg_iou": 1.0, "miou": 1.0, "dice": 1.0}
+    # ... while predicting foreground on an empty mask scores 0 on foreground, 0 on background.
+    assert confusion_ious(full, empty) == {"iou": 0.0, "bg_iou": 0.0, "miou": 0.0, "dice": 0.0}
+
+
+
+def test_an_over_segmentation_is_scored_by_its_false_positives():
+    # tp = 1, fp = 1, fn = 0, tn = 1: one wrongly predicted pixel halves both IoUs.
+    s = confusion_ious(np.array([1, 1, 0]), np.array([1, 0, 0]))
+    assert s == {"iou": 0.5, "bg_iou": 0.5, "miou": 0.5, "dice": pytest.approx(2 / 3)}

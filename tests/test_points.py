@@ -76,3 +76,14 @@ def test_changed_tune_ranges_get_a_tuning_study_of_their_own():
     assert len(names) == 3
     assert tune_study_name(cfg, "image_only") == tune_study_name(log, "image_only")   # same ranges as the default
     assert tune_study_name(cfg, "image_only").startswith(cfg.study_name + "-tune-image_only-")
+
+
+def test_a_point_key_has_the_stored_format():
+    # Every trial in a study is stored under this exact string: changing it orphans existing stores.
+    cfg = load_config(TINY, ['define.x={images="scaled", masks="binary", head="tanh", loss="dice"}', 'variants=["x"]'])
+    assert list(grid_points(cfg)) == ["x/1/images=scaled,masks=binary,head=tanh,loss=dice,validation=raw"]
+
+
+def test_no_runs_means_no_runs_of_the_grid():
+    empty = pd.DataFrame(columns=["run_id", "variant", "seed"])
+    assert runs_of_grid(empty, load_config(TINY)).empty

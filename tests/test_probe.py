@@ -176,3 +176,134 @@ def test_training_a_summed_loss_is_judged_against_a_training_batch_floor():
     assert result.loss_floor == pytest.approx(-16 * 32 * 32, rel=1e-3)   # batch 16 of 32x32 images
     judged = judge(result.history, result.loss_floor, result.trivial_miou, cfg["verdict"])
     assert not judged["negative_loss"], (result.history["loss"], result.loss_floor)
+
+
+# The probe's parts on plain numpy losses, whose every value is known: floors, thresholds and
+# exponents to the decimal, with no Keras in the way.
+from harness.probe import (Measured, epoch_batch_sizes, least_set, measure_floor, measure_threshold,  # noqa: E402
+                           size_exponents)
+import numpy as np  # noqa: E402
+
+LINE = np.linspace(-1.0, 1.0, 141)          # a tanh head's outputs, every 1/70
+
+
+def squared(y, p):                          # per-pixel squared error, a mean per sample
+    return np.mean((y - p) ** 2, axis=(1, 2, 3))
+
+
+def measured_with(floor, exponents):
+    return Measured(floor, 0.5, {}, LINE, {}, exponents)
+
+
+def test_an_epoch_has_full_batches_and_a_short_last_one():
+    assert epoch_batch_sizes(37, 16) == [16, 5]
+    assert epoch_batch_sizes(32, 16) == [16]
+    assert epoch_batch_sizes(10, 16) == [10]          # fewer images than a batch: one short batch
+
+
+def test_the_training_floor_scales_a_summed_floor_to_each_batch_and_image():
+    # -1 on a 4x4 probe of one sample; summed over the batch and the pixels of 8x4 images: x batch x 2.
+    summed = measured_with(-1.0, (1.0, 1.0))
+    assert summed.training_floor([16, 5], 32) == -32.0          # the least: the full batch
+    assert measured_with(0.5, (1.0, 1.0)).training_floor([16, 5], 32) == 5.0   # a positive floor: the short one
+    assert measured_with(-1.0, (1.0, 0.0)).training_floor([16, 5], 32) == -16.0
+    assert measured_with(-1.0, (0.0, 1.0)).training_floor([16, 5], 32) == -2.0
+    assert measured_with(-1.0, (0.0, 0.0)).training_floor([16, 5], 32) == -1.0
+    # No floor to scale: NaN (not measurable) and -inf (none) stand as they are.
+    assert math.isnan(measured_with(math.nan, (1.0, 1.0)).training_floor([16], 32))
+    assert measured_with(-math.inf, (1.0, 1.0)).training_floor([16], 32) == -math.inf
+    # An epoch over 20 images of 8x4 pixels in batches of 16: batches 16 and 4, 32 pixels each.
+    images = np.zeros((20, 8, 4, 3), np.float32)
+    assert summed.epoch_floor(images, 16) == -32.0
+    assert measured_with(0.5, (1.0, 1.0)).epoch_floor(images, 16) == 4.0
+
+
+def test_least_values_are_those_within_a_relative_millionth_of_the_least():
+    assert list(least_set(np.array([3.0, 1e-6, 0.0, 2e-6, 0.0]))) == [1, 2, 4]      # 1e-6 of 0: in
+    big = -1000.0
+    assert list(least_set(np.array([big + 1e-3, big, big + 2e-3]))) == [0, 1]     # 1e-6 of 1000
+    assert list(least_set(np.array([np.nan, 2.0, 1.0]))) == [2]                    # NaN is no least
+    assert list(least_set(np.array([0.0, -np.inf, 1.0, -np.inf]))) == [1, 3]       # unbounded: where it is -inf
+    assert len(least_set(np.array([np.nan, np.inf]))) == 0                         # nothing finite
+
+
+def test_the_threshold_is_midway_between_the_inner_ends_of_each_class_least():
+    outputs = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+    flat_background = np.array([0.0, 0.0, 0.0, 1.0, 2.0])      # least all over [-1, 0]: its end nearest 1 is 0
+    foreground = np.array([2.0, 1.5, 1.0, 0.0, 0.0])           # least over [0.5, 1]: its end nearest 0 is 0.5
+    threshold, best = measure_threshold(outputs, {0: flat_background, 1: foreground}, default=9.0)
+    assert threshold == 0.25 and best == {0: 0.0, 1: 0.5}
+    # A class with no finite loss: the head's default threshold, and what was found.
+    threshold, best = measure_threshold(outputs, {0: flat_background, 1: np.full(5, np.nan)}, default=9.0)
+    assert threshold == 9.0 and best == {0: 0.0}
+    assert measure_threshold(outputs, {1: foreground}, default=9.0) == (9.0, {1: 0.5})
+
+
+def test_the_floor_is_the_least_loss_on_each_class_side_of_the_threshold():
+    # Squared error, targets -0.5 and 0.75: least (0) at a perfect prediction on each side.
+    floor, where = measure_floor(squared, LINE, {0: -0.5, 1: 0.75}, (-1.0, 1.0), 0.0)
+    assert floor == 0.0 and where in ((-0.5, -0.5), (0.75, 0.75))
+    # A target on the wrong side of the threshold is scored on its own side only: its least there.
+    floor, where = measure_floor(squared, LINE, {1: -0.5}, (-1.0, 1.0), 0.0)
+    assert floor == pytest.approx(0.25) and where == (-0.5, 0.0)          # 0 is on the foreground side
+    floor, where = measure_floor(squared, LINE, {0: 0.5}, (-1.0, 1.0), 0.0)
+    assert floor == pytest.approx(0.25 + 1 / 70 + 1 / 70 ** 2) and where == (0.5, pytest.approx(-1 / 70))
+    # Targets outside the loss's domain are taken at the domain's edge.
+    floor, where = measure_floor(lambda y, p: squared(y, p) - y.mean(), LINE, {0: -3.0, 1: 2.0}, (-1.0, 1.0), 0.0)
+    assert floor == -1.0 and where == (1.0, 1.0)
+
+
+def test_a_loss_still_falling_at_the_head_bound_is_held_to_its_value_at_a_perfect_prediction():
+    def falling(y, p):              # linear in p: no least value, falls 0.14 over the last 10 steps
+        return np.mean(-2 * (p - y) * np.sign(y), axis=(1, 2, 3))
+    floor, where = measure_floor(falling, LINE, {0: -0.5, 1: 0.5}, (-1.0, 1.0), 0.0)
+    assert floor == pytest.approx(0.0, abs=1e-6) and where[1] == pytest.approx(where[0], abs=1 / 70)
+
+    def flattening(y, p):           # least at the bound, but flat there: that least is the floor
+        return np.mean((p - np.sign(y)) ** 4, axis=(1, 2, 3)) - 0.5
+    floor, where = measure_floor(flattening, LINE, {0: -0.5, 1: 0.5}, (-1.0, 1.0), 0.0)
+    assert floor == pytest.approx(-0.5) and abs(where[1]) == 1.0
+    # Nothing finite: no floor.
+    assert measure_floor(lambda y, p: np.full(len(p), np.nan), LINE, {0: 0.0, 1: 1.0}, (0.0, 1.0), 0.5) == \
+        (pytest.approx(math.nan, nan_ok=True), None)
+
+
+def test_size_exponents_tell_a_sum_from_a_mean():
+    def scaled(batch_power, pixel_power):
+        def fn(y, p):
+            b, h, w = y.shape[:3]          # one value per batch
+            return (p.flat[0] + 1.0) * b ** batch_power * (h * w / 16) ** pixel_power
+        return fn
+    assert size_exponents(scaled(1, 1), 1.0, [0.5]) == (1.0, 1.0)
+    assert size_exponents(scaled(1, 0), 1.0, [0.5]) == (1.0, 0.0)
+    assert size_exponents(scaled(0, 1), 1.0, [0.5]) == (0.0, 1.0)
+    assert size_exponents(scaled(0, 0), 1.0, [0.5]) == (0.0, 0.0)
+    # Near 1 is a sum, anything else a mean: a smoothed Dice grows a little with its pixels.
+    assert size_exponents(scaled(1.08, 0.92), 1.0, [0.5]) == (1.0, 1.0)
+    assert size_exponents(scaled(0.5, 1.15), 1.0, [0.5]) == (0.0, 0.0)
+    # Read where the value is clearly not 0: at the second output when the first gives 0.
+    assert size_exponents(scaled(1, 1), 1.0, [-1.0, 0.5]) == (1.0, 1.0)
+    assert size_exponents(scaled(1, 1), 1.0, [-1.0, -1.0 + 1e-3]) == (0.0, 0.0)
+    # A value that changes sign with the size says nothing of a sum: a mean.
+    assert size_exponents(lambda y, p: 1.0 if len(y) == 1 and y.shape[1] == 4 else -1.0, 1.0, [0.5]) == (0.0, 0.0)
+
+
+def test_the_probe_feeds_a_loss_float32_like_training():
+    def float32_only(y, p):
+        assert y.dtype == np.float32 and p.dtype == np.float32, (y.dtype, p.dtype)
+        return squared(y, p) * len(y)
+    assert measure_floor(float32_only, LINE.astype(np.float32), {0: -0.5, 1: 0.5}, (-1.0, 1.0), 0.0)[0] == 0.0
+    assert size_exponents(float32_only, 1.0, [0.5]) == (1.0, 0.0)
+
+
+def test_a_value_that_vanishes_or_barely_differs_from_zero_says_nothing_of_size():
+    def summed_from(base):          # value ~ batch x pixels, exactly `base` on the probe
+        return lambda y, p: base * len(y) * y.shape[1] * y.shape[2] / 16
+    assert size_exponents(summed_from(0.00125), 1.0, [0.5]) == (1.0, 1.0)
+    assert size_exponents(summed_from(0.001), 1.0, [0.5]) == (0.0, 0.0)        # not clearly away from 0
+    # 0 for a larger batch or image: no exponent to read, and no error.
+    assert size_exponents(lambda y, p: 1.0 if len(y) == 1 and y.shape[1] == 4 else 0.0, 1.0, [0.5]) == (0.0, 0.0)
+
+
+def test_a_loss_summed_over_every_element_channels_included_is_a_sum():
+    assert size_exponents(lambda y, p: float(np.sum(np.ones_like(y))), 1.0, [0.5]) == (1.0, 1.0)
