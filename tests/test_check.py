@@ -320,3 +320,33 @@ def test_targets_exactly_five_percent_off_still_match_and_lists_print_plainly():
     assert target_mismatch(np.array([0.0, 1.0]), np.array([0.05, 1.0])) == []
     assert target_mismatch(np.array([-1.0, 0.0]), np.array([-1.0, -0.05])) == []
     assert fmt_list(np.array([0.5, 1.25, 158.0])) == "[0.5, 1.25, 158]"
+
+
+LEAKAGE = {"side": 8, "far_fraction": 0.5, "margin": 0.2}
+
+
+def hand_built(train_images, val_images) -> Dataset:
+    """Arrays given directly (no source files): each image its own file, training first."""
+    masks = lambda x: (x[..., :1] > 127).astype("float32")   # noqa: E731
+    return Dataset(train_images, masks(train_images), val_images, masks(val_images), "by hand")
+
+
+def test_leakage_of_hand_built_arrays_names_images_by_index_and_states_every_number():
+    from harness.check import validation_leakage
+    x, _ = make_synthetic(8, 16, 0.15, seed=3)
+    found = validation_leakage(hand_built(x[:6], x[[6, 2]]), LEAKAGE)        # validation image 1 = training image 2
+    assert set(found) == {"split", "flagged", "measured", "fix", "val_median", "typical", "margin", "duplicates"}
+    assert found["split"] == "as given" and found["flagged"] and found["duplicates"] == 1
+    assert found["margin"] == 0.2
+    # 8 files in all (6 + 2), far_fraction 0.5: unrelated means at least 4 files apart.
+    assert "validation image 1 = training image 2" in found["measured"]
+    assert "at least 4 files apart" in found["measured"] and "over 2 validation images" in found["measured"]
+    assert found["fix"].startswith("remove the duplicated files")
+
+
+def test_leakage_not_flagged_has_no_fix():
+    from harness.check import validation_leakage
+    x, _ = make_synthetic(12, 16, 0.15, seed=4)
+    found = validation_leakage(hand_built(x[:9], x[9:]), {**LEAKAGE, "margin": 5.0})   # no correlation beats +5
+    assert not found["flagged"] and found["fix"] == "" and found["duplicates"] == 0
+    assert "at least 6 files apart" in found["measured"]
