@@ -186,7 +186,7 @@ def test_the_embedded_synthetic_set_is_not_flagged(experiment):
 
 
 # The check's plain parts: what a row says, and the measurements behind two of its flags.
-from harness.check import (CheckRow, count_levels, format_rows, input_mismatch, safe_check,  # noqa: E402
+from harness.check import (FLAGS, CheckRow, count_levels, format_rows, input_mismatch, safe_check,  # noqa: E402
                            target_levels, target_mismatch)
 
 
@@ -350,3 +350,18 @@ def test_leakage_not_flagged_has_no_fix():
     found = validation_leakage(hand_built(x[:9], x[9:]), {**LEAKAGE, "margin": 5.0})   # no correlation beats +5
     assert not found["flagged"] and found["fix"] == "" and found["duplicates"] == 0
     assert "at least 6 files apart" in found["measured"]
+
+
+def test_a_flags_fix_is_its_own_even_on_a_flagged_validation_set():
+    r = row(flags=["masks_not_binary", "validation_near_training"],
+            validation={"fix": "remove the duplicated files", "flagged": True})
+    assert r.fix("validation_near_training") == "remove the duplicated files"
+    assert r.fix("masks_not_binary") == FLAGS["masks_not_binary"][1] != "remove the duplicated files"
+
+
+def test_inputs_are_compared_per_channel_and_a_constant_channel_matches_itself():
+    rng = np.random.default_rng(0)
+    two = np.concatenate([rng.normal(0, 1, (4, 8, 8, 1)), rng.normal(10, 1, (4, 8, 8, 1))], axis=-1)
+    assert input_mismatch(two, two) == []            # each channel against its own mean, not the pooled one
+    flat = np.zeros((2, 4, 4, 1))
+    assert input_mismatch(flat, flat) == []          # std 0 on both sides: the same, not a mismatch
