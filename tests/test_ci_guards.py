@@ -25,6 +25,7 @@ def pytest_run(*args, env_extra=None, cwd=ROOT):
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
+@pytest.mark.slow   # a fresh process or a real training: the full suite runs it, not the fast set
 def test_the_browser_test_fails_in_ci_without_chromium_and_says_so():
     run = pytest_run("tests/test_report_browser.py::test_verdict_table_comes_first_with_one_row_per_variant",
                      env_extra={"CI": "true", "HARNESS_CHROMIUM": "/no/such/chromium"})

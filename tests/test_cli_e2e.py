@@ -173,6 +173,7 @@ def test_check_json_lists_the_flags_per_variant(tmp_path, cli):
         assert rows[name]["flags"] == [], rows[name]
 
 
+@pytest.mark.slow   # a fresh process or a real training: the full suite runs it, not the fast set
 def test_check_in_a_fresh_process_prints_no_tensorflow_noise(tmp_path):
     text = harness("check", TINY, "--set", 'variants=["seed"]', "--set", "data.n_images=48", cwd=tmp_path,
                    timeout=300)

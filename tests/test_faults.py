@@ -231,6 +231,7 @@ def test_ctrl_c_during_training_waits_for_a_safe_point_and_twice_interrupts_at_o
         INTERRUPTED.clear()
 
 
+@pytest.mark.slow   # a fresh process or a real training: the full suite runs it, not the fast set
 def test_same_seed_gives_identical_metrics_on_the_cpu():
     from harness.config import load_config
     from harness.data import load_dataset

@@ -159,6 +159,7 @@ def test_bad_loss_names_are_one_clear_error(spec, message):
         get_loss(spec)
 
 
+@pytest.mark.slow   # a fresh process or a real training: the full suite runs it, not the fast set
 def test_training_a_summed_loss_is_judged_against_a_training_batch_floor():
     """Trained for real: the epoch losses of a loss summed over batch and pixels lie far below the
     probe's floor (16 pixels), and far above a training batch's; the run is not a negative_loss."""

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 TINY = ROOT / "tests" / "data" / "tiny.toml"
@@ -32,6 +34,7 @@ def test_a_sweep_trains_tracks_and_reports_in_process(cli, tmp_path):
     assert code == 0 and "1 already finished, 0 to train" in out, err[-3000:]
 
 
+@pytest.mark.slow   # a fresh process or a real training: the full suite runs it, not the fast set
 def test_a_small_sweep_in_a_fresh_process_prints_nothing_on_stderr(tmp_path):
     """What a user sees: no library warning (matplotlib's "Tight layout not applied" was one), no
     TensorFlow start-up lines, no MLflow INFO lines. Results go to stdout; stderr holds the progress
