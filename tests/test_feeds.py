@@ -1,11 +1,10 @@
 """harness/feeds/: every feed gives the one interface, choose_feed's rules pick it, and the imports of
 the data flow point one way (transforms <- feeds <- train/check/bench, data <- feeds)."""
-import ast
-
 import numpy as np
 import pytest
 
 from conftest import ROOT, need_module
+from test_layout import cycles, import_graph
 from harness import backend
 from harness.config import load_config
 from harness.data import load_dataset
@@ -87,28 +86,8 @@ def test_tensorflow_feeds_are_refused_under_another_backend_in_one_line(monkeypa
         choose_feed(idg, dataset, idg.variants[0], 1)
 
 
-def imports_of(path) -> set[str]:
-    """Every harness module a file imports, at the top or inside a function."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("harness")}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("harness"):
-            names = {f"{node.module}.{a.name}" for a in node.names}
-            found |= {n for n in names if module_path(n)} or {node.module}
-    return found
-
-
-def module_path(name: str):
-    path = ROOT.joinpath(*name.split("."))
-    return next((p for p in (path.with_suffix(".py"), path / "__init__.py") if p.exists()), None)
-
-
 def test_imports_point_down_the_data_flow():
-    graph = {}
-    for path in [*HARNESS.glob("*.py"), *(HARNESS / "feeds").glob("*.py")]:
-        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        graph[name] = imports_of(path)
+    graph = import_graph()                    # every module of harness/, imports inside functions too
     assert graph["harness.transforms"] == set()
     assert graph["harness.data"] <= {"harness.errors", "harness.backend"}
     feeds = [m for m in graph if m.startswith("harness.feeds")]
@@ -116,16 +95,6 @@ def test_imports_point_down_the_data_flow():
         assert not graph[m] & {"harness.train", "harness.check", "harness.bench", "harness.config"}, m
         assert "harness.feeds" not in graph[m], m            # the package's __init__ imports nothing
 
-    def reaches(start, goal):
-        seen, todo = set(), list(graph.get(start, ()))
-        while todo:
-            n = todo.pop()
-            if n == goal:
-                return True
-            if n not in seen:
-                seen.add(n)
-                todo.extend(graph.get(n, ()))
-        return False
     for m in [*feeds, "harness.transforms", "harness.data", "harness.train", "harness.check"]:
-        assert not reaches(m, m), f"{m} imports itself back"
+        assert not any(m in group for group in cycles(graph)), f"{m} imports itself back"
     assert not (HARNESS / "augment.py").exists()

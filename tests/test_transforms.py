@@ -1,12 +1,11 @@
 """harness/transforms.py, the leaf of the data flow: statistics, the variant's transform, the affine
 draws and maths. Marker `backend`: CI runs them again under KERAS_BACKEND=jax."""
-import ast
 import copy
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from test_layout import import_graph
 from harness.config import DEFAULTS
 from harness.transforms import (EPSILON, Stats, Transform, draw_affine, featurewise_stats, make_augmenter,
                                 seeded_uniform)
@@ -16,19 +15,8 @@ STATS3 = Stats(np.array([10.0, 20.0, 30.0], np.float32), np.array([2.0, 4.0, 5.0
 STATS1 = Stats(np.array([0.25], np.float32), np.array([0.5], np.float32))
 
 
-def harness_imports(path) -> set[str]:
-    """Every harness module a file imports, at the top or inside a function."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("harness")}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("harness"):
-            found.add(node.module)
-    return found
-
-
 def test_the_leaf_imports_nothing_of_the_harness():
-    assert harness_imports(ROOT / "harness" / "transforms.py") == set()
+    assert import_graph()["harness.transforms"] == set()
 
 
 def test_transform_applies_the_variants_arithmetic():
