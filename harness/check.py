@@ -231,17 +231,18 @@ def validation_leakage(dataset: Dataset, settings: dict) -> dict:
     else:
         train_sources, names = dataset.train_sources, dataset.source_names
         n_files = len(names)
-    val_sources = dataset.val_sources if dataset.val_sources is not None else np.arange(n_train, n_train + n_val)
 
     def name(side: str, i: int) -> str:
-        source = (train_sources if side == "training" else val_sources)[i]
-        return f"{side} {names[source]}" if names else f"{side} image {i}"
+        if not names:
+            return f"{side} image {i}"
+        sources = dataset.train_sources if side == "training" else dataset.val_sources
+        return f"{side} {names[sources[i]]}"
 
     m = leakage.measure(dataset.train_images, dataset.val_images, train_sources, n_files,
                         dataset.split or "as given", settings["side"], settings["far_fraction"], names=name)
     flagged = leakage.near_training(m, settings["margin"])
     return {"split": m.split, "flagged": flagged, "measured": leakage.describe(m),
-            "fix": leakage.fix_for(m, settings["margin"]) if flagged else "",
+            "fix": leakage.fix_for(m, settings["margin"]),          # "" where nothing is flagged
             "val_median": m.val_median, "typical": m.typical, "margin": settings["margin"],
             "duplicates": len(m.duplicates)}
 

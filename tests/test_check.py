@@ -173,6 +173,9 @@ def test_duplicated_files_across_the_split_are_flagged_and_named(tmp_path):
     assert rows[0].flags == ["validation_near_training"]
     measured = rows[0].details["validation_near_training"]
     assert "exact duplicate(s) across the split" in measured and ".png = training " in measured
+    pairs = re.findall(r"validation (\S+\.png) = training (\S+\.png)", measured)
+    # Each validation file is named with its own copy on the training side.
+    assert pairs and all(v != t and v.removeprefix("copy_of_") == t.removeprefix("copy_of_") for v, t in pairs), pairs
     assert rows[0].fix("validation_near_training").startswith("remove the duplicated files")
 
 
@@ -363,5 +366,6 @@ def test_inputs_are_compared_per_channel_and_a_constant_channel_matches_itself()
     rng = np.random.default_rng(0)
     two = np.concatenate([rng.normal(0, 1, (4, 8, 8, 1)), rng.normal(10, 1, (4, 8, 8, 1))], axis=-1)
     assert input_mismatch(two, two) == []            # each channel against its own mean, not the pooled one
+    assert input_mismatch(3 * two, 3 * two) == []    # stds of 3 on both sides: a ratio of 1, whatever the scale
     flat = np.zeros((2, 4, 4, 1))
     assert input_mismatch(flat, flat) == []          # std 0 on both sides: the same, not a mismatch
