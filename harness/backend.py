@@ -20,6 +20,7 @@ import glob
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 XLA_DETERMINISM = "--xla_gpu_deterministic_ops=true"
 PROBED = "HARNESS_XLA_DETERMINISM"        # "unavailable" once a probe failed: worker processes inherit it
@@ -46,12 +47,32 @@ def backend_name() -> str:
 
 def accelerator_visible() -> bool:
     """A cheap guess, before any framework is imported: an NVIDIA device node that
-    CUDA_VISIBLE_DEVICES does not hide. (`speed.device_augment = "auto"` is resolved with it, while the
-    config is validated, and `harness status` must answer without importing TensorFlow.)"""
+    CUDA_VISIBLE_DEVICES does not hide. (`speed.device_augment = "auto"` is resolved with it, in
+    `config.resolve`, and `harness status` must answer without importing TensorFlow.)"""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return False
     return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What an experiment's resolved settings depend on, as plain data: the Keras backend and whether
+    an accelerator is visible. `config.resolve` reads it; tests pass one of their own."""
+    backend: str = "tensorflow"
+    accelerator: bool = False
+
+
+def this_machine() -> Machine:
+    """This process's machine, found cheaply (no framework imported)."""
+    return Machine(backend_name(), accelerator_visible())
+
+
+def command_prefix() -> str:
+    """`KERAS_BACKEND=jax ` where another backend than TensorFlow runs: part of the command that
+    reproduces a sweep (the report's "Reproduce" section quotes it)."""
+    name = backend_name()
+    return "" if name == "tensorflow" else f"KERAS_BACKEND={name} "
 
 
 def jax_started() -> bool:

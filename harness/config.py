@@ -1,7 +1,13 @@
 """Experiment file (TOML) + `--set key=value` overrides -> one validated, frozen config.
 
-Everything the rest of the harness reads comes from here as plain data. Unknown keys, unknown
-variants and values of the wrong type fail at once, with the list of what is valid.
+Everything the rest of the harness reads comes from here as plain data. Two steps, kept apart:
+- `validate` checks the file and the overrides, and nothing else: unknown keys, unknown variants
+  and values of the wrong type fail at once, with the list of what is valid;
+- `resolve` settles what depends on the machine (a `backend.Machine`: the Keras backend, an
+  accelerator) and records it in the config: `speed.device_augment = "auto"` becomes true or false in
+  the settings that are logged and hashed into the study's name, and the backend joins that name
+  where it is not TensorFlow.
+`load_config` does both, for this process's machine unless it is given another.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.backend import Machine, this_machine
 from harness.errors import ConfigError, needs_tensorflow
 
 # The axes a variant is made of. Each value is looked up in one registry: transforms in data.py,
@@ -119,8 +126,8 @@ DEFAULTS: dict[str, Any] = {
         # Augment on the device, inside the compiled train step (harness/feeds/device.py): the training
         # arrays live on the accelerator and no host pipeline can starve it; the only choice under a
         # Keras backend other than TensorFlow. "auto": on where KERAS_BACKEND is not tensorflow or an
-        # accelerator is visible, else off; resolved when the config is validated (the resolved value
-        # is what the study's name and the logged config carry). Another random stream than tf.data's.
+        # accelerator is visible, else off; settled by `resolve` (the resolved value is what the
+        # study's name and the logged config carry). Another random stream than tf.data's.
         "device_augment": "auto",
     },
     # `harness tune VARIANT`: Optuna's TPE sampler over these ranges, one seed, a median pruner on
@@ -192,9 +199,11 @@ class Variant:
 @dataclass(frozen=True)
 class Config:
     name: str
-    raw: dict = field(repr=False)           # the resolved experiment, plain data (logged as params)
+    raw: dict = field(repr=False)           # the experiment, plain data (logged as params): resolved once machine is set
     variants: tuple[Variant, ...] = ()
     source_dir: str = ""                    # the experiment file's folder: user modules are found there
+    machine: Machine | None = None          # what `resolve` settled the settings for; None: not yet
+    given: dict | None = field(default=None, repr=False, compare=False)   # raw before `resolve`
 
     def __getitem__(self, section: str) -> Any:
         return self.raw[section]
@@ -209,24 +218,33 @@ class Config:
         what tells the points apart (variants, their definitions, seeds: see harness/points.py).
         Change a hyperparameter and a new study starts; add a seed or a variant and the finished
         points are kept."""
-        return f"{self.name}-{settings_digest(self.raw)}"
+        return f"{self.name}-{settings_digest(self.raw, self.resolved_for.backend)}"
 
     @property
     def report_name(self) -> str:
         """Folder of the report: the experiment's name, plus the pipeline and the Keras backend where
         they are not the defaults (a JAX sweep never overwrites TensorFlow's report)."""
-        from harness.backend import backend_name
         name = self.name if self.raw["pipeline"] == "tfdata" else f"{self.name}-{self.raw['pipeline']}"
-        return name if backend_name() == "tensorflow" else f"{name}-{backend_name()}"
+        backend = self.resolved_for.backend
+        return name if backend == "tensorflow" else f"{name}-{backend}"
+
+    @property
+    def resolved_for(self) -> Machine:
+        if self.machine is None:
+            raise RuntimeError(f"config {self.name!r} is not resolved for a machine yet (config.resolve)")
+        return self.machine
 
     def with_overrides(self, overrides: dict) -> "Config":
-        raw = copy.deepcopy(self.raw)
+        """The same experiment with `overrides` ({"section.key": value}), resolved for the same machine:
+        a setting left at "auto" is settled again with the others."""
+        raw = copy.deepcopy(self.raw if self.given is None else self.given)
         for key, value in overrides.items():
             set_dotted(raw, key, value)
-        return validate(raw, self.source_dir)
+        cfg = validate(raw, self.source_dir)
+        return cfg if self.machine is None else resolve(cfg, self.machine)
 
 
-def settings_digest(raw: dict) -> str:
+def settings_digest(raw: dict, backend: str = "tensorflow") -> str:
     """8 hex digits over the resolved settings that make a point's numbers, seeds and variants aside."""
     settings = {k: copy.deepcopy(v) for k, v in raw.items() if k not in NOT_IN_STUDY}
     settings["train"].pop("seeds")
@@ -237,16 +255,30 @@ def settings_digest(raw: dict) -> str:
             settings.get(section, {}).pop(name, None)
     if not settings["speed"]:
         del settings["speed"]          # the digest of studies made before speed options counted
-    from harness.backend import backend_name
-    if backend_name() != "tensorflow":
+    if backend != "tensorflow":
         # Another backend draws other random numbers (and rounds otherwise): a study of its own.
-        # Not a setting but the environment (KERAS_BACKEND), read cheaply; TensorFlow is neutral.
-        settings["keras_backend"] = backend_name()
+        # Not a setting but the machine (KERAS_BACKEND); TensorFlow is neutral.
+        settings["keras_backend"] = backend
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read an experiment file (or the defaults) and apply `key=value` overrides."""
+DEFAULT_EXPERIMENT = "whitening"
+
+
+def find_experiment(name: str | None) -> Path:
+    """A path, or a name looked up in ./experiments/ and then in the source checkout's experiments/."""
+    name = name or DEFAULT_EXPERIMENT
+    candidates = [Path(name), Path("experiments") / f"{name}.toml",
+                  Path(__file__).resolve().parent.parent / "experiments" / f"{name}.toml"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ConfigError(f"experiment not found: {name} (give a .toml path or a name in experiments/)")
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), machine: Machine | None = None) -> Config:
+    """Read an experiment file (or the defaults), apply `key=value` overrides, validate, and resolve
+    for `machine` (default: this process's)."""
     raw = copy.deepcopy(DEFAULTS)
     if path is not None:
         path = Path(path)
@@ -262,15 +294,16 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
-    return validate(raw, str(path.resolve().parent) if path is not None else "")
+    cfg = validate(raw, str(path.resolve().parent) if path is not None else "")
+    return resolve(cfg, machine or this_machine())
 
 
-def load_logged(raw: dict) -> Config:
+def load_logged(raw: dict, machine: Machine | None = None) -> Config:
     """A config a sweep logged (config.json), perhaps before some keys existed: those take their
     defaults, which reproduce what the sweep computed (see NEUTRAL)."""
     full = copy.deepcopy(DEFAULTS)
     merge(full, raw, where="logged config")
-    return validate(full)
+    return resolve(validate(full), machine or this_machine())
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -377,25 +410,35 @@ def validate(raw: dict, source_dir: str = "") -> Config:
         raise ConfigError("augment.fill_mode must be one of nearest, reflect, wrap, constant")
     validate_leakage(raw["leakage"])
     validate_tune(raw)
-    resolve_device_augment(raw)
+    validate_device_augment(raw)
     variants = resolve_variants(raw)
     return Config(name=str(raw["name"]), raw=raw, variants=variants, source_dir=source_dir)
 
 
-def resolve_device_augment(raw: dict) -> None:
-    """speed.device_augment "auto" -> true/false, in place, before anything hashes the config; and
-    the pipelines that need TensorFlow refused under another Keras backend, naming the alternative."""
-    from harness.backend import accelerator_visible, backend_name
-    speed, pipeline, backend = raw["speed"], raw["pipeline"], backend_name()
+def resolve(cfg: Config, machine: Machine) -> Config:
+    """The config settled for `machine`: speed.device_augment "auto" -> true or false (in the settings
+    that are logged and hashed), and a pipeline that needs TensorFlow refused under another Keras
+    backend, naming the alternative. The config it was resolved from is kept as `given`."""
+    given = cfg.raw if cfg.given is None else cfg.given
+    raw = copy.deepcopy(given)
+    speed, pipeline = raw["speed"], raw["pipeline"]
     if speed["device_augment"] == "auto":
         # The case's own ImageDataGenerator pair stays what it is; the layers engine and
         # parallel_augment are tf.data's: asking for them keeps tf.data.
         speed["device_augment"] = (pipeline == "tfdata" and raw["augment"]["engine"] == "affine"
                                    and not speed["parallel_augment"]
-                                   and (backend != "tensorflow" or accelerator_visible()))
-    if backend != "tensorflow" and not speed["device_augment"]:
-        raise needs_tensorflow(pipeline, backend)
-    if speed["device_augment"]:
+                                   and (machine.backend != "tensorflow" or machine.accelerator))
+    if machine.backend != "tensorflow" and not speed["device_augment"]:
+        raise needs_tensorflow(pipeline, machine.backend)
+    return Config(name=cfg.name, raw=raw, variants=cfg.variants, source_dir=cfg.source_dir,
+                  machine=machine, given=given)
+
+
+def validate_device_augment(raw: dict) -> None:
+    """speed.device_augment set to true: only with what it can replace (an "auto" is settled by
+    `resolve`, which never turns it on where these refuse)."""
+    speed, pipeline = raw["speed"], raw["pipeline"]
+    if speed["device_augment"] is True:
         if pipeline != "tfdata":
             raise ConfigError(f'speed.device_augment replaces the tfdata pipeline; pipeline "{pipeline}" '
                               "runs the case's own generators (set speed.device_augment=false, under TensorFlow)")

@@ -3,22 +3,18 @@ binary and aligned with their images, the augmented stream has the host path's f
 and a seed repeats exactly. Also run under KERAS_BACKEND=jax in CI (marker `backend`)."""
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_VERDICTS, TINY_VERDICTS_ON_EVERY_BACKEND, need_module
+from conftest import ROOT, TINY_VERDICTS, TINY_VERDICTS_ON_EVERY_BACKEND, need_module, run_harness
 from harness import backend
-from harness.config import DEFAULTS, load_config
+from harness.config import DEFAULTS
 from harness.data import Dataset, make_synthetic
 from harness.feeds.choose import fit_transform, sample_batches as augmented_batches
 from harness.feeds.device import DeviceFeed, build_fed_model
 from harness.transforms import Stats, Transform
-from harness.errors import ConfigError
 
 backend_test = pytest.mark.backend     # the fast ones; CI runs them again under KERAS_BACKEND=jax
 TINY = ROOT / "tests" / "data" / "tiny.toml"      # 32x32 images; shrunk further below
@@ -106,43 +102,13 @@ def test_training_through_the_feed_repeats_for_a_seed_and_streams_alike(monkeypa
     np.testing.assert_allclose(fit_losses(1, images, masks), first, rtol=1e-5)
 
 
-@backend_test
-def test_tfdata_is_refused_under_another_backend_with_the_alternative(monkeypatch):
-    monkeypatch.setattr(backend, "backend_name", lambda: "jax")
-    with pytest.raises(ConfigError) as e:
-        load_config(None, ["speed.device_augment=false"])
-    assert str(e.value) == ('pipeline "tfdata" needs KERAS_BACKEND=tensorflow; under jax use '
-                            "--set speed.device_augment=true")
-    with pytest.raises(ConfigError, match="--set pipeline=tfdata"):
-        load_config(None, ["pipeline=imagedatagenerator"])
-    assert load_config(None)["speed"]["device_augment"] is True          # "auto" under jax
-
-
-@backend_test
-def test_auto_resolves_before_the_digest_and_off_keeps_old_study_names(monkeypatch):
-    monkeypatch.setattr(backend, "backend_name", lambda: "tensorflow")
-    monkeypatch.setattr(backend, "accelerator_visible", lambda: False)
-    auto, off, on = (load_config(None, s) for s in ([], ["speed.device_augment=false"],
-                                                    ["speed.device_augment=true"]))
-    assert auto["speed"]["device_augment"] is False
-    assert auto.study_name == off.study_name != on.study_name
-    monkeypatch.setattr(backend, "accelerator_visible", lambda: True)
-    assert load_config(None)["speed"]["device_augment"] is True
-    assert load_config(None, ["speed.parallel_augment=true"])["speed"]["device_augment"] is False
-    with pytest.raises(ConfigError, match="true, false or"):
-        load_config(None, ["speed.device_augment=yes"])
-
-
 @pytest.mark.slow
 def test_a_tiny_sweep_under_jax_gives_tensorflows_verdicts(tmp_path):
     need_module("jax", "pip install 'jax[cpu]'")
     results = tmp_path / "results"
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    env.pop("HARNESS_DEBUG", None)
     variants = list(TINY_VERDICTS_ON_EVERY_BACKEND)
-    run = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(TINY), "--set",
-                          f"variants={json.dumps(variants)}", "--results", str(results)],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1200)
+    run = run_harness("sweep", TINY, "--set", f"variants={json.dumps(variants)}", "--results", results,
+                      cwd=tmp_path, env={"KERAS_BACKEND": "jax"}, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
     import csv
     with open(results / "tiny-jax" / "summary.csv") as f:

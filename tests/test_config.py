@@ -1,9 +1,12 @@
 import pytest
 
-from harness.config import BUILTIN_VARIANTS, load_config, parse_override
+from harness.backend import Machine
+from harness.config import BUILTIN_VARIANTS, load_config, load_logged, resolve, validate, DEFAULTS, parse_override
 from harness.errors import ConfigError
 
 from conftest import ROOT
+
+CPU, GPU, JAX = Machine("tensorflow", False), Machine("tensorflow", True), Machine("jax", False)
 
 DEFAULT = ROOT / "experiments" / "whitening.toml"
 
@@ -88,11 +91,11 @@ def test_factorial_grid_expands_and_excludes(tmp_path):
 def test_study_names_of_existing_experiments_are_unchanged():
     """Values at main before data.split and [leakage] existed: their defaults leave the digest alone,
     and the leakage thresholds change no trained number, so no value of them renames a study."""
-    assert load_config(None).study_name == "experiment-a48efbff"
-    assert load_config(ROOT / "experiments" / "whitening.toml").study_name == "whitening-8cc43140"
-    assert load_config(ROOT / "experiments" / "whitening-isbi.toml").study_name == "whitening-isbi-78818db9"
-    assert load_config(None, ["data.split=random", "leakage.margin=0.5"]).study_name == "experiment-a48efbff"
-    assert load_config(None, ["data.split=contiguous"]).study_name != "experiment-a48efbff"
+    assert load_config(None, machine=CPU).study_name == "experiment-a48efbff"
+    assert load_config(ROOT / "experiments" / "whitening.toml", machine=CPU).study_name == "whitening-8cc43140"
+    assert load_config(ROOT / "experiments" / "whitening-isbi.toml", machine=CPU).study_name == "whitening-isbi-78818db9"
+    assert load_config(None, ["data.split=random", "leakage.margin=0.5"], CPU).study_name == "experiment-a48efbff"
+    assert load_config(None, ["data.split=contiguous"], CPU).study_name != "experiment-a48efbff"
 
 
 @pytest.mark.parametrize("override, message", [("data.split=blocks", "valid: random, contiguous"),
@@ -110,3 +113,47 @@ def test_a_config_logged_before_split_and_leakage_existed_still_loads():
     old["data"] = {k: v for k, v in raw["data"].items() if k != "split"}
     cfg = load_logged(old)
     assert cfg["data"]["split"] == "random" and cfg.study_name == "whitening-8cc43140"
+
+
+def test_validation_reads_the_settings_only_and_resolve_settles_the_machine():
+    import copy
+    given = validate(copy.deepcopy(DEFAULTS))
+    assert given.raw["speed"]["device_augment"] == "auto" and given.machine is None
+    with pytest.raises(RuntimeError, match="not resolved"):
+        given.study_name
+    on_cpu, on_gpu = resolve(given, CPU), resolve(given, GPU)
+    assert (on_cpu["speed"]["device_augment"], on_gpu["speed"]["device_augment"]) == (False, True)
+    assert given.raw["speed"]["device_augment"] == "auto"               # resolving copies
+    assert on_cpu.study_name == load_config(None, ["speed.device_augment=false"], GPU).study_name
+    assert on_gpu.study_name == load_config(None, ["speed.device_augment=true"], CPU).study_name
+    assert on_cpu.study_name != on_gpu.study_name
+
+
+def test_auto_resolves_again_under_overrides_and_keeps_tf_data_choices():
+    on_gpu = load_config(None, machine=GPU)
+    assert on_gpu.with_overrides({"speed.parallel_augment": True})["speed"]["device_augment"] is False
+    assert on_gpu.with_overrides({"pipeline": "imagedatagenerator"})["speed"]["device_augment"] is False
+    assert on_gpu.with_overrides({"train.epochs": 3}).machine == GPU
+    assert load_config(None, ["augment.engine=layers"], GPU)["speed"]["device_augment"] is False
+    with pytest.raises(ConfigError, match="true, false or"):
+        load_config(None, ["speed.device_augment=yes"], CPU)
+    with pytest.raises(ConfigError, match="replaces the tfdata pipeline"):
+        load_config(None, ["speed.device_augment=true", "pipeline=imagedatagenerator"], CPU)
+
+
+def test_another_backend_is_its_own_study_and_refuses_tf_only_pipelines():
+    assert load_config(None, machine=JAX)["speed"]["device_augment"] is True          # "auto" under jax
+    assert load_config(None, machine=JAX).study_name != load_config(None, ["speed.device_augment=true"], CPU).study_name
+    assert load_config(None, machine=JAX).report_name == "experiment-jax"
+    assert load_config(None, ["pipeline=imagedatagenerator"], CPU).report_name == "experiment-imagedatagenerator"
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["speed.device_augment=false"], JAX)
+    assert str(e.value) == ('pipeline "tfdata" needs KERAS_BACKEND=tensorflow; under jax use '
+                            "--set speed.device_augment=true")
+    with pytest.raises(ConfigError, match="--set pipeline=tfdata"):
+        load_config(None, ["pipeline=imagedatagenerator"], JAX)
+
+
+def test_a_logged_config_resolves_to_its_study():
+    cfg = load_config(ROOT / "experiments" / "whitening.toml", machine=CPU)
+    assert load_logged(cfg.raw, CPU).study_name == cfg.study_name == "whitening-8cc43140"

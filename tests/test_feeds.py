@@ -6,6 +6,7 @@ import pytest
 from conftest import ROOT, need_module
 from test_layout import cycles, import_graph
 from harness import backend
+from harness.backend import Machine
 from harness.config import load_config
 from harness.data import load_dataset
 from harness.errors import ConfigError
@@ -19,8 +20,8 @@ SMALL = ["data.n_images=12", "data.image_size=16", "model.start_depth=4", "train
 HARNESS = ROOT / "harness"
 
 
-def setup(*sets):
-    cfg = load_config(TINY, SMALL + list(sets))
+def setup(*sets, machine=None):
+    cfg = load_config(TINY, SMALL + list(sets), machine)
     return cfg, load_dataset(cfg["data"])
 
 
@@ -38,9 +39,8 @@ def check_interface(feed, cfg, dataset):
 
 
 @pytest.mark.skipif(backend.backend_name() != "tensorflow", reason="tf.data needs TensorFlow")
-def test_tfdata_feed_by_default_on_a_cpu(monkeypatch):
-    monkeypatch.setattr(backend, "accelerator_visible", lambda: False)
-    cfg, dataset = setup()
+def test_tfdata_feed_by_default_on_a_cpu():
+    cfg, dataset = setup(machine=Machine("tensorflow", accelerator=False))
     feed = choose_feed(cfg, dataset, cfg.variants[0], 1)
     assert feed.name == "tfdata"
     trained, fit_args = check_interface(feed, cfg, dataset)
@@ -74,10 +74,9 @@ def test_device_feed_resident_or_streamed_by_the_device_data_limit(monkeypatch):
 
 @pytest.mark.backend
 def test_tensorflow_feeds_are_refused_under_another_backend_in_one_line(monkeypatch):
-    monkeypatch.setattr(backend, "backend_name", lambda: "tensorflow")
-    monkeypatch.setattr(backend, "accelerator_visible", lambda: False)
-    cfg, dataset = setup("speed.device_augment=false")
-    idg, _ = setup("pipeline=imagedatagenerator")
+    # Configs resolved for TensorFlow, then run where Keras runs JAX: the feed refuses them too.
+    cfg, dataset = setup("speed.device_augment=false", machine=Machine("tensorflow"))
+    idg, _ = setup("pipeline=imagedatagenerator", machine=Machine("tensorflow"))
     monkeypatch.setattr(backend, "backend_name", lambda: "jax")
     with pytest.raises(ConfigError, match='^pipeline "tfdata" needs KERAS_BACKEND=tensorflow; under jax use '
                                           "--set speed.device_augment=true$"):

@@ -1,8 +1,8 @@
 """Point and study identity: what makes a point's numbers names it; nothing else does."""
 import pandas as pd
-import pytest
 
 from conftest import ROOT
+from harness.backend import Machine
 from harness.config import load_config
 from harness.points import grid_points, runs_of_grid
 from harness.tune import tune_study_name
@@ -10,23 +10,20 @@ from harness.tune import tune_study_name
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 
 
-@pytest.fixture(autouse=True)
-def no_accelerator(monkeypatch):
-    """The names a machine without an NVIDIA device gives: `speed.device_augment = "auto"` resolves
-    to on where one is visible, which starts a study of its own (tested below)."""
-    monkeypatch.setattr("harness.backend.accelerator_visible", lambda: False)
+# The names a machine without an accelerator gives, whatever this one has: `speed.device_augment =
+# "auto"` resolves to on where one is visible, which starts a study of its own (tested below).
+CPU, GPU = Machine("tensorflow", accelerator=False), Machine("tensorflow", accelerator=True)
 
 
-def study(*overrides):
-    return load_config(TINY, list(overrides)).study_name
+def study(*overrides, machine=CPU):
+    return load_config(TINY, list(overrides), machine).study_name
 
 
-def test_auto_device_augmentation_on_a_visible_gpu_is_a_study_of_its_own(monkeypatch):
+def test_auto_device_augmentation_on_a_visible_gpu_is_a_study_of_its_own():
     base = study()
-    monkeypatch.setattr("harness.backend.accelerator_visible", lambda: True)
-    assert load_config(TINY).raw["speed"]["device_augment"] is True
-    assert study() == study("speed.device_augment=true") != base
-    assert study("speed.device_augment=false") == base
+    assert load_config(TINY, machine=GPU).raw["speed"]["device_augment"] is True
+    assert study(machine=GPU) == study("speed.device_augment=true") != base
+    assert study("speed.device_augment=false", machine=GPU) == base
 
 
 def test_study_names_of_the_default_settings_are_unchanged():
