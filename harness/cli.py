@@ -7,24 +7,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness.backend import import_tensorflow_quietly
+from harness.backend import command_prefix, import_tensorflow_quietly
+from harness.config import DEFAULT_EXPERIMENT, find_experiment
 from harness.errors import (EXIT_CRASHED, EXIT_DONE, EXIT_INTERNAL, EXIT_INTERRUPTED, HarnessError,
                             exit_code_of, interrupt_handlers)
 from harness.workers import resolve_n_jobs, run_workers, workers_exit
 
-DEFAULT_EXPERIMENT = "whitening"
 TRAINING_COMMANDS = ("sweep", "tune", "check", "bench")      # the commands that import TensorFlow
-
-
-def find_experiment(name: str | None) -> Path:
-    """A path, or a name looked up in ./experiments/ and then in the source checkout's experiments/."""
-    name = name or DEFAULT_EXPERIMENT
-    candidates = [Path(name), Path("experiments") / f"{name}.toml",
-                  Path(__file__).resolve().parent.parent / "experiments" / f"{name}.toml"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise HarnessError(f"experiment not found: {name} (give a .toml path or a name in experiments/)")
 
 
 def add_experiment_args(p: argparse.ArgumentParser) -> None:
@@ -141,7 +130,7 @@ def check_writable(results: Path) -> None:
 
 def cmd_sweep(args, command: str) -> int:
     from harness.sweep import run_sweep
-    from harness.report import write_report
+    from harness.report import summary_lines, write_report
     from harness.tracking import default_tracking_uri
     cfg = load(args)
     check_writable(args.results)
@@ -167,7 +156,7 @@ def cmd_sweep(args, command: str) -> int:
     done = EXIT_CRASHED if (args.strict and crashed) else EXIT_DONE
     report, summary = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command)
     print(f"report: {report}")
-    print_summary(summary)
+    print("\n".join(summary_lines(summary)))
     return done
 
 
@@ -178,16 +167,6 @@ def worker_spec(args, command: str) -> dict:
             "results": str(args.results), "storage": args.storage, "tracking_uri": args.tracking_uri,
             "system_metrics": args.system_metrics, "save_models": args.save_models, "strict": args.strict,
             "command": command}
-
-
-def print_summary(summary) -> None:
-    """The report's summary (a DataFrame, one row per variant; empty: no finished grid run) as a table."""
-    if summary.empty:
-        return
-    print(f"{'variant':<18} {'verdict':<15} {'predicted':<27} {'min_loss':>9} {'floor':>7} {'val_miou':>8} {'trivial':>7}")
-    for _, r in summary.iterrows():
-        print(f"{r['variant']:<18} {r['verdict']:<15} {r['predicted']:<27} {float(r['min_loss']):>9.3f} "
-              f"{float(r['loss_floor']):>7.3f} {float(r['val_miou']):>8.3f} {float(r['trivial_miou']):>7.3f}")
 
 
 def cmd_tune(args, command: str) -> int:
@@ -210,7 +189,7 @@ def cmd_report(args, command: str) -> int:
     """The current settings' report, or with --study an older study's, beside it in
     <results>/<experiment>/<study>/ (read with the config that study's sweep logged)."""
     from harness.report import write_report
-    from harness.tracking import default_tracking_uri
+    from harness.tracking import default_tracking_uri, resolve_study
     uri = args.tracking_uri or default_tracking_uri(args.results)
     cfg, folder = load(args), None
     study = cfg.study_name
@@ -254,72 +233,18 @@ def cmd_status(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    """Serve the MLflow UI on the store and print the address of the experiment's training runs
-    (MLflow 3's UI otherwise opens an experiment on its GenAI traces view). A tracking server
-    (http/https) is already serving: its runs page is printed, nothing is started."""
-    from harness.tracking import default_tracking_uri, experiment_id
+    from harness.tracking import default_tracking_uri, serve_ui
+    own_store = not args.tracking_uri
     uri = args.tracking_uri or default_tracking_uri(args.results)
-    if uri.startswith("sqlite:") and not args.tracking_uri and not (args.results / "mlflow.db").exists():
+    if own_store and not (args.results / "mlflow.db").exists():
         raise HarnessError(f"no MLflow store at {args.results / 'mlflow.db'}: run `harness sweep` first")
-    remote = uri.startswith(("http://", "https://"))
-    base = uri.rstrip("/") if remote else f"http://{shown_host(args.host)}:{args.port}"
-    name = experiment_name(args.experiment) if args.experiment else None
-    found = experiment_id(uri, name)
-    if found is None and name:
-        raise HarnessError(f"no experiment {name!r} in the MLflow store {uri}")
-    page = f"{base}/#/experiments/{found[0]}/runs" if found else base
-    what = f"training runs of {found[1]}" if found else "no experiment yet"
-    if remote:
-        print(f"MLflow UI: {page}  ({what}, served by {base})", flush=True)
-        return 0
-    print(f"MLflow UI: {page}  ({what}; store {uri}; Ctrl-C to stop)", flush=True)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port)]
-    if uri.startswith("sqlite:") and not args.tracking_uri:
-        cmd += ["--default-artifact-root", (args.results / "mlartifacts").resolve().as_uri()]
-    os.execv(sys.executable, cmd)
-    return 0
-
-
-def shown_host(host: str) -> str:
-    """The address to print: a server on every interface is reached through this host's name."""
-    import socket
-    return socket.gethostname() if host in ("0.0.0.0", "::") else host
-
-
-def experiment_name(given: str) -> str:
-    """An experiment file's name (its `name`, else its stem), or the name as given if no file has it."""
-    try:
-        from harness.config import load_config
-        return load_config(find_experiment(given)).name
-    except HarnessError:
-        return given
-
-
-def resolve_study(given: str, overrides: list[str], tracking_uri: str):
-    """An experiment (file or name, with --set) or an Optuna study name (EXPERIMENT-DIGEST) -> (config,
-    study). A study is read with the config its sweep logged (config.json), else its experiment file's."""
-    from harness.config import load_config, load_logged
-    from harness.tracking import study_config
-    try:
-        cfg = load_config(find_experiment(given), overrides)
-        return cfg, cfg.study_name
-    except HarnessError:
-        if "-" not in given:
-            raise
-    experiment = given.rsplit("-", 1)[0]
-    raw = study_config(tracking_uri, experiment, given)
-    if raw is not None:
-        return load_logged(raw), given
-    try:
-        return load_config(find_experiment(experiment), overrides), given
-    except HarnessError:
-        raise HarnessError(f"neither an experiment nor a study with a logged config: {given}") from None
+    serve_ui(uri, args.results / "mlartifacts" if own_store else None, args.experiment, args.host, args.port)
+    return EXIT_DONE
 
 
 def cmd_compare(args) -> int:
     from harness.report import compare_studies
-    from harness.tracking import default_tracking_uri
+    from harness.tracking import default_tracking_uri, resolve_study
     uri = args.tracking_uri or default_tracking_uri(args.results)
     cfg_a, study_a = resolve_study(args.a, args.overrides, uri)
     cfg_b, study_b = resolve_study(args.b, args.overrides + args.overrides_b, uri)
@@ -329,14 +254,6 @@ def cmd_compare(args) -> int:
         table.to_csv(args.csv, index=False, float_format="%.6g", na_rep="nan", lineterminator="\n")
         print(f"wrote {args.csv}")
     return 0
-
-
-def backend_prefix() -> str:
-    """`KERAS_BACKEND=jax ` where another backend than TensorFlow runs: part of the command that
-    reproduces a sweep (the report's "Reproduce" section quotes it)."""
-    from harness.backend import backend_name
-    name = backend_name()
-    return "" if name == "tensorflow" else f"KERAS_BACKEND={name} "
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,7 +268,7 @@ def run_command(argv: list[str]) -> int:
 
 def dispatch(args, argv: list[str]) -> int:
     """Hand the parsed command line to its command; returns the exit code."""
-    command = backend_prefix() + "harness " + shlex.join(argv)
+    command = command_prefix() + "harness " + shlex.join(argv)
     if args.command == "sweep":
         return cmd_sweep(args, command)
     if args.command == "bench":

@@ -378,3 +378,66 @@ def artifact_path(tracking_uri: str, run_id: str, name: str) -> str | None:
         return client.download_artifacts(run_id, name, tempfile.mkdtemp(prefix="harness-"))
     except Exception:  # noqa: BLE001 - a missing figure should not stop a report
         return None
+
+
+def resolve_study(given: str, overrides: list[str], tracking_uri: str):
+    """An experiment (file or name, with --set) or an Optuna study name (EXPERIMENT-DIGEST) -> (config,
+    study). A study is read with the config its sweep logged (config.json), else its experiment file's."""
+    from harness.config import find_experiment, load_config, load_logged
+    from harness.errors import HarnessError
+    try:
+        cfg = load_config(find_experiment(given), overrides)
+        return cfg, cfg.study_name
+    except HarnessError:
+        if "-" not in given:
+            raise
+    experiment = given.rsplit("-", 1)[0]
+    raw = study_config(tracking_uri, experiment, given)
+    if raw is not None:
+        return load_logged(raw), given
+    try:
+        return load_config(find_experiment(experiment), overrides), given
+    except HarnessError:
+        raise HarnessError(f"neither an experiment nor a study with a logged config: {given}") from None
+
+
+def experiment_name(given: str) -> str:
+    """An experiment file's name (its `name`, else its stem), or the name as given if no file has it."""
+    from harness.config import find_experiment, load_config
+    from harness.errors import HarnessError
+    try:
+        return load_config(find_experiment(given)).name
+    except HarnessError:
+        return given
+
+
+def serve_ui(tracking_uri: str, artifact_root: Path | None, experiment: str | None, host: str, port: int) -> None:
+    """Serve the MLflow UI on the store and print the address of the experiment's training runs
+    (MLflow 3's UI otherwise opens an experiment on its GenAI traces view); this process becomes the
+    server. A tracking server (http/https) is already serving: its runs page is printed, nothing is
+    started. `artifact_root`: where the harness's own SQLite store keeps its artifacts."""
+    import sys
+    from harness.errors import HarnessError
+    remote = tracking_uri.startswith(("http://", "https://"))
+    base = tracking_uri.rstrip("/") if remote else f"http://{shown_host(host)}:{port}"
+    name = experiment_name(experiment) if experiment else None
+    found = experiment_id(tracking_uri, name)
+    if found is None and name:
+        raise HarnessError(f"no experiment {name!r} in the MLflow store {tracking_uri}")
+    page = f"{base}/#/experiments/{found[0]}/runs" if found else base
+    what = f"training runs of {found[1]}" if found else "no experiment yet"
+    if remote:
+        print(f"MLflow UI: {page}  ({what}, served by {base})", flush=True)
+        return
+    print(f"MLflow UI: {page}  ({what}; store {tracking_uri}; Ctrl-C to stop)", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host,
+           "--port", str(port)]
+    if artifact_root is not None:
+        cmd += ["--default-artifact-root", artifact_root.resolve().as_uri()]
+    os.execv(sys.executable, cmd)
+
+
+def shown_host(host: str) -> str:
+    """The address to print: a server on every interface is reached through this host's name."""
+    import socket
+    return socket.gethostname() if host in ("0.0.0.0", "::") else host

@@ -22,7 +22,7 @@ from harness.report.tables import SUMMARY_COLUMNS, csv_table, failures, point_ro
 from harness.report.tuning import pick_best, tune_section
 from harness.tracking import attach_report, load_runs, sweep_commands
 
-__all__ = ["Written", "write_report", "compare_studies", "comparison_table", "study_summary", "explain",
+__all__ = ["Written", "write_report", "summary_lines", "compare_studies", "comparison_table", "study_summary", "explain",
            "marked_verdicts", "split_rule", "validation_paragraph", "cell_tone", "render_html", "render_markdown",
            "failures", "point_rows", "summarize", "pick_best"]
 
@@ -66,3 +66,14 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str, st
     # The parent run keeps the report too, so a tracking server shows it to every host.
     attach_report(tracking_uri, cfg.name, study, [out / n for n in ("report.md", "report.html", "summary.csv")])
     return Written(out / "report.md", summary)
+
+
+def summary_lines(summary: pd.DataFrame) -> list[str]:
+    """The summary (one row per variant; empty: no finished grid run) as a table for the terminal."""
+    if summary.empty:
+        return []
+    lines = [f"{'variant':<18} {'verdict':<15} {'predicted':<27} {'min_loss':>9} {'floor':>7} {'val_miou':>8} {'trivial':>7}"]
+    for _, r in summary.iterrows():
+        lines.append(f"{r['variant']:<18} {r['verdict']:<15} {r['predicted']:<27} {float(r['min_loss']):>9.3f} "
+                     f"{float(r['loss_floor']):>7.3f} {float(r['val_miou']):>8.3f} {float(r['trivial_miou']):>7.3f}")
+    return lines
