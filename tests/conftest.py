@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012-membrane"
+TINY = ROOT / "tests" / "data" / "tiny.toml"
+# What tests that stop, kill and resume sweeps set: a point's liveness written every second, and
+# another process may take a point over 8 s after its owner stopped writing (defaults: 5 s, 20 s).
+QUICK_TAKEOVER = {"HARNESS_HEARTBEAT_S": "1", "HARNESS_GRACE_S": "8"}
 
 # `harness sweep tests/data/tiny.toml` (one seed, 12 epochs of 256 images 32x32), as measured on the
 # CPU under TensorFlow. The posted tanh loss goes negative but reaches no NaN in 12 epochs there
@@ -59,6 +65,37 @@ def cli(capfd, monkeypatch, tmp_path):
         out, err = capfd.readouterr()
         return code, out, err
     return run
+
+
+def start_harness(*args, cwd=None, env=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                  **popen) -> subprocess.Popen:
+    """The real `harness` command line in a child process: the one way the tests start it. `env`: variables
+    set on top of this process's (None unsets one); tests/ is importable, for the user code of the test
+    experiments; TensorFlow's C++ log is quiet and the output unbuffered, so the tests can read it live."""
+    full = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
+                PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    full.pop("HARNESS_DEBUG", None)
+    for key, value in (env or {}).items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd or ROOT, env=full,
+                            stdout=stdout, stderr=stderr, text=True, **popen)
+
+
+def run_harness(*args, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """start_harness, waited for: (returncode, stdout, stderr) as a CompletedProcess. A child still
+    running after `timeout` s is killed and the test fails with what it printed."""
+    child = start_harness(*args, **kwargs)
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        out, err = child.communicate()
+        pytest.fail(f"harness {' '.join(map(str, args))} still running after {timeout} s:\n{(out or '')[-2000:]}"
+                    f"\n{(err or '')[-2000:]}")
+    return subprocess.CompletedProcess(child.args, child.returncode, out, err)
 
 
 def read_until(proc, text: str, timeout: float = 300) -> str:

@@ -1,23 +1,18 @@
 """End to end through the real CLI, with its own MLflow (SQLite) and Optuna stores in a temp folder."""
 import csv
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY_VERDICTS, need_module, read_until
+from conftest import ROOT, TINY_VERDICTS, need_module, read_until, run_harness, start_harness
 
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 
 
 def harness(*args, cwd=None, timeout=900, env_extra=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", **(env_extra or {}))
-    env.pop("HARNESS_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=timeout)
+    return run_harness(*args, cwd=cwd, env=env_extra, timeout=timeout)
 
 
 def summary(results: Path, name: str) -> dict[str, dict]:
@@ -103,8 +98,7 @@ def assert_ui_serves_the_runs(results: Path, cwd: Path) -> None:
     import re
     import time
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--results", str(results), "--port", str(port)],
-                          cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ui = start_harness("ui", "--results", results, "--port", port, cwd=cwd, stderr=subprocess.STDOUT)
 
     def api(path: str, body: dict | None = None):
         return mlflow_api(port, path, body)

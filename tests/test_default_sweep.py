@@ -14,8 +14,7 @@ import statistics
 
 import pytest
 
-from conftest import ROOT
-from test_cli_e2e import harness
+from conftest import ROOT, run_harness
 
 COMMITTED = ROOT / "results" / "whitening"
 VERDICTS = {"seed": "negative_loss", "no_featurewise": "learning", "image_only": "converged",
@@ -32,7 +31,7 @@ def rows_of(path) -> list[dict]:
 @pytest.mark.timeout(2400)
 def test_the_default_sweep_gives_the_committed_report(tmp_path):
     results = tmp_path / "results"
-    run = harness("sweep", "--results", results, cwd=tmp_path, timeout=2300)   # experiment: the default
+    run = run_harness("sweep", "--results", results, cwd=tmp_path, timeout=2300)   # experiment: the default
     assert run.returncode == 0, run.stderr[-3000:]
     folder = results / "whitening"
     summary = {row["variant"]: row for row in rows_of(folder / "summary.csv")}

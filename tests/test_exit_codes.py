@@ -1,19 +1,14 @@
 """Exit codes a script or CI job can tell apart (README, "Exit codes"); abbreviations refused."""
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_harness
 
 TINY = ROOT / "tests" / "data" / "tiny.toml"
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
 
 
 def harness(*args, cwd):
-    p = subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=ENV,
-                       capture_output=True, text=True, timeout=300)
+    p = run_harness(*args, cwd=cwd, timeout=300)
     return p.returncode, p.stdout, p.stderr
 
 

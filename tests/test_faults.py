@@ -3,8 +3,6 @@ import contextlib
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,17 +10,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT, read_until
+from conftest import QUICK_TAKEOVER, ROOT, read_until, run_harness, start_harness
 
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 FAST = ["--set", "train.epochs=4", "--set", "data.n_images=96", "--set", "augment.stats_rounds=0"]
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", HARNESS_HEARTBEAT_S="1",
-           HARNESS_GRACE_S="8", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
 
 
 def start(*args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", TINY, *map(str, args)], cwd=cwd, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_harness("sweep", TINY, *args, cwd=cwd, env=QUICK_TAKEOVER)
 
 
 def run(*args, cwd, timeout=600):
@@ -134,8 +129,7 @@ def test_a_crashing_variant_is_recorded_and_the_sweep_goes_on(tmp_path):
     spec.write_text((TINY.read_text().replace('variants = ["seed", "no_featurewise", "image_only", "tanh_posted", '
                                               '"tanh_corrected"]', 'variants = ["broken", "image_only"]')
                      + '\n[define.broken]\nmasks = "binary"\nloss = "faulty_losses:exploding"\n'))
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", spec, *FAST, "--results", results],
-                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    p = run_harness("sweep", spec, *FAST, "--results", results, cwd=tmp_path, env=QUICK_TAKEOVER)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "[broken seed=1] crashed: ValueError: this loss always fails" in p.stdout
     runs = mlflow_runs(results, "tiny")
@@ -144,8 +138,7 @@ def test_a_crashing_variant_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert set(runs.loc[runs["variant"] == "image_only", "status"]) == {"FINISHED"}
     report = (results / "tiny" / "report.md").read_text()
     assert "Crashed or interrupted points" in report and "this loss always fails" in report
-    strict = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", spec, *FAST, "--results", results,
-                             "--strict"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    strict = run_harness("sweep", spec, *FAST, "--results", results, "--strict", cwd=tmp_path, env=QUICK_TAKEOVER)
     assert strict.returncode == 1, strict.stderr[-2000:]
 
 

@@ -4,18 +4,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, read_until
+from conftest import QUICK_TAKEOVER, ROOT, read_until, run_harness, start_harness
 
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 FAST = ["--set", "train.epochs=2", "--set", "data.n_images=48", "--set", "augment.stats_rounds=0"]
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", HARNESS_HEARTBEAT_S="1",
-           HARNESS_GRACE_S="8", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
 MINE = 'masks = "binary"\nimages = "scaled"\nvalidation = "like_training"\n'
 BROKEN = 'masks = "binary"\nloss = "faulty_losses:exploding"\n'
 
@@ -28,9 +25,8 @@ def experiment(tmp_path: Path) -> Path:
     return spec
 
 
-def harness(*args, cwd, env=ENV, timeout=600):
-    p = subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd, env=env,
-                       capture_output=True, text=True, timeout=timeout)
+def harness(*args, cwd, env=QUICK_TAKEOVER, timeout=600):
+    p = run_harness(*args, cwd=cwd, env=env, timeout=timeout)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -100,10 +96,9 @@ def test_seeds_and_variants_added_and_a_variant_redefined_train_only_what_is_new
 @pytest.mark.slow
 def test_an_interrupted_sweep_then_a_smaller_grid_skips_the_leftovers(tmp_path):
     spec = experiment(tmp_path)
-    big = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", spec, *FAST, "--set",
-                            'variants=["image_only", "mine"]', "--set", "train.seeds=[1, 2]",
-                            "--results", tmp_path / "r"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, text=True)
+    big = start_harness("sweep", spec, *FAST, "--set", 'variants=["image_only", "mine"]', "--set",
+                        "train.seeds=[1, 2]", "--results", tmp_path / "r", cwd=tmp_path, env=QUICK_TAKEOVER,
+                        stderr=subprocess.DEVNULL)
     read_until(big, "] training (")              # killed as its first point starts: 3 queued, 1 running
     big.send_signal(signal.SIGKILL)
     big.wait()
@@ -160,7 +155,7 @@ def test_a_workers_internal_error_makes_the_n_jobs_parent_exit_3_naming_it(tmp_p
         "    def broken(*args, **kwargs):\n"
         "        raise RuntimeError('simulated bug in worker 1')\n"
         "    harness.grid.enqueue_missing = broken\n")
-    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(hook), ENV["PYTHONPATH"]]))
+    env = dict(QUICK_TAKEOVER, PYTHONPATH=os.pathsep.join([str(hook), str(ROOT), str(ROOT / "tests")]))
     code, out, err = harness("sweep", TINY, *FAST, "--set", 'variants=["image_only"]', "--n-jobs", "2",
                              "--results", tmp_path / "r", cwd=tmp_path, env=env)
     assert code == 3, err[-3000:]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, missing
+from conftest import QUICK_TAKEOVER, ROOT, missing, run_harness, start_harness
 
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 SETTINGS = ["--set", "train.epochs=2", "--set", "train.seeds=[1,2]", "--set", 'variants=["seed","image_only"]',
@@ -204,10 +204,9 @@ def mlflow_server(postgres, tmp_path_factory):
         server.stop()
 
 
-def start_worker(args, cwd: Path, log: Path, env=ENV) -> subprocess.Popen:
+def start_worker(args, cwd: Path, log: Path, env=None) -> subprocess.Popen:
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], stdout=out,
-                                stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
+        return start_harness(*args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_all(procs: list, logs: list, timeout: float) -> None:
@@ -294,9 +293,8 @@ def test_two_hosts_share_one_study_and_one_tracking_server(postgres, mlflow_serv
 
     # A report written from a third host, from the tracking server alone, is complete.
     results = tmp_path / "host3" / "results"
-    report = subprocess.run([sys.executable, "-m", "harness.cli", "report", str(TINY), *SETTINGS,
-                             "--tracking-uri", mlflow_server.url, "--results", str(results)],
-                            capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
+    report = run_harness("report", TINY, *SETTINGS, "--tracking-uri", mlflow_server.url, "--results", results,
+                         cwd=tmp_path, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     folder = results / "tiny"
     with open(folder / "summary.csv") as f:
@@ -324,7 +322,7 @@ def test_a_dead_workers_point_is_trained_by_a_worker_on_another_host(postgres, m
     settings = ["--set", f'name="{name}"', "--set", "train.epochs=1", "--set", "train.seeds=[1,2]",
                 "--set", 'variants=["image_only"]', "--set", "data.n_images=96"]
     points = {("image_only", 1), ("image_only", 2)}
-    env = dict(ENV, HARNESS_HEARTBEAT_S="1", HARNESS_GRACE_S="10")   # the default grace is 20 s
+    env = dict(QUICK_TAKEOVER, HARNESS_GRACE_S="10")   # the default grace is 20 s
     hosts = {k: tmp_path / k for k in ("a", "b")}
     workers = {}
     try:

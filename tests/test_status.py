@@ -8,18 +8,15 @@ import sys
 
 import pytest
 
-from conftest import ROOT, read_until
+from conftest import QUICK_TAKEOVER, ROOT, read_until, run_harness, start_harness
 
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 GRID = ["--set", "data.n_images=48", "--set", "augment.stats_rounds=0", "--set", 'variants=["image_only"]',
         "--set", "train.seeds=[1, 2]"]
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", HARNESS_HEARTBEAT_S="1",
-           HARNESS_GRACE_S="8", PYTHONPATH=str(ROOT))
 
 
 def status(*args, cwd):
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "status", TINY, *GRID, *map(str, args)], cwd=cwd,
-                       env=ENV, capture_output=True, text=True, timeout=120)
+    p = run_harness("status", TINY, *GRID, *args, cwd=cwd, env=QUICK_TAKEOVER, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     return p.stdout
 
@@ -28,7 +25,8 @@ def test_status_imports_neither_tensorflow_nor_mlflow(tmp_path):
     code = ("import sys; from harness.cli import main; "
             f"assert main(['status', {str(TINY)!r}, '--results', {str(tmp_path / 'r')!r}]) == 0; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules))")
-    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                       capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == "[]"
@@ -42,9 +40,8 @@ def test_status_before_during_and_after_a_sweep(tmp_path):
     assert "not created yet" in before and "2 points: 0 finished, 0 running, 0 failed, 2 pending" in before
 
     # During: a long point is running on this host; Ctrl-C leaves it failed as interrupted.
-    sweep = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", TINY, *GRID, "--set", "train.epochs=500",
-                              "--results", results], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+    sweep = start_harness("sweep", TINY, *GRID, "--set", "train.epochs=500", "--results", results, cwd=tmp_path,
+                          env=QUICK_TAKEOVER, stderr=subprocess.DEVNULL)
     try:
         read_until(sweep, "] training (")
         during = status("--set", "train.epochs=500", "--results", results, cwd=tmp_path)
@@ -59,8 +56,8 @@ def test_status_before_during_and_after_a_sweep(tmp_path):
     assert "failed    interrupted" in stopped, stopped
 
     # After a finished sweep of 2 epochs: both points finished, each with its verdict.
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", TINY, *GRID, "--set", "train.epochs=2",
-                        "--results", results], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    p = run_harness("sweep", TINY, *GRID, "--set", "train.epochs=2", "--results", results, cwd=tmp_path,
+                    env=QUICK_TAKEOVER)
     assert p.returncode == 0, p.stderr[-2000:]
     after = status("--set", "train.epochs=2", "--results", results, cwd=tmp_path)
     assert "2 points: 2 finished, 0 running, 0 failed, 0 pending" in after, after

@@ -1,13 +1,10 @@
 """The sweep's whole product path on a shrunken experiment, in seconds (like the flax examples'
 train_test.py): a broken sweep loop fails the fast set, not only CI's end-to-end tests."""
 import csv
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_harness
 
 TINY = ROOT / "tests" / "data" / "tiny.toml"
 # One variant, one epoch, 32 images of 32x32, a U-Net of start depth 4: the real CLI, Optuna study,
@@ -40,12 +37,8 @@ def test_a_small_sweep_in_a_fresh_process_prints_nothing_on_stderr(tmp_path):
     TensorFlow start-up lines, no MLflow INFO lines. Results go to stdout; stderr holds the progress
     lines alone (on a pipe: a plain line at most every HARNESS_PROGRESS_S seconds)."""
     import re
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    for name in ("HARNESS_DEBUG", "TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS"):
-        env.pop(name, None)
-    run = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(TINY), *SHRUNK,
-                          "--results", str(tmp_path / "r")], capture_output=True, text=True, cwd=tmp_path, env=env,
-                         timeout=600)
+    run = run_harness("sweep", TINY, *SHRUNK, "--results", tmp_path / "r", cwd=tmp_path,
+                      env={"TF_CPP_MIN_LOG_LEVEL": None, "PYTHONWARNINGS": None})     # as a user runs it
     assert run.returncode == 0, run.stderr[-3000:]
     other = [line for line in run.stderr.splitlines() if not re.match(r"\[\d+/\d+ done\] ", line)]
     assert other == [], run.stderr[-3000:]

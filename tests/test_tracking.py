@@ -3,13 +3,11 @@ SQLite store carry MLflow's source and git tags, the dataset input and the confi
 from the runs names its sweep command and is attached to the parent run; `harness compare` gives the
 report's "Pipelines compared" table."""
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_harness
 from harness.config import load_config
 from fake_runs import COMMAND, PLATEAU, STUCK, log_sweep
 from harness.tracking import Tracker, attach_report, experiment_id, study_config, sweep_commands
@@ -89,9 +87,8 @@ def test_compare_gives_the_reports_pipelines_table(tmp_path, cfg):
     assert table.loc[1, "val_miou difference"] == pytest.approx(0.42 - 0.86, abs=1e-6)
 
     # The CLI, on the same store: study names resolve through the config each sweep logged.
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "compare", cfg.study_name, legacy.study_name,
-                          "--results", str(tmp_path), "--csv", str(tmp_path / "c.csv")],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    out = run_harness("compare", cfg.study_name, legacy.study_name, "--results", tmp_path, "--csv",
+                      tmp_path / "c.csv", cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert section in out.stdout
     assert list(pd.read_csv(tmp_path / "c.csv")["variant"]) == ["seed", "image_only"]

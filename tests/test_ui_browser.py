@@ -6,14 +6,13 @@ config; with `--save-models --system-metrics`, each point's run holds its traine
 Keras) and `system/*` metrics. Skips where Chromium or playwright is missing."""
 import re
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from conftest import ROOT, read_until
+from conftest import ROOT, read_until, start_harness
 from test_cli_e2e import free_port, harness, mlflow_api
 from test_report_browser import browser  # noqa: F401 - the shared Chromium fixture
 
@@ -28,8 +27,7 @@ def test_the_printed_address_shows_the_training_runs(tmp_path, browser):  # noqa
                     env_extra={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--results", str(results), "--port", str(port)],
-                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ui = start_harness("ui", "--results", results, "--port", port, cwd=tmp_path, stderr=subprocess.STDOUT)
     try:
         address = re.search(r"http://127\.0\.0\.1:\d+/#/experiments/(\d+)/runs", read_until(ui, "http://", 120))
         assert address, "harness ui must print the training-runs page"

@@ -2,13 +2,11 @@
 
 The user's module sits beside their experiment file and is found without PYTHONPATH."""
 import csv
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
+from conftest import run_harness
 from harness.tracking import default_tracking_uri, load_runs
 
 USER_CODE = textwrap.dedent('''
@@ -69,10 +67,9 @@ EXPERIMENT = textwrap.dedent('''
 
 
 def sweep(tmp_path, *args):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", tmp_path / "exp" / "user.toml",
-                        "--results", tmp_path / "results", *args], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=900)
+    # No PYTHONPATH: the user's modules are found beside the experiment file, as for a user.
+    p = run_harness("sweep", tmp_path / "exp" / "user.toml", "--results", tmp_path / "results", *args,
+                    cwd=tmp_path, env={"PYTHONPATH": None}, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     return p
 
