@@ -112,24 +112,39 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, seed: int = 1
     measured = probe.measure(loss, head.activation, levels, head.threshold)
     # The floor the sweep's verdicts will use: for a summed loss, a training batch's, not a probe's.
     train_floor = measured.epoch_floor(dataset.train_images, batch)
-    row = CheckRow(variant.name, (t_lo, t_hi), {"background": levels[0], "foreground": levels[1]},
-                   head.output_range, loss.target_range, train_floor, loss.lower_bound, measured.threshold,
-                   math.nan)
+    findings = loss_findings(measured, levels, (t_lo, t_hi), loss.target_range, loss.lower_bound, train_floor)
 
-    def flag(name: str, detail: str) -> None:
-        row.flags.append(name)
-        row.details[name] = detail
+    val_x, val_y = validation_arrays(dataset, transform, variant.validation)
+    train_x = np.asarray(transform.image(np.concatenate([x for x, _ in raw_batches])), np.float32)
+    findings |= data_findings(train_x, val_x, targets, val_y, count_levels(dataset.train_masks),
+                              count_levels(aug_masks))
+    return CheckRow(variant.name, (t_lo, t_hi), {"background": levels[0], "foreground": levels[1]},
+                    head.output_range, loss.target_range, train_floor, loss.lower_bound, measured.threshold,
+                    probed_min(measured), list(findings), findings)
 
-    d_lo, d_hi = loss.target_range
-    if t_lo < d_lo - TOLERANCE or t_hi > d_hi + TOLERANCE:
-        flag("targets_outside_loss_domain", f"targets span [{t_lo:.3g}, {t_hi:.3g}], loss domain [{d_lo:g}, {d_hi:g}]")
 
-    outputs, values = measured.outputs, measured.curves     # the curves the floor and threshold came from
-    finite_min = min(float(np.nanmin(np.where(np.isfinite(v), v, np.nan))) for v in values.values())
-    row.probed_min = -math.inf if any(np.any(v == -math.inf) for v in values.values()) else finite_min
+def probed_min(measured: probe.Measured) -> float:
+    """The least loss value anywhere in the probe's curves: -inf where one reached it."""
+    values = measured.curves.values()
+    if any(np.any(v == -math.inf) for v in values):
+        return -math.inf
+    return min(float(np.nanmin(np.where(np.isfinite(v), v, np.nan))) for v in values)
+
+
+def loss_findings(measured: probe.Measured, levels: dict[int, float], targets: tuple[float, float],
+                  domain: tuple[float, float], declared: float | None, train_floor: float) -> dict[str, str]:
+    """The loss's flags, {flag: measured detail} in the order they are reported, from the probe's
+    curves and the targets training sees (`targets`: their least and greatest value). Pure: plain
+    numbers and arrays in, no Keras."""
+    found = {}
+    t_lo, t_hi = targets
+    if t_lo < domain[0] - TOLERANCE or t_hi > domain[1] + TOLERANCE:
+        found["targets_outside_loss_domain"] = (f"targets span [{t_lo:.3g}, {t_hi:.3g}], "
+                                                f"loss domain [{domain[0]:g}, {domain[1]:g}]")
+    outputs = measured.outputs           # the curves the floor and threshold came from
     floor = measured.floor if math.isfinite(measured.floor) else 0.0
     wrong_side, falling = [], []
-    for cls, v in values.items():
+    for cls, v in measured.curves.items():
         v = np.where(np.isnan(v), np.inf, v)
         best = int(np.argmin(v))
         right = outputs >= measured.threshold if cls == 1 else outputs < measured.threshold
@@ -141,28 +156,32 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, seed: int = 1
         if best in (0, len(outputs) - 1) and v[edge] < floor - 1.0 and v[edge] < v[inner] - 0.1:
             falling.append(f"class {cls} (target {levels[cls]:.3g}): {v[inner]:.3g} -> {v[edge]:.3g} toward p={outputs[edge]:.3g}")
     if falling:
-        flag("loss_unbounded_below", "; ".join(falling))
+        found["loss_unbounded_below"] = "; ".join(falling)
     if wrong_side:
-        flag("loss_not_minimized_at_target", "; ".join(wrong_side))
+        found["loss_not_minimized_at_target"] = "; ".join(wrong_side)
     if floor < -TOLERANCE and not wrong_side and not falling:
-        flag("loss_floor_not_zero", f"least value at perfect predictions {floor:.4g}")
+        found["loss_floor_not_zero"] = f"least value at perfect predictions {floor:.4g}"
     if measured.exponents != (0.0, 0.0):
         e_b, e_p = measured.exponents
-        flag("loss_summed", f"value ~ batch^{e_b:.2g} x pixels^{e_p:.2g}; floor {measured.floor:.4g} on a "
-             f"{probe.PIXELS[0]}x{probe.PIXELS[1]} probe, {train_floor:.4g} for a training batch")
-    if loss.lower_bound is not None and not abs(loss.lower_bound - measured.floor) <= FLOOR_AGREEMENT:
-        flag("declared_floor_differs", f"declared {loss.lower_bound:.4g}, measured {measured.floor:.4g}")
+        found["loss_summed"] = (f"value ~ batch^{e_b:.2g} x pixels^{e_p:.2g}; floor {measured.floor:.4g} on a "
+                                f"{probe.PIXELS[0]}x{probe.PIXELS[1]} probe, {train_floor:.4g} for a training batch")
+    if declared is not None and not abs(declared - measured.floor) <= FLOOR_AGREEMENT:
+        found["declared_floor_differs"] = f"declared {declared:.4g}, measured {measured.floor:.4g}"
+    return found
 
-    val_x, val_y = validation_arrays(dataset, transform, variant.validation)
-    train_x = np.asarray(transform.image(np.concatenate([x for x, _ in raw_batches])), np.float32)
-    mismatch = input_mismatch(train_x, val_x) + target_mismatch(targets, val_y)
+
+def data_findings(train_x: np.ndarray, val_x: np.ndarray, train_y: np.ndarray, val_y: np.ndarray,
+                  raw_levels: int, augmented_levels: int) -> dict[str, str]:
+    """The data's flags, {flag: measured detail}: validation fed otherwise than training (inputs as
+    training sees them against validation's, targets likewise), and masks with more than two levels
+    as loaded or after augmentation. Pure."""
+    found = {}
+    mismatch = input_mismatch(train_x, val_x) + target_mismatch(train_y, val_y)
     if mismatch:
-        flag("validation_not_transformed_like_training", "; ".join(mismatch))
-
-    raw_levels, aug_levels = count_levels(dataset.train_masks), count_levels(aug_masks)
-    if raw_levels > 2 or aug_levels > 2:
-        flag("masks_not_binary", f"{raw_levels} levels as loaded, {aug_levels} after augmentation")
-    return row
+        found["validation_not_transformed_like_training"] = "; ".join(mismatch)
+    if raw_levels > 2 or augmented_levels > 2:
+        found["masks_not_binary"] = f"{raw_levels} levels as loaded, {augmented_levels} after augmentation"
+    return found
 
 
 def target_levels(transform) -> dict[int, float]:

@@ -369,3 +369,138 @@ def test_inputs_are_compared_per_channel_and_a_constant_channel_matches_itself()
     assert input_mismatch(3 * two, 3 * two) == []    # stds of 3 on both sides: a ratio of 1, whatever the scale
     flat = np.zeros((2, 4, 4, 1))
     assert input_mismatch(flat, flat) == []          # std 0 on both sides: the same, not a mismatch
+
+
+# The rules of the check on plain numbers: a probe's curves built here, no Keras.
+from harness.check import TOLERANCE, data_findings, loss_findings, probed_min  # noqa: E402
+from harness.probe import Measured  # noqa: E402
+
+SIGMOID_OUT = 1.0 / (1.0 + np.exp(-np.linspace(-14.0, 14.0, 141)))
+
+
+def bce(y, p):
+    return -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+
+
+def probed(loss, levels, floor=0.0, threshold=0.5, exponents=(0.0, 0.0), outputs=SIGMOID_OUT):
+    curves = {cls: loss(y, outputs) for cls, y in levels.items()}
+    return Measured(floor, threshold, {}, outputs, curves, exponents)
+
+
+BINARY = {0: 0.0, 1: 1.0}
+
+
+def findings(measured, levels=BINARY, targets=(0.0, 1.0), declared=0.0, train_floor=0.0, domain=(0.0, 1.0)):
+    return loss_findings(measured, levels, targets, domain, declared, train_floor)
+
+
+def test_a_proper_loss_on_binary_targets_raises_no_flag():
+    assert findings(probed(bce, BINARY)) == {}
+    assert findings(probed(bce, BINARY), declared=None) == {}
+
+
+def test_targets_outside_the_domain_by_more_than_the_tolerance_are_flagged_with_both_ranges():
+    m = probed(bce, BINARY)
+    assert findings(m, targets=(-TOLERANCE, 1 + TOLERANCE)) == {}
+    assert findings(m, targets=(-0.4, 2.5)) == {"targets_outside_loss_domain": "targets span [-0.4, 2.5], loss domain [0, 1]"}
+    assert list(findings(m, targets=(-0.0011, 1.0))) == ["targets_outside_loss_domain"]
+    assert list(findings(m, targets=(0.0, 1.0011))) == ["targets_outside_loss_domain"]
+
+
+def test_bce_on_whitened_targets_falls_without_bound_toward_the_head_bound():
+    whitened = {0: -0.4, 1: 2.5}
+    found = findings(probed(bce, whitened), whitened, targets=(-0.4, 2.5))
+    assert list(found) == ["targets_outside_loss_domain", "loss_unbounded_below"]
+    # Both classes fall at p -> 1 (BCE is linear in y), toward the last output probed.
+    assert found["loss_unbounded_below"].startswith("class 0 (target -0.4): ")
+    assert "; class 1 (target 2.5): " in found["loss_unbounded_below"]
+    assert found["loss_unbounded_below"].endswith("toward p=1")
+
+
+def test_a_loss_least_on_the_wrong_side_of_the_threshold_is_flagged_per_class():
+    flipped = probed(lambda y, p: (p - (1.0 - y)) ** 2, BINARY)        # learns the other class
+    found = findings(flipped)
+    assert list(found) == ["loss_not_minimized_at_target"]
+    assert found["loss_not_minimized_at_target"] == (
+        "class 0 (target 0): lowest 6.91e-13 at p=1, threshold 0.5; class 1 (target 1): lowest 6.91e-13 at p=8.32e-07, "
+        "threshold 0.5")
+
+
+def test_a_wrong_side_within_the_tolerance_is_not_flagged():
+    # Background's loss is least just past the threshold, by less than the tolerance.
+    def nearly(y, p):
+        return np.where(y == 0, np.where(p < 0.5, 1e-4, 0.0) + (p > 0.6) * 1.0, (p - 1.0) ** 2)
+    assert findings(probed(nearly, BINARY)) == {}
+
+
+def test_only_an_edge_well_below_the_floor_and_still_falling_is_unbounded():
+    def shallow(y, p):           # least at the edge, but within 1 of the floor
+        return -0.5 * p if y else p
+    assert "loss_unbounded_below" not in findings(probed(shallow, BINARY), declared=None)
+
+    def flat_edge(y, p):         # far below the floor at the edge, but no longer falling there
+        return np.full_like(p, -3.0) if y else p
+    assert "loss_unbounded_below" not in findings(probed(flat_edge, BINARY), declared=None)
+
+    def steep(y, p):             # toward p = 0: the edge at index 0
+        return np.log(p) if y == 0 else (p - 1.0) ** 2
+    (where,) = [d for f, d in findings(probed(steep, BINARY, threshold=0.5), declared=None).items()
+                if f == "loss_unbounded_below"]
+    assert where.startswith("class 0 (target 0): ") and where.endswith("toward p=8.32e-07")
+
+
+def test_a_floor_below_zero_is_flagged_unless_explained_otherwise():
+    shifted = probed(lambda y, p: bce(y, p) - 0.5, BINARY, floor=-0.5)
+    assert findings(shifted, declared=None) == {"loss_floor_not_zero": "least value at perfect predictions -0.5"}
+    assert findings(probed(bce, BINARY, floor=-TOLERANCE), declared=None) == {}
+    assert list(findings(probed(bce, BINARY, floor=-0.0011), declared=None)) == ["loss_floor_not_zero"]
+    assert findings(probed(bce, BINARY, floor=float("nan")), declared=None) == {}     # not measurable: 0
+
+
+def test_a_summed_loss_states_how_it_grows_and_both_floors():
+    found = findings(probed(bce, BINARY, floor=-0.25, exponents=(1.0, 1.0)), declared=None, train_floor=-512.0)
+    assert found["loss_summed"] == ("value ~ batch^1 x pixels^1; floor -0.25 on a 4x4 probe, -512 for a "
+                                    "training batch")
+    assert list(findings(probed(bce, BINARY, exponents=(0.0, 1.0)))) == ["loss_summed"]
+    assert list(findings(probed(bce, BINARY, exponents=(1.0, 0.0)))) == ["loss_summed"]
+
+
+def test_a_declared_floor_is_held_to_the_measured_one_within_a_hundredth():
+    m = probed(bce, BINARY, floor=0.2)
+    assert findings(m, declared=0.2) == {}
+    assert findings(m, declared=0.21) == {}
+    assert findings(m, declared=0.195) == {}
+    assert findings(m, declared=0.0) == {"declared_floor_differs": "declared 0, measured 0.2"}
+    assert list(findings(m, declared=0.2101)) == ["declared_floor_differs"]
+    assert list(findings(probed(bce, BINARY, floor=float("nan")), declared=0.0)) == ["declared_floor_differs"]
+
+
+def test_the_flags_come_in_the_reported_order():
+    whitened = {0: -0.4, 1: 2.5}
+    m = probed(bce, whitened, floor=-0.5, exponents=(1.0, 0.0))
+    assert list(findings(m, whitened, targets=(-0.4, 2.5), declared=0.0)) == [
+        "targets_outside_loss_domain", "loss_unbounded_below", "loss_summed", "declared_floor_differs"]
+
+
+def test_the_data_rules_compare_validation_with_training_and_count_mask_levels():
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype(np.float32)
+    y = np.array([0.0, 1.0], np.float32)
+    assert data_findings(x, x, y, y, 2, 2) == {}
+    found = data_findings(x, x + 5.0, y, y, 2, 2)
+    assert list(found) == ["validation_not_transformed_like_training"] and found[
+        "validation_not_transformed_like_training"].startswith("inputs: training mean [")
+    whitened = np.array([-0.4, 2.5], np.float32)
+    assert data_findings(x, x, whitened, y, 2, 2) == {
+        "validation_not_transformed_like_training": "targets: training [-0.4, 2.5], validation [0, 1]"}
+    both = data_findings(x, x + 5.0, whitened, y, 2, 2)["validation_not_transformed_like_training"]
+    assert both.startswith("inputs: ") and both.endswith("; targets: training [-0.4, 2.5], validation [0, 1]")
+    assert data_findings(x, x, y, y, 2, 3) == {"masks_not_binary": "2 levels as loaded, 3 after augmentation"}
+    assert data_findings(x, x, y, y, 3, 2) == {"masks_not_binary": "3 levels as loaded, 2 after augmentation"}
+
+
+def test_the_least_probed_value_skips_what_is_not_finite_but_keeps_minus_infinity():
+    curves = {0: np.array([np.nan, 2.0, np.inf]), 1: np.array([0.5, np.nan, 3.0])}
+    assert probed_min(Measured(0.0, 0.5, {}, np.zeros(3), curves)) == 0.5
+    curves[1] = np.array([0.5, -np.inf, 3.0])
+    assert probed_min(Measured(0.0, 0.5, {}, np.zeros(3), curves)) == -math.inf
+    assert probed_min(Measured(0.0, 0.5, {}, np.zeros(3), {0: np.array([-2.0]), 1: np.array([1.0])})) == -2.0
