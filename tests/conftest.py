@@ -98,6 +98,14 @@ def run_harness(*args, timeout: float = 600, **kwargs) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(child.args, child.returncode, out, err)
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for an MLflow UI or server a test starts)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def read_until(proc, text: str, timeout: float = 300) -> str:
     """Read a child's stdout until a line contains `text`, and return what was read. A child that
     hangs or ends first fails the test with what it printed, after `timeout` seconds at most: a

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_VERDICTS, TINY_VERDICTS_ON_EVERY_BACKEND, need_module, run_harness
+from conftest import TINY, TINY_VERDICTS, TINY_VERDICTS_ON_EVERY_BACKEND, need_module, run_harness
 from harness import backend
 from harness.config import DEFAULTS
 from harness.data import Dataset, make_synthetic
@@ -17,7 +17,6 @@ from harness.feeds.device import DeviceFeed, build_fed_model
 from harness.transforms import Stats, Transform
 
 backend_test = pytest.mark.backend     # the fast ones; CI runs them again under KERAS_BACKEND=jax
-TINY = ROOT / "tests" / "data" / "tiny.toml"      # 32x32 images; shrunk further below
 
 AUG = copy.deepcopy(DEFAULTS["augment"])              # the case's augmentation
 IDENTITY = Transform("scaled", "binary", Stats(np.zeros(3, np.float32), np.ones(3, np.float32)),

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY_VERDICTS, need_module, read_until, run_harness, start_harness
+from conftest import TINY, TINY_VERDICTS, free_port, need_module, read_until, run_harness, start_harness
 
-TINY = ROOT / "tests" / "data" / "tiny.toml"
 
 
 def harness(*args, cwd=None, timeout=900, env_extra=None):
@@ -72,13 +71,6 @@ def test_sweep_reaches_the_case_verdicts_and_resumes(tmp_path):
     report = harness("report", TINY, "--results", results, cwd=tmp_path)
     assert report.returncode == 0 and "report:" in report.stdout
     assert_ui_serves_the_runs(results, tmp_path)
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def mlflow_api(port: int, path: str, body: dict | None = None, timeout: float = 5):

@@ -2,9 +2,8 @@
 
 import pytest
 
-from conftest import ROOT, run_harness
+from conftest import TINY, run_harness
 
-TINY = ROOT / "tests" / "data" / "tiny.toml"
 
 
 def harness(*args, cwd):

@@ -10,9 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import QUICK_TAKEOVER, ROOT, read_until, run_harness, start_harness
+from conftest import QUICK_TAKEOVER, TINY, read_until, run_harness, start_harness
 
-TINY = ROOT / "tests" / "data" / "tiny.toml"
 FAST = ["--set", "train.epochs=4", "--set", "data.n_images=96", "--set", "augment.stats_rounds=0"]
 
 

@@ -3,7 +3,7 @@ the data flow point one way (transforms <- feeds <- train/check/bench, data <- f
 import numpy as np
 import pytest
 
-from conftest import ROOT, need_module
+from conftest import ROOT, TINY, need_module
 from test_layout import cycles, import_graph
 from harness import backend
 from harness.backend import Machine
@@ -14,7 +14,6 @@ from harness.feeds.base import Feed
 from harness.feeds.choose import choose_feed
 from harness.transforms import Transform
 
-TINY = ROOT / "tests" / "data" / "tiny.toml"
 SMALL = ["data.n_images=12", "data.image_size=16", "model.start_depth=4", "train.batch_size=4",
          "augment.stats_rounds=1", 'variants=["seed"]']
 HARNESS = ROOT / "harness"

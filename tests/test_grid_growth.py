@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK_TAKEOVER, ROOT, read_until, run_harness, start_harness
+from conftest import QUICK_TAKEOVER, ROOT, TINY, read_until, run_harness, start_harness
 
-TINY = ROOT / "tests" / "data" / "tiny.toml"
 FAST = ["--set", "train.epochs=2", "--set", "data.n_images=48", "--set", "augment.stats_rounds=0"]
 MINE = 'masks = "binary"\nimages = "scaled"\nvalidation = "like_training"\n'
 BROKEN = 'masks = "binary"\nloss = "faulty_losses:exploding"\n'

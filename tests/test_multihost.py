@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,19 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK_TAKEOVER, ROOT, missing, run_harness, start_harness
+from conftest import QUICK_TAKEOVER, TINY, free_port, missing, run_harness, start_harness
 
-TINY = ROOT / "tests" / "data" / "tiny.toml"
 SETTINGS = ["--set", "train.epochs=2", "--set", "train.seeds=[1,2]", "--set", 'variants=["seed","image_only"]',
             "--set", "data.n_images=96", "--set", "data.image_size=32"]
 POINTS = {(variant, seed) for variant in ("seed", "image_only") for seed in (1, 2)}
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path: Path, chars: int = 3000) -> str:

@@ -1,13 +1,12 @@
 """Point and study identity: what makes a point's numbers names it; nothing else does."""
 import pandas as pd
 
-from conftest import ROOT
+from conftest import TINY
 from harness.backend import Machine
 from harness.config import load_config
 from harness.points import grid_points, runs_of_grid
 from harness.tune import tune_study_name
 
-TINY = ROOT / "tests" / "data" / "tiny.toml"
 
 
 # The names a machine without an accelerator gives, whatever this one has: `speed.device_augment =

@@ -8,9 +8,8 @@ import sys
 
 import pytest
 
-from conftest import QUICK_TAKEOVER, ROOT, read_until, run_harness, start_harness
+from conftest import QUICK_TAKEOVER, ROOT, TINY, read_until, run_harness, start_harness
 
-TINY = ROOT / "tests" / "data" / "tiny.toml"
 GRID = ["--set", "data.n_images=48", "--set", "augment.stats_rounds=0", "--set", 'variants=["image_only"]',
         "--set", "train.seeds=[1, 2]"]
 

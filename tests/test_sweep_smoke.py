@@ -4,9 +4,8 @@ import csv
 
 import pytest
 
-from conftest import ROOT, run_harness
+from conftest import TINY, run_harness
 
-TINY = ROOT / "tests" / "data" / "tiny.toml"
 # One variant, one epoch, 32 images of 32x32, a U-Net of start depth 4: the real CLI, Optuna study,
 # MLflow store and report, with almost no training.
 SHRUNK = ["--set", 'variants=["image_only"]', "--set", "data.n_images=32", "--set", "train.epochs=1",

@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, read_until, start_harness
-from test_cli_e2e import free_port, harness, mlflow_api
+from conftest import ROOT, free_port, read_until, start_harness
+from test_cli_e2e import harness, mlflow_api
 from test_report_browser import browser  # noqa: F401 - the shared Chromium fixture
 
 SETS = ["--set", "train.epochs=3", "--set", "train.seeds=[1]", "--set", 'variants=["seed","image_only"]']
