@@ -151,10 +151,10 @@ def loss_findings(measured: probe.Measured, levels: dict[int, float], targets: t
         if right.any() and not right[best] and v[best] < np.min(v[right]) - TOLERANCE:
             wrong_side.append(f"class {cls} (target {levels[cls]:.3g}): lowest {v[best]:.3g} at p={outputs[best]:.3g}, "
                               f"threshold {measured.threshold:.3g}")
-        # Still falling at the probe's edge, and already well below the measured floor.
-        edge, inner = (best, best + (10 if best < len(outputs) // 2 else -10))
-        if best in (0, len(outputs) - 1) and v[edge] < floor - 1.0 and v[edge] < v[inner] - 0.1:
-            falling.append(f"class {cls} (target {levels[cls]:.3g}): {v[inner]:.3g} -> {v[edge]:.3g} toward p={outputs[edge]:.3g}")
+        # Still falling at the probe's edge (as the probe tells it), and already well below the floor.
+        inner = best + (probe.EDGE_STEPS if best == 0 else -probe.EDGE_STEPS)
+        if best in (0, len(outputs) - 1) and v[best] < floor - 1.0 and v[best] < v[inner] - probe.FALLING:
+            falling.append(f"class {cls} (target {levels[cls]:.3g}): {v[inner]:.3g} -> {v[best]:.3g} toward p={outputs[best]:.3g}")
     if falling:
         found["loss_unbounded_below"] = "; ".join(falling)
     if wrong_side:
@@ -164,7 +164,7 @@ def loss_findings(measured: probe.Measured, levels: dict[int, float], targets: t
     if measured.exponents != (0.0, 0.0):
         e_b, e_p = measured.exponents
         found["loss_summed"] = (f"value ~ batch^{e_b:.2g} x pixels^{e_p:.2g}; floor {measured.floor:.4g} on a "
-                                f"{probe.PIXELS[0]}x{probe.PIXELS[1]} probe, {train_floor:.4g} for a training batch")
+                                f"{'x'.join(map(str, probe.PIXELS))} probe, {train_floor:.4g} for a training batch")
     if declared is not None and not abs(declared - measured.floor) <= FLOOR_AGREEMENT:
         found["declared_floor_differs"] = f"declared {declared:.4g}, measured {measured.floor:.4g}"
     return found

@@ -504,3 +504,102 @@ def test_the_least_probed_value_skips_what_is_not_finite_but_keeps_minus_infinit
     curves[1] = np.array([0.5, -np.inf, 3.0])
     assert probed_min(Measured(0.0, 0.5, {}, np.zeros(3), curves)) == -math.inf
     assert probed_min(Measured(0.0, 0.5, {}, np.zeros(3), {0: np.array([-2.0]), 1: np.array([1.0])})) == -2.0
+
+
+def test_a_loss_least_exactly_at_the_threshold_is_foreground_least():
+    # Prediction >= threshold means foreground: a background loss least there is on the wrong side.
+    at_threshold = probed(lambda y, p: (p - 0.5) ** 2, BINARY)
+    assert findings(at_threshold, declared=None) == {
+        "loss_not_minimized_at_target": "class 0 (target 0): lowest 0 at p=0.5, threshold 0.5"}
+
+
+def test_the_wrong_side_must_be_lower_by_more_than_the_tolerance():
+    def curve(low):
+        def loss(y, p):
+            v = np.where(p >= 0.5, 1.0, 2.0) if y else np.where(p < 0.5, 1.0, 2.0)
+            v = v.copy()
+            v[0 if y else -1] = low                # the far end of the wrong side
+            return v
+        return loss
+    assert findings(probed(curve(1.0 - TOLERANCE), BINARY), declared=None) == {}
+    assert list(findings(probed(curve(1.0 - 2 * TOLERANCE), BINARY), declared=None)) == ["loss_not_minimized_at_target"]
+
+
+def test_curves_with_nan_are_read_as_if_the_nan_were_not_there():
+    def flipped_with_nan(y, p):
+        v = (p - (1.0 - y)) ** 2
+        v[-1 if y else 0] = np.nan                 # on each class's own side
+        return v
+    found = findings(probed(flipped_with_nan, BINARY), declared=None)
+    assert list(found) == ["loss_not_minimized_at_target"]
+    assert found["loss_not_minimized_at_target"].count("class ") == 2
+
+
+def edge_curve(edge: float, inner: float, next_inner: float | None = None, at_start=False):
+    """A class-1 curve of 0 everywhere but its last (or first) EDGE_STEPS + 1 points: `edge` at the
+    bound, `inner` from there to EDGE_STEPS inside, `next_inner` one step further in."""
+    from harness.probe import EDGE_STEPS
+
+    def loss(y, p):
+        v = (p - 1.0) ** 2 + 5.0 if not y else np.zeros_like(p)
+        if y:
+            idx = np.arange(len(p)) if at_start else np.arange(len(p))[::-1]
+            v[idx[1:EDGE_STEPS + 1]] = inner
+            v[idx[0]] = edge
+            if next_inner is not None:
+                v[idx[EDGE_STEPS + 1]] = next_inner
+        return v
+    return loss
+
+
+def unbounded(loss, floor=0.0, threshold=0.5):
+    return "loss_unbounded_below" in findings(probed(loss, BINARY, floor=floor, threshold=threshold), declared=None)
+
+
+def test_unbounded_means_more_than_one_below_the_floor_and_still_falling_over_the_last_steps():
+    assert unbounded(edge_curve(-1.5, 0.0))
+    assert not unbounded(edge_curve(-1.0, 0.0))                 # exactly one below: not more
+    assert not unbounded(edge_curve(-0.5, 0.0))
+    assert unbounded(edge_curve(-2.5, 0.0))
+    assert not unbounded(edge_curve(-2.0 - 0.1, -2.0))          # fell by exactly FALLING: not more
+    assert unbounded(edge_curve(-2.2, -2.0))
+    # The last EDGE_STEPS points, not one more: nearly flat over them, steep just beyond.
+    assert not unbounded(edge_curve(-5.0, -4.95, next_inner=0.0))
+    # At the other bound, measured inward too (not wrapped around to the far end).
+    assert unbounded(edge_curve(-5.0, 0.0, at_start=True), threshold=0.0)
+    assert not unbounded(edge_curve(-5.0, -4.95, next_inner=0.0, at_start=True), threshold=0.0)
+
+
+def test_a_floor_that_could_not_be_measured_counts_as_zero_for_the_falling_edge():
+    nan = float("nan")
+    assert unbounded(edge_curve(-1.5, 0.0), floor=nan)
+    assert not unbounded(edge_curve(-0.5, 0.0), floor=nan)
+
+
+def test_a_declared_floor_exactly_a_hundredth_off_still_agrees():
+    assert findings(probed(bce, BINARY, floor=0.0), declared=0.01) == {}
+    assert findings(probed(bce, BINARY, floor=0.0), declared=-0.01) == {}
+
+
+def one_channel_net(input_shape, activation):
+    inputs = keras.Input(input_shape)
+    BUILT_WITH.append(activation)
+    return keras.Model(inputs, keras.layers.Conv2D(1, 1, activation=activation)(inputs))
+
+
+BUILT_WITH: list = []
+
+
+class NonSquare:
+    train_images = np.zeros((2, 8, 16, 3), np.float32)
+
+
+def test_a_user_model_is_built_with_the_variants_head_and_checked_on_non_square_images(setup):
+    from harness.check import check_model
+    cfg, _ = setup
+    BUILT_WITH.clear()
+    check_model(cfg.with_overrides({"model.builder": "test_check:one_channel_net"}), NonSquare, "tanh")
+    assert BUILT_WITH == ["tanh"]
+    with pytest.raises(ValueError) as e:
+        check_model(cfg.with_overrides({"model.builder": "test_check:two_channel_net"}), NonSquare, "sigmoid")
+    assert str(e.value) == "model output shape (8, 16, 2), expected (8, 16, 1) (one mask channel)"
