@@ -36,6 +36,10 @@ class RunResult:
     deterministic: bool = False              # whether the run was deterministic (harness/backend.py)
     feed: str = "tfdata"                     # how batches reached the model: "tfdata", "imagedatagenerator",
     #                                          "device augment" (data on the device) or "device augment, streamed"
+    # Where the run's wall time went, in seconds: "prepare" (session, feed and its statistics pass,
+    # probe, model), "fit" (Keras' fit, scoring included), "scoring" (the per-epoch IoU/Dice passes),
+    # "first_epoch" (its first epoch, which also traces the train step). `harness bench` reads them.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def predict_binary(model, images: np.ndarray, threshold: float, batch_size: int) -> np.ndarray:
@@ -76,6 +80,7 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
                 self.model.stop_training = True
 
     stop = StopOnNonFinite()
+    model_eval.setdefault("scoring_seconds", 0.0)
 
     class SegmentationMetrics(keras.callbacks.Callback):
         """val_iou, val_bg_iou, val_miou, val_dice on the validation inputs as the variant feeds them,
@@ -93,6 +98,7 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
                 if on_epoch is not None:
                     on_epoch(epoch + 1, {k: float(v) for k, v in logs.items()})
                 return
+            started = time.perf_counter()
             for prefix, images in model_eval["inputs"].items():
                 # The inner model: under device augmentation self.model is the index-fed wrapper.
                 pred, raw = predict_binary(model_eval["model"], images, model_eval["threshold"], model_eval["batch_size"])
@@ -102,10 +108,27 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
                     model_eval["last_pred"] = raw          # the sample figure reuses the last epoch's
                     # From the same forward pass: Keras' own validation would run the model twice.
                     logs["val_loss"] = validation_loss(model_eval["loss"], model_eval["targets"], raw)
+            model_eval["scoring_seconds"] += time.perf_counter() - started
             if on_epoch is not None:
                 on_epoch(epoch + 1, {k: float(v) for k, v in logs.items()})
 
     return stop, SegmentationMetrics()
+
+
+def first_epoch_clock():
+    """A callback that times the first epoch (tracing the train step included), scoring included."""
+    import keras
+
+    class Clock(keras.callbacks.Callback):
+        seconds = math.nan
+
+        def on_train_begin(self, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                self.seconds = time.perf_counter() - self.started
+    return Clock()
 
 
 def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
@@ -142,6 +165,7 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
     import keras
     from harness.models import build_model
 
+    prepare_started = time.perf_counter()
     train_cfg, speed = cfg["train"], cfg["speed"]
     device = backend.select_device()
     deterministic = backend.start_clean_session(seed, deterministic, speed["mixed_precision"])
@@ -172,11 +196,14 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
     model_eval = {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": measured.threshold,
                   "batch_size": train_cfg["batch_size"], "loss": loss.fn, "targets": val_y, "model": model}
     stop, scoring = make_callbacks(model_eval, on_epoch, on_batch)
+    first_epoch = first_epoch_clock()          # last: its epoch end comes after the scoring
 
     stop_if_interrupted()
     started = time.perf_counter()
-    fit = trained.fit(**fit_args, epochs=train_cfg["epochs"], callbacks=[stop, scoring], verbose=verbose)
+    fit = trained.fit(**fit_args, epochs=train_cfg["epochs"], callbacks=[stop, scoring, first_epoch], verbose=verbose)
     seconds = time.perf_counter() - started
+    timings = {"prepare": started - prepare_started, "fit": seconds, "scoring": model_eval["scoring_seconds"],
+               "first_epoch": first_epoch.seconds}
     # A Ctrl-C during the last batches, or one that ended fit() as if the data ran out.
     stop_if_interrupted()
 
@@ -195,4 +222,4 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
                      loss_floor=training_floor(measured, loss, dataset, train_cfg["batch_size"]),
                      loss_floor_declared=loss.lower_bound, threshold=measured.threshold,
                      trivial_miou=metrics.trivial_miou(dataset.val_masks), stats=stats, samples=samples,
-                     deterministic=bool(deterministic), feed=feed.name, model=model)
+                     deterministic=bool(deterministic), feed=feed.name, model=model, timings=timings)

@@ -20,13 +20,20 @@ def test_bench_command_writes_every_figure(tmp_path, monkeypatch):
     run = harness("bench", TINY_TOML, "--quick", "--results", tmp_path, *[a for o in TINY for a in ("--set", o)],
                   cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    for name in ("pipeline_speedup", "train_vs_bound", "tracking_overhead", "peak_memory", "n_jobs_2_speedup",
-                 "parallel_augment_pipeline_speedup"):
+    for name in ("pipeline_speedup", "train_vs_handwritten", "train_vs_bound", "tracking_overhead", "sweep_vs_bound",
+                 "peak_memory", "n_jobs_2_speedup", "parallel_augment_pipeline_speedup"):
         assert f"{name}: " in run.stdout, name
     assert (tmp_path / "bench" / "bench.json").exists(), run.stdout[-2000:]
     saved = json.loads((tmp_path / "bench" / "bench.json").read_text())
-    for key in ("pipeline_speedup", "train_vs_bound", "tracking_overhead", "peak_memory_gib", "n_jobs_2_speedup"):
+    for key in ("pipeline_speedup", "train_vs_handwritten", "train_vs_bound", "tracking_overhead", "sweep_vs_bound",
+                "peak_memory_gib", "n_jobs_2_speedup"):
         assert math.isfinite(saved["figures"][key]) and saved["figures"][key] > 0, key
+    assert set(saved["figures"]["train_images_per_s"]) == {"harness", "handwritten", "bare_fit"}
+    # Where one point's time went: every stage measured, and together they make the tracked point.
+    breakdown = saved["figures"]["point_breakdown_seconds"]
+    assert len(breakdown) == 5 and all(math.isfinite(s) for s in breakdown.values())
+    assert sum(breakdown.values()) <= saved["figures"]["tracking_seconds"]["with"] * 1.01
+    assert "Where one point's time goes" in (tmp_path / "bench" / "bench.md").read_text()
     assert set(saved["figures"]["option_speedups"]) == {"jit_compile", "mixed_precision"}
     # pipeline_headroom for the host tf.data pipeline and device augmentation, and under JAX (a child
     # process) for device augmentation, where JAX is installed (the test extra installs it).

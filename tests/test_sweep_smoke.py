@@ -42,3 +42,15 @@ def test_a_small_sweep_in_a_fresh_process_prints_nothing_on_stderr(tmp_path):
     other = [line for line in run.stderr.splitlines() if not re.match(r"\[\d+/\d+ done\] ", line)]
     assert other == [], run.stderr[-3000:]
     assert "report:" in run.stdout
+
+
+def test_a_training_run_says_where_its_time_went():
+    from harness.config import load_config
+    from harness.data import load_dataset
+    from harness.train import train_variant
+    cfg = load_config(TINY, [s for s in SHRUNK if s != "--set"] + ["train.epochs=2", 'variants=["seed"]'])
+    result = train_variant(cfg, cfg.variants[0], 1, load_dataset(cfg["data"]))
+    t = result.timings
+    assert set(t) == {"prepare", "fit", "scoring", "first_epoch"}
+    assert t["prepare"] > 0 and t["scoring"] > 0                  # seed validates raw: two passes an epoch
+    assert t["fit"] == result.seconds and t["first_epoch"] + t["scoring"] / 2 < t["fit"]
