@@ -52,6 +52,7 @@ FLAGS = {
         'hold out a block of the volume or video: --set data.split="contiguous"; remove duplicated files'),
 }
 TOLERANCE = 1e-3
+SAMPLE_BATCHES = 8      # augmented training batches the targets are measured on
 # A declared floor differing from the measured one by more than this is reported.
 FLOOR_AGREEMENT = 0.01
 
@@ -104,7 +105,7 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, seed: int = 1
     check_model(cfg, dataset, head.activation)
 
     # Targets as training sees them: a few augmented batches through the variant's transform.
-    raw_batches = list(feed.sample_batches(max_batches=8))
+    raw_batches = list(feed.sample_batches(max_batches=SAMPLE_BATCHES))
     aug_masks = np.concatenate([m for _, m in raw_batches])
     targets = np.asarray(transform.mask(aug_masks), np.float32)
     t_lo, t_hi = float(targets.min()), float(targets.max())
@@ -124,11 +125,13 @@ def check_variant(variant: Variant, dataset: Dataset, cfg: Config, seed: int = 1
 
 
 def probed_min(measured: probe.Measured) -> float:
-    """The least loss value anywhere in the probe's curves: -inf where one reached it."""
+    """The least loss value anywhere in the probe's curves: -inf where one reached it, NaN where no
+    value is finite."""
     values = measured.curves.values()
     if any(np.any(v == -math.inf) for v in values):
         return -math.inf
-    return min(float(np.nanmin(np.where(np.isfinite(v), v, np.nan))) for v in values)
+    finite = [float(v[np.isfinite(v)].min()) for v in values if np.isfinite(v).any()]
+    return min(finite) if finite else math.nan
 
 
 def loss_findings(measured: probe.Measured, levels: dict[int, float], targets: tuple[float, float],

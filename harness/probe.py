@@ -40,7 +40,6 @@ SIZE_PROBE_MIN = 1e-3    # a loss value this far from 0 shows how the loss grows
 class Measured:
     floor: float         # least value at perfect predictions of valid targets, on a probe (NaN: not measurable)
     threshold: float     # prediction >= threshold means foreground
-    class_best: dict     # class -> head output where its loss is least (the side used for the threshold)
     outputs: np.ndarray  # the head outputs probed, (N_POINTS,)
     curves: dict         # class -> loss over `outputs` at the variant's own target level
     exponents: tuple[float, float] = (0.0, 0.0)   # value ~ batch**e_b * pixels**e_p (0: a mean, 1: a sum)
@@ -69,7 +68,7 @@ def epoch_batch_sizes(n: int, batch_size: int) -> list[int]:
 def head_outputs(activation: str) -> tuple[np.ndarray, np.ndarray]:
     """-> (z grid, act(z)), both float32 of shape (N_POINTS,)."""
     import keras
-    limit = PROBE_LIMIT.get(activation, 10.0)
+    limit = PROBE_LIMIT[activation]          # a head's activation: sigmoid or tanh (losses.HEADS)
     z = np.linspace(-limit, limit, N_POINTS).astype(np.float32)
     return z, np.asarray(keras.activations.get(activation)(z), np.float32)
 
@@ -172,9 +171,9 @@ def measure(loss, activation: str, levels: dict[int, float], default_threshold: 
     levels {0: background, 1: foreground} as training sees them."""
     _, outputs = head_outputs(activation)
     curves = {cls: loss_curve(loss.fn, outputs, y) for cls, y in levels.items()}
-    threshold, best = measure_threshold(outputs, curves, default_threshold)
+    threshold, _ = measure_threshold(outputs, curves, default_threshold)
     floor, where = measure_floor(loss.fn, outputs, levels, loss.target_range, threshold)
     # Away from the floor where possible: there a proper loss is ~0 and its growth is float noise.
     exponents = size_exponents(loss.fn, where[0], [threshold, where[1]]) if where is not None and floor != 0 \
         else (0.0, 0.0)
-    return Measured(floor, threshold, best, outputs, curves, exponents)
+    return Measured(floor, threshold, outputs, curves, exponents)

@@ -384,7 +384,7 @@ def bce(y, p):
 
 def probed(loss, levels, floor=0.0, threshold=0.5, exponents=(0.0, 0.0), outputs=SIGMOID_OUT):
     curves = {cls: loss(y, outputs) for cls, y in levels.items()}
-    return Measured(floor, threshold, {}, outputs, curves, exponents)
+    return Measured(floor, threshold, outputs, curves, exponents)
 
 
 BINARY = {0: 0.0, 1: 1.0}
@@ -500,10 +500,10 @@ def test_the_data_rules_compare_validation_with_training_and_count_mask_levels()
 
 def test_the_least_probed_value_skips_what_is_not_finite_but_keeps_minus_infinity():
     curves = {0: np.array([np.nan, 2.0, np.inf]), 1: np.array([0.5, np.nan, 3.0])}
-    assert probed_min(Measured(0.0, 0.5, {}, np.zeros(3), curves)) == 0.5
+    assert probed_min(Measured(0.0, 0.5, np.zeros(3), curves)) == 0.5
     curves[1] = np.array([0.5, -np.inf, 3.0])
-    assert probed_min(Measured(0.0, 0.5, {}, np.zeros(3), curves)) == -math.inf
-    assert probed_min(Measured(0.0, 0.5, {}, np.zeros(3), {0: np.array([-2.0]), 1: np.array([1.0])})) == -2.0
+    assert probed_min(Measured(0.0, 0.5, np.zeros(3), curves)) == -math.inf
+    assert probed_min(Measured(0.0, 0.5, np.zeros(3), {0: np.array([-2.0]), 1: np.array([1.0])})) == -2.0
 
 
 def test_a_loss_least_exactly_at_the_threshold_is_foreground_least():
@@ -603,3 +603,24 @@ def test_a_user_model_is_built_with_the_variants_head_and_checked_on_non_square_
     with pytest.raises(ValueError) as e:
         check_model(cfg.with_overrides({"model.builder": "test_check:two_channel_net"}), NonSquare, "sigmoid")
     assert str(e.value) == "model output shape (8, 16, 2), expected (8, 16, 1) (one mask channel)"
+
+
+def test_the_check_finds_a_loss_beside_the_experiment_and_builds_the_model_with_the_variants_head(setup, tmp_path):
+    import dataclasses
+    cfg, ds = setup
+    (tmp_path / "beside_only_losses.py").write_text(
+        "import keras\n\n\ndef nan_loss(y, p):\n    return keras.ops.mean(p * float('nan'), axis=(1, 2, 3))\n")
+    beside = dataclasses.replace(cfg, source_dir=str(tmp_path)).with_overrides(
+        {"model.builder": "test_check:one_channel_net"})
+    BUILT_WITH.clear()
+    row = check_variant(Variant("v", "featurewise", "signed", "tanh", "beside_only_losses:nan_loss", "like_training"),
+                        ds, beside)
+    assert BUILT_WITH == ["tanh"]
+    # Nothing finite to measure: the floor is NaN and the threshold the head's own (tanh: 0).
+    assert math.isnan(row.loss_floor) and row.threshold == 0.0
+
+
+def test_the_least_probed_value_of_curves_with_nothing_finite_is_nan():
+    curves = {0: np.array([np.nan, np.nan]), 1: np.array([0.5, np.nan])}
+    assert probed_min(Measured(0.0, 0.5, np.zeros(2), curves)) == 0.5
+    assert math.isnan(probed_min(Measured(0.0, 0.5, np.zeros(2), {0: np.array([np.nan]), 1: np.array([np.inf])})))

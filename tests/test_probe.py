@@ -193,7 +193,7 @@ def squared(y, p):                          # per-pixel squared error, a mean pe
 
 
 def measured_with(floor, exponents):
-    return Measured(floor, 0.5, {}, LINE, {}, exponents)
+    return Measured(floor, 0.5, LINE, {}, exponents)
 
 
 def test_an_epoch_has_full_batches_and_a_short_last_one():
@@ -308,3 +308,79 @@ def test_a_value_that_vanishes_or_barely_differs_from_zero_says_nothing_of_size(
 
 def test_a_loss_summed_over_every_element_channels_included_is_a_sum():
     assert size_exponents(lambda y, p: float(np.sum(np.ones_like(y))), 1.0, [0.5]) == (1.0, 1.0)
+
+
+def test_the_head_outputs_span_each_heads_range_in_float32():
+    from harness.probe import N_POINTS, PROBE_LIMIT, head_outputs
+    for activation, (lo, hi) in (("sigmoid", (0.0, 1.0)), ("tanh", (-1.0, 1.0))):
+        z, p = head_outputs(activation)
+        assert z.dtype == p.dtype == np.float32 and len(z) == len(p) == N_POINTS
+        assert z[0] == -PROBE_LIMIT[activation] and z[-1] == PROBE_LIMIT[activation]
+        assert lo < p[0] < lo + 1e-5 and hi - 1e-5 < p[-1] < hi
+
+
+def test_a_loss_curve_is_one_value_per_output_of_a_one_channel_probe_image():
+    from harness.probe import PROBE_PIXELS, loss_curve
+    values = loss_curve(lambda y, p: np.sum(p + y), np.array([0.25, 0.5], np.float32), 1.0)
+    assert values.dtype == np.float64
+    np.testing.assert_allclose(values, [1.25 * PROBE_PIXELS, 1.5 * PROBE_PIXELS])       # one channel: 16 pixels
+
+
+def test_no_least_value_is_an_empty_index_array():
+    where = least_set(np.array([np.nan, np.inf]))
+    assert len(where) == 0 and where.dtype.kind == "i"
+
+
+def test_a_class_with_nothing_finite_leaves_the_floor_to_the_other():
+    def nan_for_background(y, p):
+        return np.where(y == 0.0, np.nan, (p - y) ** 2)
+    floor, where = measure_floor(nan_for_background, LINE, {0: 0.0, 1: 1.0}, (-1.0, 1.0), 0.0)
+    assert floor == 0.0 and where == (1.0, 1.0)
+
+
+def test_a_floor_tied_between_the_classes_is_the_first_class():
+    def constant(y, p):
+        return np.full_like(p, 0.5)
+    floor, where = measure_floor(constant, LINE, {0: 0.9, 1: -0.9}, (-1.0, 1.0), 0.0)
+    assert floor == 0.5 and where == (0.9, float(LINE[0]))
+
+
+def test_a_flat_edge_at_the_lower_bound_is_a_floor_and_only_a_steep_one_is_not():
+    # Background's loss is least at the lowest output, flat inward: that least value is the floor.
+    def flat_low(y, p):
+        return np.where(y < 0.0, 0.3 + 1e-3 * (p + 1.0), (p - 1.0) ** 2 + 1.0)
+    floor, where = measure_floor(flat_low, LINE, {0: -0.5, 1: 1.0}, (-1.0, 1.0), 0.0)
+    assert where == (-0.5, -1.0) and floor == pytest.approx(0.3)
+    # Falling by exactly FALLING over the last steps is not falling more than it: still the floor.
+    from harness.probe import EDGE_STEPS, FALLING
+
+    def step_low(y, p):              # 0 at the lowest output, FALLING everywhere else on its side
+        return np.where(y < 0.0, np.where(p <= LINE[0], 0.0, FALLING), (p - 1.0) ** 2 + 1.0)
+    assert step_low(-0.5, LINE[EDGE_STEPS]) - FALLING == 0.0
+    floor, where = measure_floor(step_low, LINE, {0: -0.5, 1: 1.0}, (-1.0, 1.0), 0.0)
+    assert floor == 0.0 and where == (-0.5, -1.0)
+
+
+def test_the_measured_threshold_falls_back_to_the_heads_and_a_zero_floor_is_not_scaled():
+    from harness.probe import measure
+
+    class NaNLoss:
+        target_range, lower_bound = (0.0, 1.0), None
+
+        @staticmethod
+        def fn(y, p):
+            return np.full_like(p, np.nan)
+    nan = measure(NaNLoss, "sigmoid", {0: 0.0, 1: 1.0}, 0.5)
+    assert nan.threshold == 0.5 and math.isnan(nan.floor) and nan.exponents == (0.0, 0.0)
+
+    class SummedSquares:             # least exactly 0 at a target of 0.5 (sigmoid(0)): scaled or not, 0
+        target_range, lower_bound = (0.0, 1.0), None
+
+        @staticmethod
+        def fn(y, p):
+            return np.sum((p - y) ** 2)
+    summed = measure(SummedSquares, "sigmoid", {0: 0.0, 1: 0.5}, 0.5)
+    assert summed.floor == 0.0 and summed.exponents == (0.0, 0.0)
+    shifted = measure(type("Shifted", (SummedSquares,), {"fn": staticmethod(lambda y, p: np.sum((p - y) ** 2 + 0.1))}),
+                      "sigmoid", {0: 0.0, 1: 0.5}, 0.5)
+    assert shifted.floor == pytest.approx(1.6) and shifted.exponents == (1.0, 1.0)
