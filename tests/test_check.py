@@ -624,3 +624,10 @@ def test_the_least_probed_value_of_curves_with_nothing_finite_is_nan():
     curves = {0: np.array([np.nan, np.nan]), 1: np.array([0.5, np.nan])}
     assert probed_min(Measured(0.0, 0.5, np.zeros(2), curves)) == 0.5
     assert math.isnan(probed_min(Measured(0.0, 0.5, np.zeros(2), {0: np.array([np.nan]), 1: np.array([np.inf])})))
+
+
+def test_a_check_without_a_seed_measures_seed_1(setup):
+    cfg, ds = setup
+    variant = Variant("v", "featurewise", "featurewise", "sigmoid", "bce", "raw")
+    default, first, second = (check_variant(variant, ds, cfg, **s).target_range for s in ({}, {"seed": 1}, {"seed": 2}))
+    assert default == first != second            # each seed augments (and so whitens) otherwise

@@ -384,3 +384,12 @@ def test_the_measured_threshold_falls_back_to_the_heads_and_a_zero_floor_is_not_
     shifted = measure(type("Shifted", (SummedSquares,), {"fn": staticmethod(lambda y, p: np.sum((p - y) ** 2 + 0.1))}),
                       "sigmoid", {0: 0.0, 1: 0.5}, 0.5)
     assert shifted.floor == pytest.approx(1.6) and shifted.exponents == (1.0, 1.0)
+
+
+def test_a_loss_curve_through_log_zero_warns_nobody():
+    import warnings
+    from harness.probe import loss_curve
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # a numpy RuntimeWarning would reach the terminal
+        values = loss_curve(lambda y, p: np.log(p - p), np.array([0.5], np.float32), 1.0)
+    assert values[0] == -math.inf
