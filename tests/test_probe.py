@@ -393,3 +393,10 @@ def test_a_loss_curve_through_log_zero_warns_nobody():
         warnings.simplefilter("error")                  # a numpy RuntimeWarning would reach the terminal
         values = loss_curve(lambda y, p: np.log(p - p), np.array([0.5], np.float32), 1.0)
     assert values[0] == -math.inf
+
+
+def test_size_exponents_through_log_zero_warn_nobody():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert size_exponents(lambda y, p: np.log(p - p), 1.0, [0.5]) == (0.0, 0.0)    # -inf: says nothing
