@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="exit 1 if any variant is predicted to fail (for CI)")
     bench = sub.add_parser("bench", allow_abbrev=False, help="measure speed and memory as ratios in one run")
     bench.add_argument("experiment", nargs="?", help=f"experiment to shrink (default: {DEFAULT_EXPERIMENT})")
-    bench.add_argument("--quick", action="store_true", help="small sizes: under 3 minutes on 2 CPU cores")
+    bench.add_argument("--quick", action="store_true", help="small sizes, but the tracking figure's one point at the experiment's own size: about 9 minutes on 2 CPU cores")
     bench.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/bench/")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a value of the benchmarked experiment")
