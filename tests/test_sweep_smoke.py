@@ -1,6 +1,7 @@
 """The sweep's whole product path on a shrunken experiment, in seconds (like the flax examples'
 train_test.py): a broken sweep loop fails the fast set, not only CI's end-to-end tests."""
 import csv
+import math
 
 import pytest
 
@@ -52,5 +53,6 @@ def test_a_training_run_says_where_its_time_went():
     result = train_variant(cfg, cfg.variants[0], 1, load_dataset(cfg["data"]))
     t = result.timings
     assert set(t) == {"prepare", "fit", "scoring", "first_epoch"}
-    assert t["prepare"] > 0 and t["scoring"] > 0                  # seed validates raw: two passes an epoch
-    assert t["fit"] == result.seconds and t["first_epoch"] + t["scoring"] / 2 < t["fit"]
+    assert all(math.isfinite(s) and s > 0 for s in t.values()), t
+    # Intervals inside fit's, whatever the machine's speed: the first epoch, and the scoring passes.
+    assert t["fit"] == result.seconds and t["first_epoch"] <= t["fit"] and t["scoring"] <= t["fit"]
