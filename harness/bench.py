@@ -307,14 +307,8 @@ def sweep_bound_seconds(experiment: Path, overrides: list[str]) -> float:
     cfg = load_config(experiment, overrides)
     dataset = load_dataset(cfg["data"])
     points = len(cfg.variants) * len(cfg.seeds)
-    return points * (bare_fit_seconds(cfg, dataset, cfg["train"]["epochs"]) + first_epoch_tracing(cfg, dataset))
-
-
-def first_epoch_tracing(cfg: Config, dataset) -> float:
-    """The extra seconds a fresh model's first epoch takes over a later one (tracing the train step):
-    a sweep pays it once per point, and the bare fit's warm-up hides it."""
-    one, two = bare_fit_seconds(cfg, dataset, 1, warm_up=False), bare_fit_seconds(cfg, dataset, 1)
-    return max(one - two, 0.0)
+    # Unwarmed, as a sweep's point starts: its first epoch traces the train step, as each point's does.
+    return points * bare_fit_seconds(cfg, dataset, cfg["train"]["epochs"], warm_up=False)
 
 
 def machine() -> dict:
