@@ -9,13 +9,14 @@ import logging
 import math
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from harness.errors import StorageError
+from harness.errors import HarnessError, StorageError
 
 POINT_TAG = "harness.point"        # "variant/seed" on every nested run
 KIND_TAG = "harness.kind"          # "sweep" (parent) or "point" (nested)
@@ -384,7 +385,6 @@ def resolve_study(given: str, overrides: list[str], tracking_uri: str):
     """An experiment (file or name, with --set) or an Optuna study name (EXPERIMENT-DIGEST) -> (config,
     study). A study is read with the config its sweep logged (config.json), else its experiment file's."""
     from harness.config import find_experiment, load_config, load_logged
-    from harness.errors import HarnessError
     try:
         cfg = load_config(find_experiment(given), overrides)
         return cfg, cfg.study_name
@@ -404,7 +404,6 @@ def resolve_study(given: str, overrides: list[str], tracking_uri: str):
 def experiment_name(given: str) -> str:
     """An experiment file's name (its `name`, else its stem), or the name as given if no file has it."""
     from harness.config import find_experiment, load_config
-    from harness.errors import HarnessError
     try:
         return load_config(find_experiment(given)).name
     except HarnessError:
@@ -416,8 +415,6 @@ def serve_ui(tracking_uri: str, artifact_root: Path | None, experiment: str | No
     (MLflow 3's UI otherwise opens an experiment on its GenAI traces view); this process becomes the
     server. A tracking server (http/https) is already serving: its runs page is printed, nothing is
     started. `artifact_root`: where the harness's own SQLite store keeps its artifacts."""
-    import sys
-    from harness.errors import HarnessError
     remote = tracking_uri.startswith(("http://", "https://"))
     base = tracking_uri.rstrip("/") if remote else f"http://{shown_host(host)}:{port}"
     name = experiment_name(experiment) if experiment else None
