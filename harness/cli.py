@@ -63,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_args(tune)
     tune.add_argument("--trials", type=int, help="trials in all, counting finished ones (default: tune.trials)")
     tune.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<results>/optuna.db)")
-    check = sub.add_parser("check", allow_abbrev=False, help="predict each variant's failure before training, and say why")
+    check = sub.add_parser(
+        "check", allow_abbrev=False, help="predict each variant's failure before training, and say why",
+        description="Judged here, before training: what the data and the loss decide (targets outside the "
+                    "loss's domain, an unbounded loss, one minimized on the wrong side, validation fed or split "
+                    "unlike training). Judged only after training, from each run's health/ metrics (the "
+                    "`causes` column): learning_rate_too_high, exploding_gradients, vanishing_gradients, "
+                    "dead_units, saturated_head, no_updates, no_signal.")
     check.add_argument("experiment", nargs="?", help=f"experiment .toml file or name (default: {DEFAULT_EXPERIMENT})")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     check.add_argument("--json", action="store_true", help="print one JSON array, an object per variant")

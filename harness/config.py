@@ -148,6 +148,22 @@ DEFAULTS: dict[str, Any] = {
         # by this much. Measured: 0.6 or more on neighbouring frames, under 0.1 on independent images.
         "margin": 0.2,
     },
+    # Training health (harness/monitor.py measures it per epoch on one fixed training batch;
+    # harness/health.py names the causes by these thresholds). It changes no trained number: not
+    # part of the study's name.
+    "health": {
+        "measure": True,             # off only to measure what it costs (harness bench)
+        "batch": 8,                  # images in the fixed batch: the first training images
+        "update_ratio_high": 1.0,    # learning_rate_too_high: weights moved this share of their norm in an epoch
+        "spread_high": 1.0,          # ... or batch losses this spread while no better than trivial
+        "exploding_growth": 100.0,   # exploding_gradients: gradient norm this many times its first epoch's
+        "vanishing_ratio": 1e-3,     # vanishing_gradients: first layer's gradient norm over the head's
+        "dead_fraction": 0.5,        # dead_units: share of ReLU channels never active
+        "saturated_fraction": 0.5,   # saturated_head: share of head outputs at its bounds
+        "update_ratio_low": 1e-7,    # no_updates: weights moved at most this share in every epoch
+        "signal_margin": 0.05,       # no_signal: the loss never this share below the trivial predictor's
+        "signal_epochs": 5,          # ... over at least this many epochs (a healthy run starts above it)
+    },
     "verdict": {
         # converged: mean val_miou over the last `window` epochs >= trivial + margin, and it exceeds
         # the mean of the `window` epochs before by less than `tolerance` (mIoU is noisy per epoch).
@@ -162,7 +178,7 @@ DEFAULTS: dict[str, Any] = {
 # Settings that tell the grid's points apart (harness/points.py) or change no numbers: left out of
 # the study's digest. Everything else, every key of every other section, is in it, so a key added
 # later is covered without being listed here.
-NOT_IN_STUDY = ("variants", "define", "factorial", "description", "name", "tune", "leakage")
+NOT_IN_STUDY = ("variants", "define", "factorial", "description", "name", "tune", "leakage", "health")
 
 # `speed` options that change the numbers: parallel augmentation draws another random stream, mixed
 # precision other arithmetic. `jit_compile` is left out: Keras ignores XLA while train.deterministic
@@ -409,6 +425,7 @@ def validate(raw: dict, source_dir: str = "") -> Config:
     if raw["augment"]["fill_mode"] not in ("nearest", "reflect", "wrap", "constant"):
         raise ConfigError("augment.fill_mode must be one of nearest, reflect, wrap, constant")
     validate_leakage(raw["leakage"])
+    validate_health(raw["health"])
     validate_tune(raw)
     validate_device_augment(raw)
     variants = resolve_variants(raw)
@@ -465,6 +482,14 @@ def validate_leakage(leakage: dict) -> None:
         raise ConfigError("leakage.far_fraction must be between 0 and 1")
     if not 0.0 < leakage["margin"] <= 2.0:
         raise ConfigError("leakage.margin must be a correlation difference in (0, 2]")
+
+
+def validate_health(health: dict) -> None:
+    positive("health.batch", health["batch"])
+    positive("health.signal_epochs", health["signal_epochs"])
+    for key, value in health.items():
+        if isinstance(value, float) and not value >= 0:
+            raise ConfigError(f"health.{key} must be >= 0")
 
 
 def validate_tune(raw: dict) -> None:

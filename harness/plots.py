@@ -127,3 +127,26 @@ def tuning_scatter(trials, ranges: dict):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def health_curves(histories: list[tuple[int, dict]], title: str):
+    """A failed variant's training health over epochs (harness/monitor.py), one line style per seed:
+    the gradient norm per layer group (log scale), and the dead-unit and saturated-head fractions."""
+    fig, ax = subplots(1, 2, figsize=(9, 3.2))
+    for i, (seed, hist) in enumerate(histories):
+        style = ("-", "--", ":", "-.")[i % 4]
+        for j, group in enumerate(("first", "last", "head")):
+            xs, ys = finite_points(hist.get(f"health/grad_norm_{group}", []))
+            kept = [(x, y) for x, y in zip(xs, ys) if y > 0]       # a zero norm has no place on a log axis
+            ax[0].plot([x for x, _ in kept], [y for _, y in kept], style, color=f"C{j}", label=f"{group} s{seed}")
+        for j, key in enumerate(("dead_units", "saturated_head")):
+            ax[1].plot(*finite_points(hist.get(f"health/{key}", [])), style, color=f"C{j + 3}", label=f"{key} s{seed}")
+    ax[0].set(xlabel="epoch", ylabel="gradient norm", title=f"{title}: gradient norm per layer group")
+    if ax[0].lines and any(len(line.get_xdata()) for line in ax[0].lines):
+        ax[0].set_yscale("log")
+    ax[1].set(xlabel="epoch", ylim=(-0.02, 1.02), ylabel="share", title="dead ReLU channels, saturated head")
+    for a in ax:
+        if a.lines:
+            a.legend(fontsize=6)
+    fig.tight_layout()
+    return fig

@@ -9,15 +9,19 @@ import json
 from typing import Callable
 
 from harness.errors import interrupted_reason
+from harness.health import diagnose, joined
 from harness.tracking import first_line
 from harness.verdict import judge
 
 
-def judge_result(result, rules: dict) -> dict:
-    """The verdict of a RunResult (harness/train.py) under the experiment's `[verdict]` rules."""
-    return judge(result.history, result.loss_floor, result.trivial_miou, rules,
-                 diverged=result.diverged_at is not None,
-                 diverged_epoch=result.diverged_at[0] if result.diverged_at else None)
+def judge_result(result, rules: dict, health: dict | None = None) -> dict:
+    """The verdict of a RunResult (harness/train.py) under the experiment's `[verdict]` rules, and
+    with its `[health]` rules the causes its health history shows (harness/health.py)."""
+    judged = judge(result.history, result.loss_floor, result.trivial_miou, rules,
+                   diverged=result.diverged_at is not None,
+                   diverged_epoch=result.diverged_at[0] if result.diverged_at else None)
+    judged["causes"] = diagnose(result.history, health) if health is not None else {}
+    return judged
 
 
 def result_tags(result, judged: dict) -> dict:
@@ -29,7 +33,7 @@ def result_tags(result, judged: dict) -> dict:
             "loss_floor_declared": result.loss_floor_declared, "threshold": result.threshold,
             "scored_epochs": judged["scored_epochs"], "score_note": judged["score_note"],
             "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
-            "featurewise_stats": json.dumps(result.stats)}
+            "featurewise_stats": json.dumps(result.stats), "health.causes": joined(judged["causes"])}
     if result.diverged_at:
         tags["diverged_epoch"], tags["diverged_batch"] = result.diverged_at
     return tags
@@ -105,9 +109,9 @@ class TrackedRun:
             self.tell("fail")
             self.log(f"{self.label} crashed: {self.reason}")
 
-    def judge(self, result, rules: dict) -> dict:
-        """The result's verdict under `rules`, written to the run as its tags."""
-        judged = judge_result(result, rules)
+    def judge(self, result, rules: dict, health: dict | None = None) -> dict:
+        """The result's verdict under `rules` and its causes under `health`, written to the run as its tags."""
+        judged = judge_result(result, rules, health)
         self.tracker.set_tags(self.run_id, {**result_tags(result, judged), **self.state("complete")})
         return judged
 

@@ -164,7 +164,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         progress.start_point(variant.name, seed, cfg["train"]["epochs"])
         last_epoch_end[0] = time.perf_counter()
         result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch, on_batch=progress.batch, log=log)
-        judged = run.judge(result, cfg["verdict"])
+        judged = run.judge(result, cfg["verdict"], cfg["health"])
         tracker.log_params(run_id, {"device": result.device})
         if save_models:
             tracker.log_model(run_id, result.model)

@@ -151,6 +151,16 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
         return fit_variant(cfg, variant, seed, dataset, False, on_epoch, verbose, on_batch, log)
 
 
+def health_monitor(settings: dict, model, loss, head, transform, dataset: Dataset):
+    """The per-epoch health measurements (harness/monitor.py) on the first `health.batch` training
+    images, transformed as training feeds them, not augmented: the same batch every epoch."""
+    from harness.monitor import health_callback
+    n = settings["batch"]
+    images, targets = transform.apply(dataset.train_images[:n], dataset.train_masks[:n])
+    return health_callback(model, loss.fn, head.output_range, np.asarray(images, np.float32),
+                           np.asarray(targets, np.float32), dataset.train_masks[:n] > 0.5)
+
+
 def training_floor(measured: probe.Measured, loss, dataset: Dataset, batch_size: int) -> float:
     """The floor a training batch's loss is judged against: the measured one, scaled to the batch
     sizes of an epoch and the image where the loss sums (harness/probe.py); where none was
@@ -196,11 +206,13 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
     model_eval = {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": measured.threshold,
                   "batch_size": train_cfg["batch_size"], "loss": loss.fn, "targets": val_y, "model": model}
     stop, scoring = make_callbacks(model_eval, on_epoch, on_batch)
+    # Before the scoring: its epoch end hands the health/ metrics on with the scores.
+    health = [health_monitor(cfg["health"], model, loss, head, transform, dataset)] if cfg["health"]["measure"] else []
     first_epoch = first_epoch_clock()          # last: its epoch end comes after the scoring
 
     stop_if_interrupted()
     started = time.perf_counter()
-    fit = trained.fit(**fit_args, epochs=train_cfg["epochs"], callbacks=[stop, scoring, first_epoch], verbose=verbose)
+    fit = trained.fit(**fit_args, epochs=train_cfg["epochs"], callbacks=[stop, *health, scoring, first_epoch], verbose=verbose)
     seconds = time.perf_counter() - started
     timings = {"prepare": started - prepare_started, "fit": seconds, "scoring": model_eval["scoring_seconds"],
                "first_epoch": first_epoch.seconds}

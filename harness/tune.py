@@ -161,7 +161,7 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
         log(f"{label} {shown}")
         with Heartbeat(trial):
             result = train_variant(trial_cfg, variant, seed, dataset, on_epoch=on_epoch)
-        judged = run.judge(result, trial_cfg["verdict"])
+        judged = run.judge(result, trial_cfg["verdict"], trial_cfg["health"])
         value = judged["final_miou"] if math.isfinite(judged["final_miou"]) else 0.0
         tracker.log_figure(run.run_id, plots.loss_curve(result.history, result.loss_floor,
                                                         f"{variant.name} #{trial.number}"), "loss_curve.png")

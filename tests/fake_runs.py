@@ -30,7 +30,7 @@ def log_sweep(tmp, cfg, miou_by_variant: dict, command: str = COMMAND, figures: 
                 history[key].append(metric)
         result = finished_result(history)
         # The tags a sweep writes, through the code that defines them (harness/runs.py).
-        tracker.set_tags(run, {**result_tags(result, judge_result(result, cfg["verdict"])),
+        tracker.set_tags(run, {**result_tags(result, judge_result(result, cfg["verdict"], cfg["health"])),
                                **check_tags([], "trains", {})})
         if figures:
             log_figures(tracker, run, variant, history)

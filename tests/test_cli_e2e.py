@@ -30,6 +30,7 @@ def test_sweep_reaches_the_case_verdicts_and_resumes(tmp_path):
     for name in ("no_featurewise", "image_only", "tanh_corrected"):
         assert rows[name]["negative_loss"] == "false"
         assert float(rows[name]["val_miou"]) > float(rows[name]["trivial_miou"]) + 0.1
+        assert rows[name]["causes"] == "none", rows[name]          # a healthy run carries no cause
     # harness check ran first and predicted what the sweep then observed.
     for name in ("seed", "tanh_posted", "image_only", "tanh_corrected"):
         assert rows[name]["agrees"] == "true", rows[name]

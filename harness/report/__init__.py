@@ -52,12 +52,12 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str, st
     summary = summarize(points)
     csv_table(summary[SUMMARY_COLUMNS]).to_csv(out / "summary.csv", index=False, float_format="%.6g",
                                                na_rep="nan", lineterminator="\n")
-    csv_table(points.drop(columns=["history", "check_details", "check_validation"])).to_csv(
+    csv_table(points.drop(columns=["history", "check_details", "check_validation", "cause_details", "health_measured"])).to_csv(
         out / "runs.csv", index=False, float_format="%.6g", lineterminator="\n")
-    write_figures(points, summary, out)
+    health_figures = write_figures(points, summary, out)
     samples = collect_samples(points, tracking_uri, out)
 
-    md = render_markdown(cfg, summary, points, failures(runs), samples, command)
+    md = render_markdown(cfg, summary, points, failures(runs), samples, command, health_figures)
     md += "\n" + compare_pipelines(cfg, summary, tracking_uri)
     md += "\n" + tune_section(cfg, tracking_uri, out, summary)
     md += "\n" + reproduce_section(runs, points, sweep_commands(tracking_uri, cfg.name, study), command)

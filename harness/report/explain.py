@@ -7,6 +7,8 @@ import math
 
 import pandas as pd
 
+from harness.health import RULES as HEALTH_RULES
+
 
 WHY = {
     "negative_loss": "the training loss fell below the loss's measured floor",
@@ -53,10 +55,28 @@ def explain(summary: pd.DataFrame) -> str:
         declared = row.get("loss_floor_declared", float("nan"))
         if isinstance(declared, float) and math.isfinite(declared) and abs(declared - row["loss_floor"]) > 0.01:
             extra += f" The loss declares a floor of {declared:.3g}; measured {round(row['loss_floor'], 4):.3g} (the verdicts use the measured one)."
+        extra += health_note(row)
         extra += validation_note(row)
         why = why[:1].upper() + why[1:]
         lines.append(f"- **{row['variant']}**: `{row['verdict']}` ({row['verdict_per_seed']}). {why}.{extra}")
     return "\n".join(lines)
+
+
+# Verdicts whose "Why" names the causes measured during training (harness/health.py).
+EXPLAINED_BY_HEALTH = ("not_learning", "degrading", "unstable", "diverged")
+
+
+def health_note(row) -> str:
+    """For a run that failed: the causes its training health showed, with their numbers and the
+    usual fix; '' for a healthy verdict, or runs from before the health metrics."""
+    if row["verdict"] not in EXPLAINED_BY_HEALTH or not row.get("health_measured", False):
+        return ""
+    details = row.get("cause_details") or {}
+    if not details:
+        return " Measured during training: no training-health cause (gradients, updates, units and head were healthy)."
+    named = "; ".join(f"`{cause}` ({detail}); usual fix: {HEALTH_RULES[cause][1]}" if cause in HEALTH_RULES
+                      else f"`{cause}` ({detail})" for cause, detail in details.items())
+    return f" Measured during training: {named}."
 
 
 NEAR_TRAINING = "validation_near_training"

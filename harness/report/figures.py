@@ -1,5 +1,5 @@
-"""The report's figures beside report.md: every variant's loss curves, the mIoU bars, and each
-variant's prediction samples copied from its run."""
+"""The report's figures beside report.md: every variant's loss curves, the mIoU bars, each failed
+variant's training health, and each variant's prediction samples copied from its run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,17 +7,24 @@ from pathlib import Path
 import pandas as pd
 
 from harness import plots
+from harness.health import measured
 from harness.tracking import artifact_path
+from harness.verdict import HEALTHY
 
 
-def write_figures(points: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
-    """loss_curves.png (every run's loss against its floor) and miou.png (mean and spread over seeds)."""
+def write_figures(points: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[str]:
+    """loss_curves.png (every run's loss against its floor), miou.png (mean and spread over seeds) and
+    health_<variant>.png for each variant that failed and has health metrics. -> the health figures' names."""
     floors = dict(zip(summary["variant"], summary["loss_floor"]))
     curves = {v: [(int(r.seed), r.history) for r in g.itertuples()] for v, g in points.groupby("variant", sort=False)}
     figures = {"loss_curves.png": plots.all_loss_curves(curves, floors),
                "miou.png": plots.miou_bars(summary, float(points["trivial_miou"].mean()))}
+    for variant, verdict in zip(summary["variant"], summary["verdict"]):
+        if verdict not in HEALTHY and any(measured(h) for _, h in curves[variant]):
+            figures[f"health_{variant}.png"] = plots.health_curves(curves[variant], variant)
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=90, bbox_inches="tight")
+    return [name for name in figures if name.startswith("health_")]
 
 
 def collect_samples(points: pd.DataFrame, tracking_uri: str, out: Path) -> list[str]:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from harness import leakage
 from harness.report.explain import explain, marked_verdicts, split_rule, validation_paragraph
+from harness.health import rules_markdown as health_rules_markdown
 from harness.verdict import rules_markdown
 
 
@@ -34,7 +35,7 @@ def cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def render_markdown(cfg, summary, points, failed, samples, command) -> str:
+def render_markdown(cfg, summary, points, failed, samples, command, health_figures=()) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     devices = ", ".join(sorted(set(points["device"].astype(str))))
     parts = [
@@ -46,7 +47,7 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
         "",
         "## Verdicts",
         "",
-        markdown_table(marked_verdicts(summary), ["variant", "seeds", "seeds_scored", "verdict", "predicted", "agrees", "negative_loss",
+        markdown_table(marked_verdicts(summary), ["variant", "seeds", "seeds_scored", "verdict", "causes", "predicted", "agrees", "negative_loss",
                                  "diverged",
                                  "converged",
                                  "min_loss", "loss_floor", "final_loss", "val_miou", "val_miou_std",
@@ -63,6 +64,7 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
         "",
         explain(summary),
         "",
+        *health_lines(health_figures),
         "## Loss curves", "", "![loss curves](loss_curves.png)", "",
         "## Validation mIoU per variant", "",
         "Bars: mean over seeds; whiskers: ±1 standard deviation over seeds (the seed spread).", "",
@@ -84,16 +86,33 @@ def render_markdown(cfg, summary, points, failed, samples, command) -> str:
         parts += ["## Crashed or interrupted points", "", markdown_table(failed, list(failed.columns)), ""]
     parts += [
         "## Rules", "", rules_markdown(cfg["verdict"]), "",
+        "Causes (`causes`, tag `health.causes`): measured during training, once per epoch on one fixed batch of "
+        f"{cfg['health']['batch']} training images as training feeds them, and judged on every run whatever "
+        "its verdict (`harness check`'s flags are the causes measured before training):", "",
+        health_rules_markdown(cfg["health"]), "",
         leakage.rule_text(cfg["leakage"]["margin"], cfg["leakage"]["far_fraction"], cfg["leakage"]["side"]), "",
         split_rule(cfg["data"]), "",
         "## Per seed", "",
-        markdown_table(points, ["variant", "seed", "verdict", "min_loss", "final_loss", "val_miou",
+        markdown_table(points, ["variant", "seed", "verdict", "causes", "min_loss", "final_loss", "val_miou",
                                 "val_as_train_miou", "diverged_at", "seconds_per_epoch"]),
         "",
     ]
     parts += ["## Variants", "", markdown_table(pd.DataFrame([{"variant": v.name, **v.axes()} for v in cfg.variants]),
                                                 ["variant", "images", "masks", "head", "loss", "validation"]), ""]
     return "\n".join(parts)
+
+
+def health_lines(names) -> list[str]:
+    """The failed variants' training-health figures (harness/monitor.py), if any."""
+    if not names:
+        return []
+    lines = ["## Training health of the failed variants", "",
+             "Per epoch, on one fixed training batch: the gradient norm of the first layer, the last one before "
+             "the head, and the head (left, log scale); the share of ReLU channels never active and of head "
+             "outputs at its bounds (right). Solid: first seed.", ""]
+    for name in names:
+        lines += [f"![{name[:-4]}]({name})", ""]
+    return lines
 
 
 def sample_lines(samples: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from harness.config import Config
+from harness.health import diagnose, joined, measured, union
 from harness.points import runs_of_grid
 from harness.tracking import load_runs
 from harness.verdict import HEALTHY, combine, judge
@@ -31,7 +32,7 @@ FLAGS = ["negative_loss", "diverged", "converged"]
 
 # summary.csv's columns, in order.
 SUMMARY_COLUMNS = (["variant", "seeds", "seeds_scored"] + [c for n in NUMERIC for c in (n, f"{n}_std")] + FLAGS
-                   + ["verdict", "predicted", "agrees", "check_flags", "score_note"])
+                   + ["verdict", "causes", "predicted", "agrees", "check_flags", "score_note"])
 
 
 def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
@@ -51,6 +52,7 @@ def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
                        diverged_epoch=tag_int(run.get("tags.diverged_epoch")))
         epochs = max(1, int(run.get("tags.epochs_run", 1) or 1))
         recent = cfg["verdict"]["window"]
+        causes = diagnose(history, cfg["health"])          # judged again from the logged health/ history
         rows.append({
             "variant": run["variant"], "seed": int(run["seed"]), "run_id": run["run_id"],
             "final_loss": judged["final_loss"], "min_loss": judged["min_loss"], "loss_floor": floor,
@@ -65,6 +67,7 @@ def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
             "seconds_per_epoch": float(run.get("tags.seconds", "nan")) / epochs,
             "negative_loss": judged["negative_loss"], "diverged": judged["diverged"],
             "converged": judged["converged"], "verdict": judged["verdict"],
+            "causes": joined(causes), "cause_details": causes, "health_measured": measured(history),
             "diverged_at": (f"epoch {run.get('tags.diverged_epoch')} batch {run.get('tags.diverged_batch')}"
                             if diverged and isinstance(run.get("tags.diverged_epoch"), str) else ""),
             "device": run.get("tags.device", ""), "history": history,
@@ -121,6 +124,11 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
         for flag in FLAGS:
             row[flag] = bool(group[flag].all())
         row["verdict"] = combine(list(group["verdict"]))
+        row["causes"] = union(group["causes"])
+        # {cause: "s1: what was measured; s2: ..."}, for the report's Why.
+        row["cause_details"] = {cause: "; ".join(f"s{s}: {d[cause]}" for s, d in zip(group["seed"], group["cause_details"])
+                                                 if cause in d) for cause in row["causes"].split(",") if cause != "none"}
+        row["health_measured"] = bool(group["health_measured"].any())
         row["verdict_per_seed"] = " ".join(f"s{s}:{v}" for s, v in zip(group["seed"], group["verdict"]))
         row["predicted"] = group["predicted"].iloc[0]
         row["check_flags"] = group["check_flags"].iloc[0]
