@@ -7,7 +7,8 @@ train_vs_handwritten (one harness training run vs the loop a user would write fo
 the same feed, Keras' own validation once per epoch, nothing tracked), train_vs_bound (the same run vs
 a bare model.fit on in-memory tensors), tracking_overhead (one point of the experiment at its own size
 through Optuna + MLflow vs the same training called directly, with where its time went),
-sweep_vs_bound (a real sweep's wall time vs the bare fits of its points), peak_memory (a real sweep's
+health_overhead (one point at the experiment's own size with its per-epoch health measurements vs
+without them), sweep_vs_bound (a real sweep's wall time vs the bare fits of its points), peak_memory (a real sweep's
 peak RSS), plus what mixed precision and XLA give on this device.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from harness.config import Config, load_config
 
 TARGETS = {"pipeline_speedup": ">= 10", "pipeline_headroom": ">= 2", "train_vs_handwritten": ">= 0.97",
            "train_vs_bound": ">= 0.85 on the CPU, >= 0.9 on a GPU",
-           "tracking_overhead": "<= 1.05", "peak_memory_gib": "< 4 on the CPU"}
+           "tracking_overhead": "<= 1.05", "health_overhead": "<= 1.03", "peak_memory_gib": "< 4 on the CPU"}
 
 
 def bench_config(quick: bool, experiment: Path, overrides: list[str] = ()) -> Config:
@@ -274,6 +275,25 @@ def tracking_figure(experiment: Path, overrides: list[str] = ()) -> dict:
             "point_breakdown_seconds": breakdown}
 
 
+def health_figure(experiment: Path, overrides: list[str] = (), reps: int = 2) -> dict:
+    """One point of the experiment at its own size trained with its health measurements
+    (harness/monitor.py) against the same point without them, alternated; wall time of train_variant."""
+    from harness.data import load_dataset
+    from harness.train import train_variant
+    measured = point_config(experiment, overrides)
+    plain = measured.with_overrides({"health.measure": False})
+    dataset = load_dataset(measured["data"])
+    seconds: dict[str, list[float]] = {"with": [], "without": []}
+    for _ in range(reps):
+        for label, cfg in (("without", plain), ("with", measured)):
+            start = time.perf_counter()
+            train_variant(cfg, cfg.variants[0], 1, dataset)
+            seconds[label].append(time.perf_counter() - start)
+    with_, without = statistics.median(seconds["with"]), statistics.median(seconds["without"])
+    return {"health_overhead": with_ / without, "health_seconds": {"with": with_, "without": without,
+                                                                   "per_epoch": (with_ - without) / measured["train"]["epochs"]}}
+
+
 def timed_sweep(experiment: Path, sets: list[str], n_jobs: int = 1) -> float:
     """Wall seconds of a real `harness sweep` in a child process, in a fresh results folder."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -332,6 +352,7 @@ def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=pr
     for stage, measure in (("pipeline", lambda: pipeline_figure(cfg, dataset, reps)),
                           ("train", lambda: train_figure(cfg, dataset, 2 if quick else 3)),
                           ("tracking", lambda: tracking_figure(experiment, overrides)),
+                          ("health", lambda: health_figure(experiment, overrides)),
                           ("options", lambda: options_figure(cfg, dataset, cfg["train"]["epochs"])),
                           ("memory and --n-jobs", lambda: memory_and_jobs_figure(
                               experiment, quick if sweep_quick is None else sweep_quick, overrides))):
@@ -428,6 +449,8 @@ def common_lines(f: dict) -> list[str]:
             f"train_vs_bound: {f['train_vs_bound']:.3f} (target {TARGETS['train_vs_bound']})",
             f"tracking_overhead: {f['tracking_overhead']:.3f} (target {TARGETS['tracking_overhead']}; one point, "
             f"{f['tracking_point']}; {f['tracking_fixed_seconds_per_point']:.1f} s more per point)",
+            f"health_overhead: {f['health_overhead']:.3f} (target {TARGETS['health_overhead']}; the same point with "
+            f"and without its health measurements, {f['health_seconds']['per_epoch']:.2f} s per epoch)",
             f"sweep_vs_bound: {f['sweep_vs_bound']:.3f} (a real sweep's wall time against its points' bare fits)",
             f"peak_memory: {f['peak_memory_gib']:.2f} GiB (target {TARGETS['peak_memory_gib']})",
             f"jit_compile_speedup: {f['option_speedups']['jit_compile']:.2f} (on when > 1)",

@@ -21,12 +21,12 @@ def test_bench_command_writes_every_figure(tmp_path, monkeypatch):
                   cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     for name in ("pipeline_speedup", "train_vs_handwritten", "train_vs_bound", "tracking_overhead", "sweep_vs_bound",
-                 "peak_memory", "n_jobs_2_speedup", "parallel_augment_pipeline_speedup"):
+                 "health_overhead", "peak_memory", "n_jobs_2_speedup", "parallel_augment_pipeline_speedup"):
         assert f"{name}: " in run.stdout, name
     assert (tmp_path / "bench" / "bench.json").exists(), run.stdout[-2000:]
     saved = json.loads((tmp_path / "bench" / "bench.json").read_text())
     for key in ("pipeline_speedup", "train_vs_handwritten", "train_vs_bound", "tracking_overhead", "sweep_vs_bound",
-                "peak_memory_gib", "n_jobs_2_speedup"):
+                "health_overhead", "peak_memory_gib", "n_jobs_2_speedup"):
         assert math.isfinite(saved["figures"][key]) and saved["figures"][key] > 0, key
     assert set(saved["figures"]["train_images_per_s"]) == {"harness", "handwritten", "bare_fit"}
     # Where one point's time went: every stage measured, and together they make the tracked point.
@@ -45,7 +45,8 @@ def test_bench_command_writes_every_figure(tmp_path, monkeypatch):
         assert "pipeline_headroom under jax: device_augment" in run.stdout
     assert set(saved["figures"]["n_jobs_seconds"]) == {"1", "2"}
     assert {"platform", "cpus", "device", "version.tensorflow"} <= set(saved["machine"])
-    assert {"pipeline", "train", "tracking", "options", "memory and --n-jobs"} <= set(saved["stage_seconds"])
+    assert {"pipeline", "train", "tracking", "health", "options", "memory and --n-jobs"} <= set(saved["stage_seconds"])
+    assert set(saved["figures"]["health_seconds"]) == {"with", "without", "per_epoch"}
     md = (tmp_path / "bench" / "bench.md").read_text()
     assert "pipeline_speedup:" in md and "(target >= 10)" in md and "Produced by `harness bench" in md
 

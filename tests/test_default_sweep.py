@@ -15,6 +15,7 @@ import statistics
 import pytest
 
 from conftest import ROOT, run_harness
+from harness.verdict import HEALTHY
 
 COMMITTED = ROOT / "results" / "whitening"
 VERDICTS = {"seed": "negative_loss", "no_featurewise": "learning", "image_only": "converged",
@@ -38,6 +39,10 @@ def test_the_default_sweep_gives_the_committed_report(tmp_path):
     assert {name: row["verdict"] for name, row in summary.items()} == VERDICTS
     # Committed as the README states them, not only as measured here.
     assert {row["variant"]: row["verdict"] for row in rows_of(COMMITTED / "summary.csv")} == VERDICTS
+    # No training-health cause on a variant that trains, measured or committed.
+    for name in ("no_featurewise", "image_only", "tanh_corrected"):
+        assert summary[name]["causes"] == "none", summary[name]
+        assert {row["variant"]: row["causes"] for row in rows_of(COMMITTED / "summary.csv")}[name] == "none"
 
     runs, committed_runs = rows_of(folder / "runs.csv"), rows_of(COMMITTED / "runs.csv")
     committed = {row["variant"]: row for row in rows_of(COMMITTED / "summary.csv")}
@@ -89,5 +94,7 @@ def assert_report_shown_in_chromium(report) -> None:
                                      verdict_table)
     with browser_launched() as browser, open_report(browser, report) as (page, errors, outside):
         assert verdict_table(page) == VERDICTS
-        assert_every_figure_shown(page, outside, 2 + len(VERDICTS))
+        # loss curves, mIoU, a prediction sample per variant, and the health of each failed variant
+        failed = sum(v not in HEALTHY for v in VERDICTS.values())
+        assert_every_figure_shown(page, outside, 2 + len(VERDICTS) + failed)
         assert not errors, errors
