@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from harness.verdict import median
+
 PREFIX = "health/"
 
 CAUSES = ("learning_rate_too_high", "exploding_gradients", "vanishing_gradients", "dead_units",
@@ -30,7 +32,8 @@ RULES = {
         "the gradient on the fixed batch was not finite in an epoch (`health/grad_finite` = 0), or its global "
         "norm (`health/grad_norm`) grew "
         "to `exploding_growth` ({exploding_growth:g}) times its first epoch's or more",
-        "lower the learning rate, clip gradients (`clipnorm`), or normalize (BatchNormalization)"),
+        "lower the learning rate, clip gradients (`clipnorm`), or normalize (BatchNormalization); where "
+        "`harness check` flags the loss (unbounded, or least at the head's bounds), fix the loss first"),
     "vanishing_gradients": (
         "the median over epochs of the first layer's gradient norm over the head's "
         "(`health/grad_norm_first` / `health/grad_norm_head`) is `vanishing_ratio` ({vanishing_ratio:g}) or less",
@@ -68,13 +71,8 @@ def series(history: dict, name: str) -> list[float]:
 
 
 def measured(history: dict) -> bool:
-    return bool(history.get(PREFIX + "grad_norm") or history.get(PREFIX + "update_ratio"))
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    n = len(ordered)
-    return math.nan if not n else (ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2)
+    """Whether the run logged any health metric (runs from before them did not)."""
+    return any(key.startswith(PREFIX) and values for key, values in history.items())
 
 
 def no_better_than_trivial(loss: float, trivial: float, margin: float) -> bool:
@@ -91,8 +89,9 @@ def diagnose(history: dict, rules: dict) -> dict[str, str]:
     ratios = series(history, "update_ratio")
     spreads = series(history, "loss_spread")
     losses, trivials = series(history, "batch_loss"), series(history, "trivial_loss")
-    trivial = trivials[0] if trivials else math.nan
-    stuck = bool(losses) and math.isfinite(trivial) and no_better_than_trivial(losses[-1], trivial, rules["signal_margin"])
+    margin = rules["signal_margin"]
+    # The last epoch's loss against the trivial predictor's (the same every epoch: one fixed batch).
+    stuck = bool(losses) and bool(trivials) and no_better_than_trivial(losses[-1], trivials[-1], margin)
 
     if ratios and max(ratios) >= rules["update_ratio_high"]:
         found["learning_rate_too_high"] = f"update ratio up to {max(ratios):.3g}"
@@ -123,9 +122,9 @@ def diagnose(history: dict, rules: dict) -> dict[str, str]:
     elif ratios and max(ratios) <= rules["update_ratio_low"]:
         found["no_updates"] = f"weights moved at most {max(ratios):.2g} of their norm"
 
-    if len(losses) >= rules["signal_epochs"] and math.isfinite(trivial) and not found:
-        if all(no_better_than_trivial(x, trivial, rules["signal_margin"]) for x in losses):
-            found["no_signal"] = f"training loss {min(losses):.4g} at best, trivial predictor {trivial:.4g}"
+    if len(losses) >= rules["signal_epochs"] and trivials and not found:
+        if all(no_better_than_trivial(x, trivials[-1], margin) for x in losses):
+            found["no_signal"] = f"training loss {min(losses):.4g} at best, trivial predictor {trivials[-1]:.4g}"
     return {cause: found[cause] for cause in CAUSES if cause in found}
 
 

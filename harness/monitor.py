@@ -125,11 +125,14 @@ def health_callback(model, loss_fn, bounds: tuple[float, float], images: np.ndar
                 self.forward, [v.value for v in self.probe.trainable_variables])
             found = {"batch_loss": float(value), "trivial_loss": self.trivial, "grad_norm": norm(grads)}
             found["grad_finite"] = float(math.isfinite(found["grad_norm"]))
+            found.update(loss_spread(batch_losses(self.running)))
             found.update({f"grad_norm_{name}": norm(grads[i] for i in index) for name, index in self.groups.items()})
             weights = self.snapshot()
             moved = norm(ops.subtract(w, b) for w, b in zip(weights, self.weights))
             found["update_ratio"] = moved / max(norm(self.weights), 1e-12) if weights else 0.0
             self.weights = weights
+            if not all(bool(ops.all(ops.isfinite(o))) for o in outputs):
+                return found      # NaN weights (the loss diverged): units and head say nothing more
             lo, hi = bounds
             tolerance = SATURATION * (hi - lo)
             at_bounds = ops.logical_or(outputs[0] <= lo + tolerance, outputs[0] >= hi - tolerance)
@@ -138,7 +141,6 @@ def health_callback(model, loss_fn, bounds: tuple[float, float], images: np.ndar
                 # A channel is alive where it is positive anywhere on the batch.
                 alive = [ops.reshape(ops.max(a, axis=tuple(range(len(a.shape) - 1))) > 0, (-1,)) for a in outputs[1:]]
                 found["dead_units"] = 1.0 - float(ops.mean(ops.cast(ops.concatenate(alive), "float32")))
-            found.update(loss_spread(batch_losses(self.running)))
             return found
 
     return Health()

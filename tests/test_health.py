@@ -31,11 +31,14 @@ def test_a_healthy_run_and_an_unmeasured_one_carry_no_cause():
     assert health.diagnose(healthy(), RULES) == {}
     assert health.diagnose({"loss": [0.5, 0.4]}, RULES) == {}
     assert not health.measured({"loss": [0.5]}) and health.measured(healthy())
+    assert not health.measured({"health/grad_norm": []})
+    # A run that diverged in its first epoch logged only what was finite.
+    assert health.measured({"health/grad_finite": [0.0]})
 
 
 def test_learning_rate_too_high_by_update_ratio_at_its_threshold():
     ratios = [RULES["update_ratio_high"]] + [0.02] * 7
-    assert "learning_rate_too_high" in health.diagnose(healthy(update_ratio=ratios), RULES)
+    assert health.diagnose(healthy(update_ratio=ratios), RULES) == {"learning_rate_too_high": "update ratio up to 1"}
     ratios[0] = RULES["update_ratio_high"] * 0.999
     assert "learning_rate_too_high" not in health.diagnose(healthy(update_ratio=ratios), RULES)
 
@@ -54,14 +57,20 @@ def test_exploding_gradients_by_growth_or_a_gradient_that_was_not_finite():
     assert health.diagnose(healthy(grad_norm=[0.5] * 7 + [0.5 * growth]), RULES) == {
         "exploding_gradients": f"gradient norm grew {growth:g}x from epoch 1"}
     assert health.diagnose(healthy(grad_norm=[0.5] * 7 + [0.5 * growth * 0.99]), RULES) == {}
-    assert "exploding_gradients" in health.diagnose(healthy(grad_finite=[1.0] * 7 + [0.0]), RULES)
+    assert health.diagnose(healthy(grad_finite=[1.0] * 7 + [0.0]), RULES) == {
+        "exploding_gradients": "gradient norm not finite"}
     assert health.diagnose(healthy(grad_norm=[0.0] * 8), RULES).get("exploding_gradients") is None
+    # Growth from the first epoch's norm, from two epochs on; a first norm of 0 gives no growth.
+    assert "exploding_gradients" in health.diagnose(healthy(epochs=2, grad_norm=[0.5, 0.5 * growth]), RULES)
+    assert health.diagnose(healthy(grad_norm=[0.5, 1.0] + [60.0] * 6), RULES)["exploding_gradients"] == \
+        "gradient norm grew 120x from epoch 1"
+    assert "exploding_gradients" not in health.diagnose(healthy(grad_norm=[0.0, 0.5] + [60.0] * 6), RULES)
 
 
 def test_vanishing_gradients_by_the_median_ratio_of_first_layer_to_head():
     edge = RULES["vanishing_ratio"]
     at = healthy(grad_norm_first=[0.4 * edge] * 8)
-    assert "vanishing_gradients" in health.diagnose(at, RULES)
+    assert health.diagnose(at, RULES) == {"vanishing_gradients": "first layer's gradient 0.001 of the head's"}
     above = healthy(grad_norm_first=[0.4 * edge * 1.01] * 8)
     assert "vanishing_gradients" not in health.diagnose(above, RULES)
     # One epoch is not the median; a head with no gradient gives no ratio.
@@ -77,6 +86,10 @@ def test_dead_units_and_saturated_head_read_the_last_epoch():
     assert health.diagnose(stuck, RULES) == {"saturated_head": "50% of head outputs at its bounds"}
     # A confident, trained head sits at its bounds too: below the trivial loss it is no cause.
     assert health.diagnose(healthy(saturated_head=[1.0] * 8), RULES) == {}
+    # The last epoch's loss decides.
+    assert health.diagnose(healthy(saturated_head=[1.0] * 8, batch_loss=[0.3] * 7 + [0.5]), RULES) == {
+        "saturated_head": "100% of head outputs at its bounds"}
+    assert health.diagnose(healthy(saturated_head=[1.0] * 8, batch_loss=[0.5] * 7 + [0.3]), RULES) == {}
 
 
 def test_no_updates_for_a_frozen_model_or_weights_that_never_move():
@@ -86,6 +99,10 @@ def test_no_updates_for_a_frozen_model_or_weights_that_never_move():
     still = healthy(update_ratio=[RULES["update_ratio_low"]] * 8)
     assert health.diagnose(still, RULES) == {"no_updates": "weights moved at most 1e-07 of their norm"}
     assert health.diagnose(healthy(update_ratio=[RULES["update_ratio_low"] * 2] * 8), RULES) == {}
+    assert health.diagnose(healthy(update_ratio=[0.0] * 8), RULES) == {"no_updates": "weights moved at most 0 of their norm"}
+    # A model with no kernel layer (no per-group norms) whose weights move is not frozen.
+    moving = {k: v for k, v in healthy().items() if not k.startswith("health/grad_norm_")}
+    assert health.diagnose(moving, RULES) == {}
 
 
 def test_no_signal_needs_enough_epochs_healthy_gradients_and_a_loss_never_clearly_below_trivial():
@@ -122,6 +139,8 @@ def test_non_finite_values_are_skipped_as_mlflow_skips_them():
 
 def test_rules_table_states_every_cause_with_its_threshold():
     table = health.rules_markdown(RULES)
+    assert table.splitlines()[:2] == ["| cause | rule | usual fix |", "|---|---|---|"]
+    assert len(table.splitlines()) == 2 + len(health.CAUSES)
     for name in health.CAUSES:
         assert f"| `{name}` |" in table
     assert f"({RULES['update_ratio_high']:g})" in table and f"({RULES['signal_epochs']})" in table
