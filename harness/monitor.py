@@ -81,14 +81,18 @@ def loss_spread(losses: list[float]) -> dict[str, float]:
 
 
 def health_callback(model, loss_fn, bounds: tuple[float, float], images: np.ndarray, targets: np.ndarray,
-                    truth: np.ndarray):
+                    truth: np.ndarray, async_safe: bool = False):
     """A Keras callback adding the health/ metrics to each epoch's logs. `model`: the inner model
     (under device augmentation fit() trains a wrapper); `images`, `targets`: the fixed batch as
     training feeds it (transformed, not augmented); `truth`: its binary masks."""
     import keras
     from keras import ops
 
+    on_workers = async_safe
+
     class Health(keras.callbacks.Callback):
+        async_safe = on_workers
+
         def on_train_begin(self, logs=None):
             self.probe, self.has_relus = with_activations(model)
             self.groups = kernel_groups(self.probe)
@@ -103,12 +107,12 @@ def health_callback(model, loss_fn, bounds: tuple[float, float], images: np.ndar
             return [ops.copy(ops.convert_to_tensor(v)) for v in self.probe.trainable_variables]
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.running = []
+            self.running = {}             # batch -> Keras' running mean of the loss
 
         def on_train_batch_end(self, batch, logs=None):
             loss = (logs or {}).get("loss")
             if loss is not None:
-                self.running.append(float(loss))
+                self.running[batch] = float(loss)     # by index: worker threads may finish out of order
 
         def on_epoch_end(self, epoch, logs=None):
             if logs is not None:
@@ -125,7 +129,7 @@ def health_callback(model, loss_fn, bounds: tuple[float, float], images: np.ndar
                 self.forward, [v.value for v in self.probe.trainable_variables])
             found = {"batch_loss": float(value), "trivial_loss": self.trivial, "grad_norm": norm(grads)}
             found["grad_finite"] = float(math.isfinite(found["grad_norm"]))
-            found.update(loss_spread(batch_losses(self.running)))
+            found.update(loss_spread(batch_losses([self.running[b] for b in sorted(self.running)])))
             found.update({f"grad_norm_{name}": norm(grads[i] for i in index) for name, index in self.groups.items()})
             weights = self.snapshot()
             moved = norm(ops.subtract(w, b) for w, b in zip(weights, self.weights))

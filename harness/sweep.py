@@ -163,7 +163,9 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         log(f"{label} training ({cfg['train']['epochs']} epochs)")
         progress.start_point(variant.name, seed, cfg["train"]["epochs"])
         last_epoch_end[0] = time.perf_counter()
-        result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch, on_batch=progress.batch, log=log)
+        # Batches are read one by one only to move a live progress line (harness/train.py: async_safe).
+        result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch,
+                               on_batch=progress.batch if progress.live else None, log=log)
         judged = run.judge(result, cfg["verdict"], cfg["health"])
         tracker.log_params(run_id, {"device": result.device})
         if save_models:

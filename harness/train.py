@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -63,9 +64,16 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
     import keras
 
     class StopOnNonFinite(keras.callbacks.Callback):
+        # Without a per-batch listener (a live progress line), Keras hands each batch's end to worker
+        # threads (async_safe), so the training loop never waits for a loss to reach the host; they
+        # may finish out of order, and are all done before the epoch ends. A Ctrl-C raised there
+        # reaches the training loop at its next batch: Keras raises a finished worker's exception.
+        async_safe = on_batch is None
+
         def __init__(self):
             super().__init__()
             self.epoch, self.where = 0, None
+            self.lock = threading.Lock()
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
@@ -75,8 +83,10 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
             loss = (logs or {}).get("loss")
             if on_batch is not None:
                 on_batch(self.epoch + 1, batch + 1, loss)
-            if loss is not None and not math.isfinite(float(loss)) and self.where is None:
-                self.where = (self.epoch + 1, batch + 1)
+            if loss is not None and not math.isfinite(float(loss)):
+                with self.lock:           # the first non-finite batch, whichever worker sees it first
+                    here = (self.epoch + 1, batch + 1)
+                    self.where = here if self.where is None else min(self.where, here)
                 self.model.stop_training = True
 
     stop = StopOnNonFinite()
@@ -151,14 +161,14 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
         return fit_variant(cfg, variant, seed, dataset, False, on_epoch, verbose, on_batch, log)
 
 
-def health_monitor(settings: dict, model, loss, head, transform, dataset: Dataset):
+def health_monitor(settings: dict, model, loss, head, transform, dataset: Dataset, async_safe: bool = False):
     """The per-epoch health measurements (harness/monitor.py) on the first `health.batch` training
     images, transformed as training feeds them, not augmented: the same batch every epoch."""
     from harness.monitor import health_callback
     n = settings["batch"]
     images, targets = transform.apply(dataset.train_images[:n], dataset.train_masks[:n])
     return health_callback(model, loss.fn, head.output_range, np.asarray(images, np.float32),
-                           np.asarray(targets, np.float32), dataset.train_masks[:n] > 0.5)
+                           np.asarray(targets, np.float32), dataset.train_masks[:n] > 0.5, async_safe)
 
 
 def training_floor(measured: probe.Measured, loss, dataset: Dataset, batch_size: int) -> float:
@@ -207,7 +217,8 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
                   "batch_size": train_cfg["batch_size"], "loss": loss.fn, "targets": val_y, "model": model}
     stop, scoring = make_callbacks(model_eval, on_epoch, on_batch)
     # Before the scoring: its epoch end hands the health/ metrics on with the scores.
-    health = [health_monitor(cfg["health"], model, loss, head, transform, dataset)] if cfg["health"]["measure"] else []
+    health = ([health_monitor(cfg["health"], model, loss, head, transform, dataset, async_safe=on_batch is None)]
+              if cfg["health"]["measure"] else [])
     first_epoch = first_epoch_clock()          # last: its epoch end comes after the scoring
 
     stop_if_interrupted()
