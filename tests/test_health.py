@@ -159,6 +159,7 @@ def test_batch_losses_undo_keras_running_mean():
     assert spread["loss_sign_changes"] == 2.0 and spread["loss_spread"] == pytest.approx(math.sqrt(8 / 9))
 
 
+@pytest.mark.backend
 def test_health_measurement_changes_no_trained_number_and_logs_every_metric():
     from harness.config import load_config
     from harness.data import load_dataset
