@@ -265,8 +265,9 @@ def git_state() -> dict:
         commit = git("rev-parse", "HEAD")
         if not commit:
             return {}
-        # Only tracked files count: results and stores written inside the checkout are not code.
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # Only tracked code counts: results and stores written inside the checkout (results/, where
+        # the committed reports live and are regenerated) are not code.
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results"))
         return {"mlflow.source.git.commit": commit, "mlflow.source.git.branch": git("rev-parse", "--abbrev-ref", "HEAD"),
                 "mlflow.source.git.dirty": str(dirty).lower()}
     except (OSError, subprocess.SubprocessError):
