@@ -287,20 +287,6 @@ def import_tensorflow_quietly() -> None:
             pass          # the command itself says what is missing, in one line
 
 
-def compiled(fn):
-    """`fn` compiled by this backend, traced once for arguments of the same shapes: tf.function,
-    jax.jit; as it is under torch. For a small function called once an epoch, where running it op by
-    op costs more in dispatch than its arithmetic (harness/monitor.py)."""
-    name = backend_name()
-    if name == "tensorflow":
-        import tensorflow as tf
-        return tf.function(fn)
-    if name == "jax":
-        import jax
-        return jax.jit(fn)
-    return fn
-
-
 def value_and_gradients(fn, values: list):
     """-> (fn(values), its auxiliary output, the gradients of fn's value with respect to `values`).
 

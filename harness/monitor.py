@@ -55,11 +55,10 @@ def kernel_groups(model) -> dict[str, list[int]]:
             for name, layers in named.items() if layers}
 
 
-def global_norm(tensors):
-    """The L2 norm over several tensors, as a tensor (0 for none)."""
+def norm(tensors) -> float:
+    """The L2 norm over several tensors, computed where they live (no copy to the host)."""
     from keras import ops
-    squares = [ops.sum(ops.square(ops.cast(t, "float32"))) for t in tensors]
-    return ops.sqrt(ops.sum(ops.stack(squares))) if squares else ops.convert_to_tensor(0.0)
+    return math.sqrt(sum(float(ops.sum(ops.square(ops.cast(t, "float32")))) for t in tensors))
 
 
 def batch_losses(running_means: list[float]) -> list[float]:
@@ -100,12 +99,9 @@ def health_callback(model, loss_fn, bounds: tuple[float, float], images: np.ndar
             self.x, self.y = ops.convert_to_tensor(images, "float32"), ops.convert_to_tensor(targets, "float32")
             constant = np.full(targets.shape, foreground_constant(float(np.mean(truth)), bounds), np.float32)
             self.trivial = float(ops.mean(loss_fn(self.y, ops.convert_to_tensor(constant))))
-            # One compiled function for every statistic: op by op, the forward and backward pass cost
-            # several times the arithmetic in dispatch, every epoch (harness bench: health_overhead).
-            self.statistics = backend.compiled(self.statistics_of)
-            self.weights = self.values()
+            self.weights = self.snapshot()
 
-        def values(self) -> list:
+        def snapshot(self) -> list:
             # A copy of each value: a read of a TensorFlow variable or a JAX array already is one,
             # a torch parameter is updated in place.
             return [ops.copy(ops.convert_to_tensor(v)) for v in self.probe.trainable_variables]
@@ -122,44 +118,33 @@ def health_callback(model, loss_fn, bounds: tuple[float, float], images: np.ndar
             if logs is not None:
                 logs.update({PREFIX + k: v for k, v in self.measure().items()})
 
-        def forward(self, values, non_trainable):
+        def forward(self, values):
+            non_trainable = [v.value for v in self.probe.non_trainable_variables]
             outputs, _ = self.probe.stateless_call(values, non_trainable, self.x, training=True)
             outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
             return ops.mean(loss_fn(self.y, outputs[0])), outputs
 
-        def statistics_of(self, values, non_trainable, previous) -> dict:
-            """Every statistic of the fixed batch as a scalar tensor (compiled: see on_train_begin)."""
-            value, outputs, grads = backend.value_and_gradients(lambda v: self.forward(v, non_trainable), values)
-            found = {"batch_loss": value, "grad_norm": global_norm(grads),
-                     "update_ratio": global_norm([ops.subtract(w, b) for w, b in zip(values, previous)])
-                     / ops.maximum(global_norm(previous), 1e-12),
-                     "outputs_finite": ops.all(ops.stack([ops.all(ops.isfinite(o)) for o in outputs]))}
-            found.update({f"grad_norm_{name}": global_norm([grads[i] for i in index])
-                          for name, index in self.groups.items()})
+        def measure(self) -> dict[str, float]:
+            value, outputs, grads = backend.value_and_gradients(
+                self.forward, [v.value for v in self.probe.trainable_variables])
+            found = {"batch_loss": float(value), "trivial_loss": self.trivial, "grad_norm": norm(grads)}
+            found["grad_finite"] = float(math.isfinite(found["grad_norm"]))
+            found.update(loss_spread(batch_losses([self.running[b] for b in sorted(self.running)])))
+            found.update({f"grad_norm_{name}": norm(grads[i] for i in index) for name, index in self.groups.items()})
+            weights = self.snapshot()
+            moved = norm(ops.subtract(w, b) for w, b in zip(weights, self.weights))
+            found["update_ratio"] = moved / max(norm(self.weights), 1e-12) if weights else 0.0
+            self.weights = weights
+            if not all(bool(ops.all(ops.isfinite(o))) for o in outputs):
+                return found      # NaN weights (the loss diverged): units and head say nothing more
             lo, hi = bounds
             tolerance = SATURATION * (hi - lo)
             at_bounds = ops.logical_or(outputs[0] <= lo + tolerance, outputs[0] >= hi - tolerance)
-            found["saturated_head"] = ops.mean(ops.cast(at_bounds, "float32"))
+            found["saturated_head"] = float(ops.mean(ops.cast(at_bounds, "float32")))
             if self.has_relus:
                 # A channel is alive where it is positive anywhere on the batch.
                 alive = [ops.reshape(ops.max(a, axis=tuple(range(len(a.shape) - 1))) > 0, (-1,)) for a in outputs[1:]]
-                found["dead_units"] = 1.0 - ops.mean(ops.cast(ops.concatenate(alive), "float32"))
-            return found
-
-        def measure(self) -> dict[str, float]:
-            weights = self.values()
-            non_trainable = [ops.convert_to_tensor(v) for v in self.probe.non_trainable_variables]
-            found = {k: float(v) for k, v in self.statistics(weights, non_trainable, self.weights).items()}
-            self.weights = weights
-            found["trivial_loss"] = self.trivial
-            found["grad_finite"] = float(math.isfinite(found["grad_norm"]))
-            if not weights:
-                found["update_ratio"] = 0.0           # nothing trainable: nothing moved
-            found.update(loss_spread(batch_losses([self.running[b] for b in sorted(self.running)])))
-            if not found.pop("outputs_finite"):
-                # NaN weights (the loss diverged): units and head say nothing more.
-                found.pop("saturated_head")
-                found.pop("dead_units", None)
+                found["dead_units"] = 1.0 - float(ops.mean(ops.cast(ops.concatenate(alive), "float32")))
             return found
 
     return Health()
