@@ -287,28 +287,16 @@ def import_tensorflow_quietly() -> None:
             pass          # the command itself says what is missing, in one line
 
 
-def value_and_gradients(fn, values: list):
-    """-> (fn(values), its auxiliary output, the gradients of fn's value with respect to `values`).
-
-    `fn(values) -> (scalar, aux)` must be stateless in `values` (Model.stateless_call). Keras 3 has no
-    backend-neutral gradient function (only each backend's own, as its custom train_step guides show),
-    so this is the one place that picks: GradientTape, jax.value_and_grad, torch.autograd."""
+def compiled(fn):
+    """`fn` (stateless: Model.stateless_call) compiled into one graph by the backend and traced once
+    per input shape. Keras 3 has no backend-neutral way to compile a function of one's own (only its
+    trainers' step functions), so this is the one place that picks: tf.function, jax.jit; torch runs
+    it op by op."""
     name = backend_name()
     if name == "tensorflow":
         import tensorflow as tf
-        values = [tf.convert_to_tensor(v) for v in values]
-        with tf.GradientTape() as tape:
-            tape.watch(values)
-            value, aux = fn(values)
-        return value, aux, tape.gradient(value, values, unconnected_gradients="zero")
+        return tf.function(fn, reduce_retracing=True)
     if name == "jax":
         import jax
-        (value, aux), grads = jax.value_and_grad(fn, has_aux=True)(list(values))
-        return value, aux, grads
-    if name == "torch":
-        import torch
-        values = [v.detach().clone().requires_grad_(True) for v in values]
-        value, aux = fn(values)
-        grads = torch.autograd.grad(value, values, allow_unused=True) if values else []
-        return value, aux, [torch.zeros_like(v) if g is None else g for v, g in zip(values, grads)]
-    raise NotImplementedError(f"no gradients for Keras backend {name!r}")
+        return jax.jit(fn)
+    return fn

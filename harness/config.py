@@ -148,9 +148,9 @@ DEFAULTS: dict[str, Any] = {
         # by this much. Measured: 0.6 or more on neighbouring frames, under 0.1 on independent images.
         "margin": 0.2,
     },
-    # Training health (harness/monitor.py measures it per epoch on one fixed training batch;
-    # harness/health.py names the causes by these thresholds). It changes no trained number: not
-    # part of the study's name.
+    # Training health (harness/monitor.py measures it per epoch: the gradients in the train steps, the
+    # rest on one fixed training batch; harness/health.py names the causes by these thresholds). It
+    # changes no trained number: not part of the study's name.
     "health": {
         "measure": True,             # off only to measure what it costs (harness bench)
         "batch": 8,                  # images in the fixed batch: the first training images

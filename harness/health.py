@@ -29,8 +29,8 @@ RULES = {
         "loss stayed no better than the trivial predictor's",
         "lower `train.learning_rate` (by 10x), or add a warm-up"),
     "exploding_gradients": (
-        "the gradient on the fixed batch was not finite in an epoch (`health/grad_finite` = 0), or its global "
-        "norm (`health/grad_norm`) grew "
+        "a training step's gradient was not finite in an epoch (`health/grad_finite` = 0), or the epoch's "
+        "gradient norm (`health/grad_norm`, the root mean square over its steps) grew "
         "to `exploding_growth` ({exploding_growth:g}) times its first epoch's or more",
         "lower the learning rate, clip gradients (`clipnorm`), or normalize (BatchNormalization); where "
         "`harness check` flags the loss (unbounded, or least at the head's bounds), fix the loss first"),

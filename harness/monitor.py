@@ -1,22 +1,26 @@
-"""Training health, measured once per epoch on one fixed training batch: what a practitioner checks by
-hand when a run does not learn. harness/health.py names the causes from these numbers.
+"""Training health, measured once per epoch: what a practitioner checks by hand when a run does not
+learn. harness/health.py names the causes from these numbers.
 
 Per epoch, under the `health/` prefix (harness/health.py: METRICS):
-- grad_finite: 1, or 0 where the gradient is not finite (MLflow logs no NaN);
-- grad_norm, and grad_norm_first / grad_norm_last / grad_norm_head: the gradient of the training loss
-  on the fixed batch, over all trainable weights and over the first layer with a kernel, the last one
-  before the head, and the head (the last one);
+- grad_norm, and grad_norm_first / grad_norm_last / grad_norm_head: the gradient of the training
+  loss over all trainable weights and over the first layer with a kernel, the last one before the
+  head, and the head (the last one): the root mean square over the epoch's training steps of each
+  step's norm, summed inside the compiled train step (a second backward pass per epoch cost more
+  than 3 % of training: harness bench, health_overhead);
+- grad_finite: 1, or 0 where a step's gradient was not finite (MLflow logs no NaN);
 - update_ratio: how far the trainable weights moved in the epoch, ||W_end - W_start|| / ||W_start||;
-- dead_units: the share of ReLU channels that are never positive on the batch;
-- saturated_head: the share of head outputs within 1 % of the head's bounds;
 - loss_spread, loss_sign_changes: the epoch's batch losses' standard deviation over their mean
   magnitude, and how often they changed sign;
-- batch_loss, trivial_loss: the training loss on the fixed batch, and a constant prediction's loss
-  at the batch's foreground fraction on the same targets.
+- on one fixed training batch (the same every epoch), in one compiled forward pass:
+  - dead_units: the share of ReLU channels that are never positive on the batch;
+  - saturated_head: the share of head outputs within 1 % of the head's bounds;
+  - batch_loss, trivial_loss: the training loss on the batch, and a constant prediction's loss at
+    the batch's foreground fraction on the same targets.
 
-Measured without side effects: the forward pass is stateless (Model.stateless_call), so BatchNorm's
-moving statistics and every trained number stay as they would be without it. Speaks keras / keras.ops;
-the gradients come from harness/backend.py."""
+Measured without side effects: the forward pass is stateless (Model.stateless_call), and the gradient
+sums are the optimizer's own variables, read nowhere else; BatchNorm's moving statistics and every
+trained number stay as they would be without them. Speaks keras / keras.ops; the compiling comes from
+harness/backend.py."""
 from __future__ import annotations
 
 import math
@@ -27,6 +31,9 @@ from harness import backend
 from harness.health import PREFIX, foreground_constant
 
 SATURATION = 0.01        # an output within this share of the head's range from a bound is saturated
+
+
+GROUPS = ("first", "last", "head")
 
 
 def is_relu(layer) -> bool:
@@ -45,20 +52,61 @@ def with_activations(model):
         return model, False
 
 
-def kernel_groups(model) -> dict[str, list[int]]:
-    """Indexes into model.trainable_variables of the first layer with a kernel, the last one before
-    the head, and the head."""
-    index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+def kernel_groups(model) -> dict[str, set[int]]:
+    """The ids of the trainable variables of the first layer with a kernel, the last one before the
+    head, and the head."""
     kernels = [layer for layer in model.layers if getattr(layer, "kernel", None) is not None and layer.trainable_weights]
     named = {"first": kernels[:1], "last": kernels[-2:-1] if len(kernels) >= 3 else [], "head": kernels[-1:]}
-    return {name: [index[id(v)] for layer in layers for v in layer.trainable_weights if id(v) in index]
-            for name, layers in named.items() if layers}
+    return {name: {id(v) for layer in layers for v in layer.trainable_weights} for name, layers in named.items() if layers}
 
 
-def norm(tensors) -> float:
-    """The L2 norm over several tensors, computed where they live (no copy to the host)."""
+def measuring_optimizer(optimizer_class, model, **kwargs):
+    """An `optimizer_class(**kwargs)` that also sums, inside the compiled train step, each step's
+    squared gradient norm over all trainable weights and over each of `model`'s kernel groups, and
+    counts the steps. The sums are optimizer variables, so a stateless step (JAX) carries them as it
+    carries Adam's moments; the health callback reads and zeroes them once per epoch. Keras has no
+    hook for a train step's gradients short of subclassing the model, which a user's builder owns."""
+    groups = kernel_groups(model)
+
+    class Measuring(optimizer_class):
+        def build(self, variables):
+            super().build(variables)
+            self.gradient_sums = self.add_variable((1 + len(GROUPS),), name="health_gradient_sums")
+            self.gradient_steps = self.add_variable((), name="health_gradient_steps")
+
+        def apply(self, grads, trainable_variables=None):
+            from keras import ops
+            variables = self._trainable_variables if trainable_variables is None else trainable_variables
+            squares = {id(v): ops.sum(ops.square(ops.cast(g, "float32"))) for g, v in zip(grads, variables)
+                       if g is not None}
+            if squares and hasattr(self, "gradient_sums"):
+                sums = [sum(squares.values())] + [sum((squares[i] for i in groups.get(name, ()) if i in squares), 0.0)
+                                                  for name in GROUPS]
+                self.gradient_sums.assign_add(ops.stack([ops.cast(x, "float32") for x in sums]))
+                self.gradient_steps.assign_add(1.0)
+            return super().apply(grads, trainable_variables)
+
+    Measuring.__name__ = optimizer_class.__name__
+    optimizer = Measuring(**kwargs)
+    optimizer.measured_groups = tuple(name for name in GROUPS if name in groups)
+    return optimizer
+
+
+def gradient_norms(optimizer) -> dict[str, float]:
+    """The epoch's gradient statistics from a measuring_optimizer's sums, which start again at zero."""
     from keras import ops
-    return math.sqrt(sum(float(ops.sum(ops.square(ops.cast(t, "float32")))) for t in tensors))
+    if not hasattr(optimizer, "gradient_sums"):
+        return {"grad_norm": 0.0, "grad_finite": 1.0}     # never built: nothing trainable
+    sums = on_host(optimizer.gradient_sums)
+    steps = float(on_host(optimizer.gradient_steps))
+    optimizer.gradient_sums.assign(np.zeros(sums.shape, np.float32))
+    optimizer.gradient_steps.assign(0.0)
+    if steps == 0:
+        return {"grad_norm": 0.0, "grad_finite": 1.0}     # no step had a gradient: nothing trainable
+    norms = np.sqrt(sums / steps)
+    found = {"grad_norm": float(norms[0]), "grad_finite": float(np.all(np.isfinite(norms)))}
+    found.update({f"grad_norm_{name}": float(norms[1 + GROUPS.index(name)]) for name in optimizer.measured_groups})
+    return found
 
 
 def batch_losses(running_means: list[float]) -> list[float]:
@@ -80,11 +128,55 @@ def loss_spread(losses: list[float]) -> dict[str, float]:
             "loss_sign_changes": float(np.sum(signs[1:] != signs[:-1]))}
 
 
-def health_callback(model, loss_fn, bounds: tuple[float, float], images: np.ndarray, targets: np.ndarray,
-                    truth: np.ndarray, async_safe: bool = False):
+def fixed_batch_statistics(probe, has_relus: bool, loss_fn, bounds: tuple[float, float]):
+    """f(trainable values, non-trainable values, x, y) -> the fixed batch's statistics as tensors, in
+    one forward pass compiled by the backend: op by op, the pass cost several times its arithmetic in
+    dispatch every epoch (0.14 s against 0.02 s on the default point's model)."""
+    from keras import ops
+    lo, hi = bounds
+    tolerance = SATURATION * (hi - lo)
+
+    def statistics(trainable, non_trainable, x, y):
+        outputs, _ = probe.stateless_call(trainable, non_trainable, x, training=True)
+        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        head = outputs[0]
+        found = {"batch_loss": ops.mean(loss_fn(y, head)),
+                 "finite": ops.all(ops.stack([ops.all(ops.isfinite(o)) for o in outputs])),
+                 "saturated_head": ops.mean(ops.cast(ops.logical_or(head <= lo + tolerance, head >= hi - tolerance),
+                                                     "float32"))}
+        if has_relus:
+            # A channel is alive where it is positive anywhere on the batch.
+            alive = [ops.reshape(ops.max(a, axis=tuple(range(len(a.shape) - 1))) > 0, (-1,)) for a in outputs[1:]]
+            found["dead_units"] = 1.0 - ops.mean(ops.cast(ops.concatenate(alive), "float32"))
+        return found
+
+    return backend.compiled(statistics)
+
+
+def on_host(variable) -> np.ndarray:
+    """A copy of a variable's value in host memory. np.asarray of the backend's value: keras.ops'
+    convert_to_numpy and Variable.numpy() warn under NumPy 2 (their __array__ takes no `copy`)."""
+    return np.asarray(variable.value).astype(np.float64)
+
+
+def weights_on_host(variables) -> list[np.ndarray]:
+    return [on_host(v) for v in variables]
+
+
+def relative_move(now: list[np.ndarray], before: list[np.ndarray]) -> float:
+    """||now - before|| / ||before|| over all the weights; 0 for none."""
+    if not now:
+        return 0.0
+    moved = math.sqrt(sum(float(np.sum(np.square(a - b))) for a, b in zip(now, before)))
+    return moved / max(math.sqrt(sum(float(np.sum(np.square(b))) for b in before)), 1e-12)
+
+
+def health_callback(model, optimizer, loss_fn, bounds: tuple[float, float], images: np.ndarray,
+                    targets: np.ndarray, truth: np.ndarray, async_safe: bool = False):
     """A Keras callback adding the health/ metrics to each epoch's logs. `model`: the inner model
-    (under device augmentation fit() trains a wrapper); `images`, `targets`: the fixed batch as
-    training feeds it (transformed, not augmented); `truth`: its binary masks."""
+    (under device augmentation fit() trains a wrapper); `optimizer`: its measuring_optimizer;
+    `images`, `targets`: the fixed batch as training feeds it (transformed, not augmented); `truth`:
+    its binary masks."""
     import keras
     from keras import ops
 
@@ -94,17 +186,12 @@ def health_callback(model, loss_fn, bounds: tuple[float, float], images: np.ndar
         async_safe = on_workers
 
         def on_train_begin(self, logs=None):
-            self.probe, self.has_relus = with_activations(model)
-            self.groups = kernel_groups(self.probe)
+            self.probe, has_relus = with_activations(model)
+            self.statistics = fixed_batch_statistics(self.probe, has_relus, loss_fn, bounds)
             self.x, self.y = ops.convert_to_tensor(images, "float32"), ops.convert_to_tensor(targets, "float32")
             constant = np.full(targets.shape, foreground_constant(float(np.mean(truth)), bounds), np.float32)
             self.trivial = float(ops.mean(loss_fn(self.y, ops.convert_to_tensor(constant))))
-            self.weights = self.snapshot()
-
-        def snapshot(self) -> list:
-            # A copy of each value: a read of a TensorFlow variable or a JAX array already is one,
-            # a torch parameter is updated in place.
-            return [ops.copy(ops.convert_to_tensor(v)) for v in self.probe.trainable_variables]
+            self.weights = weights_on_host(self.probe.trainable_variables)
 
         def on_epoch_begin(self, epoch, logs=None):
             self.running = {}             # batch -> Keras' running mean of the loss
@@ -118,33 +205,18 @@ def health_callback(model, loss_fn, bounds: tuple[float, float], images: np.ndar
             if logs is not None:
                 logs.update({PREFIX + k: v for k, v in self.measure().items()})
 
-        def forward(self, values):
-            non_trainable = [v.value for v in self.probe.non_trainable_variables]
-            outputs, _ = self.probe.stateless_call(values, non_trainable, self.x, training=True)
-            outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-            return ops.mean(loss_fn(self.y, outputs[0])), outputs
-
         def measure(self) -> dict[str, float]:
-            value, outputs, grads = backend.value_and_gradients(
-                self.forward, [v.value for v in self.probe.trainable_variables])
-            found = {"batch_loss": float(value), "trivial_loss": self.trivial, "grad_norm": norm(grads)}
-            found["grad_finite"] = float(math.isfinite(found["grad_norm"]))
-            found.update(loss_spread(batch_losses([self.running[b] for b in sorted(self.running)])))
-            found.update({f"grad_norm_{name}": norm(grads[i] for i in index) for name, index in self.groups.items()})
-            weights = self.snapshot()
-            moved = norm(ops.subtract(w, b) for w, b in zip(weights, self.weights))
-            found["update_ratio"] = moved / max(norm(self.weights), 1e-12) if weights else 0.0
+            found = gradient_norms(optimizer)
+            weights = weights_on_host(self.probe.trainable_variables)
+            found["update_ratio"] = relative_move(weights, self.weights)
             self.weights = weights
-            if not all(bool(ops.all(ops.isfinite(o))) for o in outputs):
-                return found      # NaN weights (the loss diverged): units and head say nothing more
-            lo, hi = bounds
-            tolerance = SATURATION * (hi - lo)
-            at_bounds = ops.logical_or(outputs[0] <= lo + tolerance, outputs[0] >= hi - tolerance)
-            found["saturated_head"] = float(ops.mean(ops.cast(at_bounds, "float32")))
-            if self.has_relus:
-                # A channel is alive where it is positive anywhere on the batch.
-                alive = [ops.reshape(ops.max(a, axis=tuple(range(len(a.shape) - 1))) > 0, (-1,)) for a in outputs[1:]]
-                found["dead_units"] = 1.0 - float(ops.mean(ops.cast(ops.concatenate(alive), "float32")))
+            found.update(loss_spread(batch_losses([self.running[b] for b in sorted(self.running)])))
+            forward = self.statistics([v.value for v in self.probe.trainable_variables],
+                                      [v.value for v in self.probe.non_trainable_variables], self.x, self.y)
+            found["batch_loss"], found["trivial_loss"] = float(forward["batch_loss"]), self.trivial
+            if bool(forward["finite"]):
+                # With NaN weights (the loss diverged) units and head say nothing more.
+                found.update({k: float(forward[k]) for k in ("saturated_head", "dead_units") if k in forward})
             return found
 
     return Health()

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from harness import backend
-from harness import metrics, probe
+from harness import metrics, monitor, probe
 from harness.config import Config, Variant
 from harness.data import Dataset
 from harness.errors import interrupts_deferred, stop_if_interrupted
@@ -161,13 +161,14 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
         return fit_variant(cfg, variant, seed, dataset, False, on_epoch, verbose, on_batch, log)
 
 
-def health_monitor(settings: dict, model, loss, head, transform, dataset: Dataset, async_safe: bool = False):
-    """The per-epoch health measurements (harness/monitor.py) on the first `health.batch` training
+def health_monitor(settings: dict, model, optimizer, loss, head, transform, dataset: Dataset,
+                   async_safe: bool = False):
+    """The per-epoch health measurements (harness/monitor.py): the training steps' gradients through
+    `optimizer` (a measuring one), the forward statistics on the first `health.batch` training
     images, transformed as training feeds them, not augmented: the same batch every epoch."""
-    from harness.monitor import health_callback
     n = settings["batch"]
     images, targets = transform.apply(dataset.train_images[:n], dataset.train_masks[:n])
-    return health_callback(model, loss.fn, head.output_range, np.asarray(images, np.float32),
+    return monitor.health_callback(model, optimizer, loss.fn, head.output_range, np.asarray(images, np.float32),
                            np.asarray(targets, np.float32), dataset.train_masks[:n] > 0.5, async_safe)
 
 
@@ -212,13 +213,16 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
     # JAX runs a train step op by op unless it is jitted: XLA is how JAX runs at all (its CPU
     # results are deterministic either way), so speed.jit_compile only decides for TensorFlow.
     jit = speed["jit_compile"] or backend.backend_name() == "jax"
-    trained.compile(optimizer=keras.optimizers.Adam(train_cfg["learning_rate"]), loss=loss.fn, jit_compile=jit)
+    measure_health = cfg["health"]["measure"]
+    optimizer = (monitor.measuring_optimizer(keras.optimizers.Adam, model, learning_rate=train_cfg["learning_rate"])
+                 if measure_health else keras.optimizers.Adam(train_cfg["learning_rate"]))
+    trained.compile(optimizer=optimizer, loss=loss.fn, jit_compile=jit)
     model_eval = {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": measured.threshold,
                   "batch_size": train_cfg["batch_size"], "loss": loss.fn, "targets": val_y, "model": model}
     stop, scoring = make_callbacks(model_eval, on_epoch, on_batch)
     # Before the scoring: its epoch end hands the health/ metrics on with the scores.
-    health = ([health_monitor(cfg["health"], model, loss, head, transform, dataset, async_safe=on_batch is None)]
-              if cfg["health"]["measure"] else [])
+    health = ([health_monitor(cfg["health"], model, optimizer, loss, head, transform, dataset,
+                              async_safe=on_batch is None)] if measure_health else [])
     first_epoch = first_epoch_clock()          # last: its epoch end comes after the scoring
 
     stop_if_interrupted()

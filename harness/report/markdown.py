@@ -86,8 +86,9 @@ def render_markdown(cfg, summary, points, failed, samples, command, health_figur
         parts += ["## Crashed or interrupted points", "", markdown_table(failed, list(failed.columns)), ""]
     parts += [
         "## Rules", "", rules_markdown(cfg["verdict"]), "",
-        "Causes (`causes`, tag `health.causes`): measured during training, once per epoch on one fixed batch of "
-        f"{cfg['health']['batch']} training images as training feeds them, and judged on every run whatever "
+        "Causes (`causes`, tag `health.causes`): measured during training, once per epoch (the gradients over "
+        f"the epoch's training steps, the rest on one fixed batch of {cfg['health']['batch']} training images as "
+        "training feeds them), and judged on every run whatever "
         "its verdict (`harness check`'s flags are the causes measured before training):", "",
         health_rules_markdown(cfg["health"]), "",
         leakage.rule_text(cfg["leakage"]["margin"], cfg["leakage"]["far_fraction"], cfg["leakage"]["side"]), "",
@@ -107,9 +108,10 @@ def health_lines(names) -> list[str]:
     if not names:
         return []
     lines = ["## Training health of the failed variants", "",
-             "Per epoch, on one fixed training batch: the gradient norm of the first layer, the last one before "
-             "the head, and the head (left, log scale); the share of ReLU channels never active and of head "
-             "outputs at its bounds (right). Solid: first seed.", ""]
+             "Per epoch: the gradient norm of the first layer, the last one before the head, and the head "
+             "(left, log scale; the root mean square over the epoch's training steps); on one fixed training "
+             "batch, the share of ReLU channels never active and of head outputs at its bounds (right). "
+             "Solid: first seed.", ""]
     for name in names:
         lines += [f"![{name[:-4]}]({name})", ""]
     return lines
