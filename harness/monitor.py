@@ -86,7 +86,17 @@ def measuring_optimizer(optimizer_class, model, **kwargs):
                 self.gradient_steps.assign_add(1.0)
             return super().apply(grads, trainable_variables)
 
-    Measuring.__name__ = optimizer_class.__name__
+        def save_own_variables(self, store):
+            # Saved as the optimizer it measures (its class's name and module, set below, and its
+            # variables without the sums), so keras.saving.load_model reads a saved model back
+            # without the harness, optimizer state included.
+            sums = (getattr(self, "gradient_sums", None), getattr(self, "gradient_steps", None))
+            own = [v for v in self.variables if not any(v is s for s in sums)]
+            for i, variable in enumerate(own):
+                store[str(i)] = np.asarray(variable.value)
+
+    Measuring.__name__ = Measuring.__qualname__ = optimizer_class.__name__
+    Measuring.__module__ = optimizer_class.__module__
     optimizer = Measuring(**kwargs)
     optimizer.measured_groups = tuple(name for name in GROUPS if name in groups)
     return optimizer
