@@ -44,10 +44,19 @@ class RunResult:
 
 
 def predict_binary(model, images: np.ndarray, threshold: float, batch_size: int) -> np.ndarray:
-    # predict_on_batch per chunk reuses one traced function; model.predict would build a new
-    # tf.data pipeline on every call, which costs more than the forward pass on a small validation set.
-    pred = np.concatenate([np.asarray(model.predict_on_batch(images[i:i + batch_size]), np.float32)
-                           for i in range(0, len(images), batch_size)])
+    """(pred >= threshold, pred) for every image, in chunks of one shape through one traced function:
+    the last chunk is padded to `batch_size` with copies of its last image, dropped after. A short
+    last chunk would be traced again for its own shape, at the first epoch's end of every run;
+    model.predict would build a new tf.data pipeline on every call, which costs more than the forward
+    pass on a small validation set."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        n = len(chunk)
+        if n < batch_size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
+        chunks.append(np.asarray(model.predict_on_batch(chunk), np.float32)[:n])
+    pred = np.concatenate(chunks)
     return pred >= threshold, pred
 
 

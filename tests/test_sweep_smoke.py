@@ -56,3 +56,20 @@ def test_a_training_run_says_where_its_time_went():
     assert all(math.isfinite(s) and s > 0 for s in t.values()), t
     # Intervals inside fit's, whatever the machine's speed: the first epoch, and the scoring passes.
     assert t["fit"] == result.seconds and t["first_epoch"] <= t["fit"] and t["scoring"] <= t["fit"]
+
+
+@pytest.mark.backend
+def test_validation_is_scored_in_chunks_of_one_shape_with_the_padding_dropped():
+    """predict_binary pads the short last chunk (one traced shape per run) and drops the padding:
+    each image's prediction is the one it gets alone."""
+    import keras
+    import numpy as np
+    from harness.train import predict_binary
+    inputs = keras.Input((5, 5, 1))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(inputs))
+    images = np.random.default_rng(0).normal(size=(7, 5, 5, 1)).astype("float32")
+    binary, pred = predict_binary(model, images, 0.5, 3)
+    alone = np.concatenate([np.asarray(model.predict_on_batch(images[i:i + 1])) for i in range(7)])
+    assert pred.shape == (7, 5, 5, 1) and binary.dtype == bool
+    np.testing.assert_allclose(pred, alone, rtol=1e-6)
+    np.testing.assert_array_equal(binary, pred >= 0.5)
