@@ -31,9 +31,7 @@ from harness import backend
 from harness.health import PREFIX, foreground_constant
 
 SATURATION = 0.01        # an output within this share of the head's range from a bound is saturated
-
-
-GROUPS = ("first", "last", "head")
+GROUPS = ("first", "last", "head")   # the kernel groups whose gradient norms are measured apart
 
 
 def is_relu(layer) -> bool:
@@ -104,7 +102,6 @@ def measuring_optimizer(optimizer_class, model, **kwargs):
 
 def gradient_norms(optimizer) -> dict[str, float]:
     """The epoch's gradient statistics from a measuring_optimizer's sums, which start again at zero."""
-    from keras import ops
     if not hasattr(optimizer, "gradient_sums"):
         return {"grad_norm": 0.0, "grad_finite": 1.0}     # never built: nothing trainable
     sums = on_host(optimizer.gradient_sums)
