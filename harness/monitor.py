@@ -102,14 +102,12 @@ def measuring_optimizer(optimizer_class, model, **kwargs):
 
 def gradient_norms(optimizer) -> dict[str, float]:
     """The epoch's gradient statistics from a measuring_optimizer's sums, which start again at zero."""
-    if not hasattr(optimizer, "gradient_sums"):
-        return {"grad_norm": 0.0, "grad_finite": 1.0}     # never built: nothing trainable
+    steps = float(on_host(optimizer.gradient_steps)) if hasattr(optimizer, "gradient_sums") else 0.0
+    if steps == 0:
+        return {"grad_norm": 0.0, "grad_finite": 1.0}     # never built, or no step had a gradient: nothing trainable
     sums = on_host(optimizer.gradient_sums)
-    steps = float(on_host(optimizer.gradient_steps))
     optimizer.gradient_sums.assign(np.zeros(sums.shape, np.float32))
     optimizer.gradient_steps.assign(0.0)
-    if steps == 0:
-        return {"grad_norm": 0.0, "grad_finite": 1.0}     # no step had a gradient: nothing trainable
     norms = np.sqrt(sums / steps)
     found = {"grad_norm": float(norms[0]), "grad_finite": float(np.all(np.isfinite(norms)))}
     found.update({f"grad_norm_{name}": float(norms[1 + GROUPS.index(name)]) for name in optimizer.measured_groups})
