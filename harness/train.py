@@ -226,6 +226,11 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
     optimizer = (monitor.measuring_optimizer(keras.optimizers.Adam, model, learning_rate=train_cfg["learning_rate"])
                  if measure_health else keras.optimizers.Adam(train_cfg["learning_rate"]))
     trained.compile(optimizer=optimizer, loss=loss.fn, jit_compile=jit)
+    # Keras builds the optimizer at the first train step. Under TensorFlow that is inside the step's
+    # trace, and a tf.function that creates variables is traced twice. Built here, eagerly, the
+    # step is traced once: the same zero moments, the same numbers. Measured on the default point's
+    # model, a first 2-epoch fit went from 8.0 s to 4.2 s.
+    optimizer.build(trained.trainable_variables)
     model_eval = {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": measured.threshold,
                   "batch_size": train_cfg["batch_size"], "loss": loss.fn, "targets": val_y, "model": model}
     stop, scoring = make_callbacks(model_eval, on_epoch, on_batch)
