@@ -179,3 +179,29 @@ def test_health_measurement_changes_no_trained_number_and_logs_every_metric():
                       "loss_sign_changes"}
     assert all(len(v) == 2 and all(math.isfinite(x) for x in v) for k, v in with_health.items() if k.startswith("health/"))
     assert with_health["health/dead_units"][0] < 0.5 and with_health["health/grad_norm"][0] > 0
+
+
+def test_a_run_traces_its_train_step_once(monkeypatch):
+    """The optimizer is built before fit (harness/train.py): built at the first step instead, inside
+    tf.function's trace, its variables make TensorFlow trace the step a second time (a point's first
+    epoch took twice as long). Each trace calls train_step once in Python: counted here."""
+    from harness.backend import backend_name
+    if backend_name() != "tensorflow":
+        pytest.skip("the double trace is tf.function's")
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+    from harness.config import load_config
+    from harness.data import load_dataset
+    from harness.train import train_variant
+    traces = []
+    step = TensorFlowTrainer.train_step
+
+    def counted(self, data):
+        traces.append(1)
+        return step(self, data)
+
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", counted)
+    cfg = load_config(None, ["data.n_images=40", "data.image_size=32", "model.start_depth=4", "model.levels=2",
+                             "train.epochs=2", "train.batch_size=16", "augment.stats_rounds=0"])
+    variant = next(v for v in cfg.variants if v.name == "image_only")
+    result = train_variant(cfg, variant, 1, load_dataset(cfg["data"]))
+    assert result.epochs_run == 2 and len(traces) == 1
