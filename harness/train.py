@@ -43,19 +43,34 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def predict_binary(model, images: np.ndarray, threshold: float, batch_size: int) -> np.ndarray:
-    """(pred >= threshold, pred) for every image, in chunks of one shape through one traced function:
-    the last chunk is padded to `batch_size` with copies of its last image, dropped after. A short
-    last chunk would be traced again for its own shape, at the first epoch's end of every run;
-    model.predict would build a new tf.data pipeline on every call, which costs more than the forward
-    pass on a small validation set."""
+# Scoring runs the whole validation input through the model in one call where it fits this many
+# pixels (2**20: 455 images at 48x48, 64 at 128x128): one dispatch per epoch instead of one per
+# training batch, and no padded images. Larger inputs go in equal chunks, so one shape is traced.
+SCORING_PIXELS = 2 ** 20
+
+
+def scoring_chunk(n: int, pixels_per_image: int, batch_size: int) -> int:
+    """Images per forward pass when scoring `n` images: all of them where they fit SCORING_PIXELS
+    (never fewer than a training batch), else ceil(n / chunks) for the fewest chunks that fit, so
+    every chunk has one size and the last is padded by fewer images than there are chunks."""
+    most = max(batch_size, SCORING_PIXELS // max(pixels_per_image, 1))
+    chunks = -(-n // most)
+    return max(-(-n // max(chunks, 1)), 1)
+
+
+def predict_binary(model, images: np.ndarray, threshold: float, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pred >= threshold, pred) for every image, in chunks of `chunk` images through one traced
+    function: a short last chunk is padded with copies of its last image, dropped after (a chunk of
+    its own shape would be traced again, at the first epoch's end of every run). model.predict
+    would build a new tf.data pipeline on every call, which costs more than the forward pass on a
+    small validation set."""
     chunks = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        n = len(chunk)
-        if n < batch_size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
-        chunks.append(np.asarray(model.predict_on_batch(chunk), np.float32)[:n])
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk]
+        n = len(part)
+        if n < chunk:
+            part = np.concatenate([part, np.repeat(part[-1:], chunk - n, axis=0)])
+        chunks.append(np.asarray(model.predict_on_batch(part), np.float32)[:n])
     pred = np.concatenate(chunks)
     return pred >= threshold, pred
 
@@ -120,7 +135,8 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
             started = time.perf_counter()
             for prefix, images in model_eval["inputs"].items():
                 # The inner model: under device augmentation self.model is the index-fed wrapper.
-                pred, raw = predict_binary(model_eval["model"], images, model_eval["threshold"], model_eval["batch_size"])
+                chunk = scoring_chunk(len(images), int(np.prod(images.shape[1:3])), model_eval["batch_size"])
+                pred, raw = predict_binary(model_eval["model"], images, model_eval["threshold"], chunk)
                 for key, value in metrics.confusion_ious(pred, truth).items():
                     logs[f"{prefix}_{key}"] = value
                 if prefix == "val":

@@ -58,6 +58,23 @@ def test_a_training_run_says_where_its_time_went():
     assert t["fit"] == result.seconds and t["first_epoch"] <= t["fit"] and t["scoring"] <= t["fit"]
 
 
+def test_a_validation_input_is_scored_in_one_pass_where_it_fits():
+    """The default point's 77 validation images (48x48) go through the model in one call; inputs
+    past SCORING_PIXELS in equal chunks, never smaller than a training batch, the last padded by
+    fewer images than there are chunks."""
+    from harness.train import SCORING_PIXELS, scoring_chunk
+    assert scoring_chunk(77, 48 * 48, 16) == 77
+    assert scoring_chunk(154, 48 * 48, 16) == 154
+    assert scoring_chunk(1000, 128 * 128, 32) == 63          # 16 chunks of at most 64
+    assert scoring_chunk(10, SCORING_PIXELS, 4) == 4         # a batch at least: 3 chunks of 4
+    assert scoring_chunk(SCORING_PIXELS // 100 + 1, 100, 1) == (SCORING_PIXELS // 100 + 2) // 2
+    assert scoring_chunk(0, 48 * 48, 16) == 1
+    for n in (1, 5, 77, 500, 5000):
+        chunk = scoring_chunk(n, 128 * 128, 32)
+        chunks = -(-n // chunk)
+        assert chunk * chunks - n < chunks and chunk <= max(32, SCORING_PIXELS // (128 * 128))
+
+
 @pytest.mark.backend
 def test_validation_is_scored_in_chunks_of_one_shape_with_the_padding_dropped():
     """predict_binary pads the short last chunk (one traced shape per run) and drops the padding:
@@ -68,8 +85,16 @@ def test_validation_is_scored_in_chunks_of_one_shape_with_the_padding_dropped():
     inputs = keras.Input((5, 5, 1))
     model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(inputs))
     images = np.random.default_rng(0).normal(size=(7, 5, 5, 1)).astype("float32")
+    shapes = []
+    predict = model.predict_on_batch
+    model.predict_on_batch = lambda x: shapes.append(x.shape) or predict(x)
     binary, pred = predict_binary(model, images, 0.5, 3)
-    alone = np.concatenate([np.asarray(model.predict_on_batch(images[i:i + 1])) for i in range(7)])
+    assert shapes == [(3, 5, 5, 1)] * 3
+    alone = np.concatenate([np.asarray(predict(images[i:i + 1])) for i in range(7)])
     assert pred.shape == (7, 5, 5, 1) and binary.dtype == bool
     np.testing.assert_allclose(pred, alone, rtol=1e-6)
     np.testing.assert_array_equal(binary, pred >= 0.5)
+    shapes.clear()
+    _, one_pass = predict_binary(model, images, 0.5, 7)
+    assert shapes == [(7, 5, 5, 1)]
+    np.testing.assert_allclose(one_pass, pred, rtol=1e-6)
