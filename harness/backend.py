@@ -295,7 +295,7 @@ def compiled(fn):
     name = backend_name()
     if name == "tensorflow":
         import tensorflow as tf
-        return tf.function(fn, reduce_retracing=True)
+        return tf.function(fn, reduce_retracing=True, autograph=False)
     if name == "jax":
         import jax
         return jax.jit(fn)
