@@ -59,6 +59,17 @@ def median_rates(contenders: dict[str, Callable[[], int]], reps: int) -> dict[st
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+def point_seconds(runs: list[tuple[float, list[float]]]) -> float:
+    """A point's seconds from several runs of it, each (wall seconds, its epochs' seconds): the part
+    outside its later epochs (preparing, the first epoch that traces, what comes after fit), median
+    over the runs, plus its later epochs at the median of all of them. On a shared 2-core machine a
+    run's wall time moved by 10 % from one run to the next; a slow stretch moves one epoch's time,
+    and the median over every run's epochs does not follow it."""
+    fixed = statistics.median(wall - sum(epochs[1:]) for wall, epochs in runs)
+    later = [e for _, epochs in runs for e in epochs[1:]]
+    return fixed + statistics.median(later) * (len(runs[0][1]) - 1) if later else fixed
+
+
 def pipeline_figure(cfg: Config, dataset, reps: int) -> dict:
     from harness.backend import backend_name
     from harness.feeds.choose import fit_transform
@@ -140,8 +151,30 @@ def legacy_pair(dataset, aug, bs):
                mask_gen.flow(dataset.train_masks, batch_size=bs, seed=1))
 
 
-def bare_fit_seconds(cfg: Config, dataset, epochs: int, warm_up: bool = True, **compile_kw) -> float:
-    """The upper bound: the same model on pre-computed in-memory tensors, no augmentation, no callbacks."""
+def epoch_clock(times: list[float]):
+    """A callback appending the time at fit's start and at each epoch's end to `times` (nothing per
+    batch, so Keras reads no batch's loss for it)."""
+    import keras
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            times.append(time.perf_counter())
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter())
+    return Clock()
+
+
+def bare_fit_epochs(cfg: Config, dataset, epochs: int) -> list[float]:
+    """The bound's seconds per epoch (bare_fit_seconds), after its warm-up epoch."""
+    times: list[float] = []
+    bare_fit_seconds(cfg, dataset, epochs, callbacks=[epoch_clock(times)])
+    return list(np.diff(times))
+
+
+def bare_fit_seconds(cfg: Config, dataset, epochs: int, warm_up: bool = True, callbacks=(), **compile_kw) -> float:
+    """The upper bound: the same model on pre-computed in-memory tensors, no augmentation, and no
+    callbacks beyond `callbacks`."""
     import keras
     from harness.transforms import featurewise_stats, standardize
     from harness.models import build_model
@@ -154,11 +187,12 @@ def bare_fit_seconds(cfg: Config, dataset, epochs: int, warm_up: bool = True, **
     if warm_up:
         model.fit(x, dataset.train_masks, batch_size=cfg["train"]["batch_size"], epochs=1, verbose=0)
     start = time.perf_counter()
-    model.fit(x, dataset.train_masks, batch_size=cfg["train"]["batch_size"], epochs=epochs, verbose=0)
+    model.fit(x, dataset.train_masks, batch_size=cfg["train"]["batch_size"], epochs=epochs,
+              callbacks=list(callbacks) or None, verbose=0)
     return time.perf_counter() - start
 
 
-def handwritten_fit_seconds(cfg: Config, dataset, epochs: int) -> float:
+def handwritten_fit_epochs(cfg: Config, dataset, epochs: int) -> list[float]:
     """The loop a user would write for the same variant: the same feed (its statistics pass,
     augmentation and transform), model and loss, Keras' own validation_data once per epoch; no probe,
     no IoU scoring, no callbacks of the harness. First epoch excluded as warm-up, as for the harness."""
@@ -187,11 +221,12 @@ def handwritten_fit_seconds(cfg: Config, dataset, epochs: int) -> float:
 
     validation = {"validation_data": (val_x, val_y), "validation_batch_size": batch_size} if trained is model else {}
     trained.fit(**fit_args, epochs=epochs + 1, callbacks=[Clock()], verbose=0, **validation)
-    return ends[-1] - ends[0]
+    return list(np.diff(ends))
 
 
-def harness_fit_seconds(cfg: Config, dataset, epochs: int) -> float:
-    """One harness training run (pipeline, model, callbacks), first epoch excluded as warm-up."""
+def harness_fit_epochs(cfg: Config, dataset, epochs: int) -> list[float]:
+    """One harness training run's seconds per epoch (pipeline, model, callbacks, scoring and health
+    measurements), its first epoch excluded as warm-up."""
     from harness.train import train_variant
     per_epoch = []
     last = [time.perf_counter()]
@@ -203,25 +238,26 @@ def harness_fit_seconds(cfg: Config, dataset, epochs: int) -> float:
 
     run_cfg = cfg.with_overrides({"train.epochs": epochs + 1})
     train_variant(run_cfg, run_cfg.variants[0], 1, dataset, on_epoch=on_epoch)
-    return sum(per_epoch[1:])
+    return per_epoch[1:]
 
 
 def train_figure(cfg: Config, dataset, reps: int) -> dict:
-    epochs = cfg["train"]["epochs"]
-    n = len(dataset.train_images) * epochs
-    contenders = (harness_fit_seconds, handwritten_fit_seconds, bare_fit_seconds)
-    # Alternate the contenders; each call returns seconds for `epochs` epochs after its own warm-up.
+    """Images per second of a harness training run, the hand-written loop and the bare fit: each
+    run's epochs after its warm-up, the median epoch over `reps` alternated rounds of the three."""
+    n = len(dataset.train_images)
+    contenders = (harness_fit_epochs, handwritten_fit_epochs, bare_fit_epochs)
     # One untimed round first, as median_rates does: the process's first fits also warm TensorFlow's
     # thread pools and caches, and were slower by up to 40 % whichever contender ran first.
-    times: list[list[float]] = [[] for _ in contenders]
+    epochs: list[list[float]] = [[] for _ in contenders]
     for rep in range(reps + 1):
-        for seconds, fit in zip(times, contenders):
-            taken = fit(cfg, dataset, epochs)
+        for seconds, fit in zip(epochs, contenders):
+            taken = fit(cfg, dataset, cfg["train"]["epochs"])
             if rep:
-                seconds.append(taken)
-    harness_rate, hand_rate, bare_rate = (n / statistics.median(t) for t in times)
+                seconds.extend(taken)
+    harness_rate, hand_rate, bare_rate = (n / statistics.median(e) for e in epochs)
     return {"train_vs_handwritten": harness_rate / hand_rate, "train_vs_bound": harness_rate / bare_rate,
-            "train_images_per_s": {"harness": harness_rate, "handwritten": hand_rate, "bare_fit": bare_rate}}
+            "train_images_per_s": {"harness": harness_rate, "handwritten": hand_rate, "bare_fit": bare_rate},
+            "train_epochs_timed": len(epochs[0])}
 
 
 def options_figure(cfg: Config, dataset, epochs: int) -> dict:
@@ -245,58 +281,90 @@ def point_config(experiment: Path, overrides: list[str] = ()) -> Config:
     return load_config(experiment, list(overrides) + ['variants=["image_only"]', "train.seeds=[1]"])
 
 
-def tracking_figure(experiment: Path, overrides: list[str] = ()) -> dict:
-    """One point of the experiment at its own size, through a sweep (Optuna + MLflow, figures) against
-    the same training called directly; where the point's time went. Creating the two stores is a
-    one-time cost of a results folder, not of a point: timed apart."""
-    from harness.data import load_dataset
+def timed_point(cfg: Config, dataset, timings: dict | None = None) -> tuple[float, list[float]]:
+    """(wall seconds, seconds per epoch) of one train_variant call: the point trained directly;
+    `timings` gets the run's own (RunResult.timings)."""
+    from harness.train import train_variant
+    ends: list[float] = []
+    start = time.perf_counter()
+    result = train_variant(cfg, cfg.variants[0], 1, dataset, on_epoch=lambda *_: ends.append(time.perf_counter()))
+    wall = time.perf_counter() - start
+    if timings is not None:
+        timings.update(result.timings, epochs_run=result.epochs_run)
+    return wall, list(np.diff([start] + ends))
+
+
+def timed_tracked_point(cfg: Config, dataset) -> tuple[float, list[float]]:
+    """(wall seconds, seconds per epoch) of the same point through a sweep (Optuna, MLflow, figures)
+    into a results folder of its own whose two stores exist already: creating them is a one-time
+    cost of a results folder, timed apart (tracking_figure). The epochs are the run's own
+    `epoch_seconds`, read back from its MLflow run."""
     from harness.grid import default_storage, open_study
     from harness.sweep import run_sweep
+    from harness.tracking import Tracker, default_tracking_uri, load_runs
+    with tempfile.TemporaryDirectory() as tmp:
+        open_study(cfg, default_storage(Path(tmp)))
+        Tracker(default_tracking_uri(Path(tmp)), cfg.name, Path(tmp))
+        start = time.perf_counter()
+        run_sweep(cfg, Path(tmp), log=lambda _: None, run_check=False, dataset=dataset)
+        wall = time.perf_counter() - start
+        runs = load_runs(default_tracking_uri(Path(tmp)), cfg.name)
+        return wall, list(runs.iloc[0]["history"]["epoch_seconds"])
+
+
+def store_creation_seconds(cfg: Config) -> float:
+    from harness.grid import default_storage, open_study
     from harness.tracking import Tracker, default_tracking_uri
-    from harness.train import train_variant
-    cfg = point_config(experiment, overrides)
-    dataset = load_dataset(cfg["data"])
-    start = time.perf_counter()
-    direct = train_variant(cfg, cfg.variants[0], 1, dataset)
-    bare = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         open_study(cfg, default_storage(Path(tmp)))
         Tracker(default_tracking_uri(Path(tmp)), cfg.name, Path(tmp))
-        setup = time.perf_counter() - start
-        start = time.perf_counter()
-        run_sweep(cfg, Path(tmp), log=lambda _: None, run_check=False, dataset=dataset)
-        tracked = time.perf_counter() - start
-    t = direct.timings
+        return time.perf_counter() - start
+
+
+def tracking_figure(experiment: Path, overrides: list[str] = (), reps: int = 3) -> dict:
+    """One point of the experiment at its own size through a sweep (Optuna + MLflow, figures)
+    against the same training called directly, alternated `reps` times, each side's seconds by
+    point_seconds; where the point's time went (the timings of the last direct run)."""
+    from harness.data import load_dataset
+    cfg = point_config(experiment, overrides)
+    dataset = load_dataset(cfg["data"])
+    timed_point(cfg, dataset)                      # warm-up: the process's first training is slower
+    runs: dict[str, list] = {"direct": [], "tracked": []}
+    t: dict = {}
+    for _ in range(reps):
+        runs["direct"].append(timed_point(cfg, dataset, t))
+        runs["tracked"].append(timed_tracked_point(cfg, dataset))
+    bare, tracked = point_seconds(runs["direct"]), point_seconds(runs["tracked"])
+    later_share = 1 - 1 / t["epochs_run"]
     breakdown = {"prepare (session, statistics pass, probe, model)": t["prepare"],
                  "first epoch (tracing the train step, scoring included)": t["first_epoch"],
-                 "training, later epochs": t["fit"] - t["first_epoch"] - t["scoring"] * (1 - 1 / direct.epochs_run),
-                 "scoring (IoU/Dice passes, every epoch)": t["scoring"] * (1 - 1 / direct.epochs_run),
+                 "training, later epochs": t["fit"] - t["first_epoch"] - t["scoring"] * later_share,
+                 "scoring (IoU/Dice passes, every epoch)": t["scoring"] * later_share,
                  "tracking and figures (the sweep's own)": tracked - bare}
     return {"tracking_overhead": tracked / bare, "tracking_fixed_seconds_per_point": tracked - bare,
-            "tracking_seconds": {"with": tracked, "without": bare, "store_creation_once": setup},
+            "tracking_seconds": {"with": tracked, "without": bare, "store_creation_once": store_creation_seconds(cfg),
+                                 "rounds": reps},
             "tracking_point": f"{cfg.name}: {len(dataset.train_images)} training images, "
                               f"{cfg['train']['epochs']} epochs, {cfg['data']['image_size']}px",
             "point_breakdown_seconds": breakdown}
 
 
-def health_figure(experiment: Path, overrides: list[str] = (), reps: int = 2) -> dict:
+def health_figure(experiment: Path, overrides: list[str] = (), reps: int = 3) -> dict:
     """One point of the experiment at its own size trained with its health measurements
-    (harness/monitor.py) against the same point without them, alternated; wall time of train_variant."""
+    (harness/monitor.py) against the same point without them, alternated `reps` times, each side's
+    seconds by point_seconds."""
     from harness.data import load_dataset
-    from harness.train import train_variant
     measured = point_config(experiment, overrides)
     plain = measured.with_overrides({"health.measure": False})
     dataset = load_dataset(measured["data"])
-    seconds: dict[str, list[float]] = {"with": [], "without": []}
+    runs: dict[str, list] = {"with": [], "without": []}
     for _ in range(reps):
         for label, cfg in (("without", plain), ("with", measured)):
-            start = time.perf_counter()
-            train_variant(cfg, cfg.variants[0], 1, dataset)
-            seconds[label].append(time.perf_counter() - start)
-    with_, without = statistics.median(seconds["with"]), statistics.median(seconds["without"])
-    return {"health_overhead": with_ / without, "health_seconds": {"with": with_, "without": without,
-                                                                   "per_epoch": (with_ - without) / measured["train"]["epochs"]}}
+            runs[label].append(timed_point(cfg, dataset))
+    with_, without = point_seconds(runs["with"]), point_seconds(runs["without"])
+    return {"health_overhead": with_ / without, "health_seconds": {
+        "with": with_, "without": without, "per_epoch": (with_ - without) / measured["train"]["epochs"], "rounds": reps}}
 
 
 def timed_sweep(experiment: Path, sets: list[str], n_jobs: int = 1) -> float:
@@ -356,8 +424,8 @@ def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=pr
     stage_seconds: dict = {}
     for stage, measure in (("pipeline", lambda: pipeline_figure(cfg, dataset, reps)),
                           ("train", lambda: train_figure(cfg, dataset, min(reps, 3))),
-                          ("tracking", lambda: tracking_figure(experiment, overrides)),
-                          ("health", lambda: health_figure(experiment, overrides)),
+                          ("tracking", lambda: tracking_figure(experiment, overrides, min(reps, 3))),
+                          ("health", lambda: health_figure(experiment, overrides, min(reps, 3))),
                           ("options", lambda: options_figure(cfg, dataset, cfg["train"]["epochs"])),
                           ("memory and --n-jobs", lambda: memory_and_jobs_figure(
                               experiment, quick if sweep_quick is None else sweep_quick, overrides))):

@@ -29,10 +29,12 @@ def test_bench_command_writes_every_figure(tmp_path, monkeypatch):
                 "health_overhead", "peak_memory_gib", "n_jobs_2_speedup"):
         assert math.isfinite(saved["figures"][key]) and saved["figures"][key] > 0, key
     assert set(saved["figures"]["train_images_per_s"]) == {"harness", "handwritten", "bare_fit"}
-    # Where one point's time went: every stage measured, and together they make the tracked point.
+    # Where one point's time went: every stage measured, the sweep's own share the two sides' difference.
     breakdown = saved["figures"]["point_breakdown_seconds"]
     assert len(breakdown) == 5 and all(math.isfinite(s) for s in breakdown.values())
-    assert sum(breakdown.values()) <= saved["figures"]["tracking_seconds"]["with"] * 1.01
+    tracking = saved["figures"]["tracking_seconds"]
+    assert breakdown["tracking and figures (the sweep's own)"] == pytest.approx(tracking["with"] - tracking["without"])
+    assert tracking["rounds"] == 1 and saved["figures"]["health_seconds"]["rounds"] == 1
     assert "Where one point's time goes" in (tmp_path / "bench" / "bench.md").read_text()
     assert set(saved["figures"]["option_speedups"]) == {"jit_compile", "mixed_precision"}
     # pipeline_headroom for the host tf.data pipeline and device augmentation, and under JAX (a child
@@ -46,7 +48,7 @@ def test_bench_command_writes_every_figure(tmp_path, monkeypatch):
     assert set(saved["figures"]["n_jobs_seconds"]) == {"1", "2"}
     assert {"platform", "cpus", "device", "version.tensorflow"} <= set(saved["machine"])
     assert {"pipeline", "train", "tracking", "health", "options", "memory and --n-jobs"} <= set(saved["stage_seconds"])
-    assert set(saved["figures"]["health_seconds"]) == {"with", "without", "per_epoch"}
+    assert set(saved["figures"]["health_seconds"]) == {"with", "without", "per_epoch", "rounds"}
     md = (tmp_path / "bench" / "bench.md").read_text()
     assert "pipeline_speedup:" in md and "(target >= 10)" in md and "Produced by `harness bench" in md
 
@@ -105,3 +107,15 @@ def test_gpu_check_skips_the_stages_past_its_budget_and_still_writes(tmp_path):
     saved = json.loads((tmp_path / "bench" / "gpu-check.json").read_text())
     assert saved["skipped"] == out["skipped"] and saved["device"]["used"]
     assert "skipped (time budget): full sweep" in (tmp_path / "bench" / "gpu-check.md").read_text()
+
+
+def test_point_seconds_takes_the_fixed_part_and_the_median_epoch_over_runs():
+    """A point's seconds from several runs: the median of what lies outside the later epochs, plus
+    the later epochs at their median over every run. One slow epoch moves neither."""
+    from harness.bench import point_seconds
+    runs = [(10.0, [4.0, 1.0, 1.0, 1.0]),          # outside the later epochs: 7
+            (13.0, [4.5, 1.0, 5.0, 1.0]),          # one slow epoch: outside 6
+            (11.0, [5.0, 1.0, 1.0, 1.0])]          # outside 8
+    assert point_seconds(runs) == pytest.approx(7.0 + 3 * 1.0)
+    assert point_seconds([(9.0, [6.0, 1.5, 1.5])]) == pytest.approx(9.0)
+    assert point_seconds([(5.0, [5.0])]) == pytest.approx(5.0)
