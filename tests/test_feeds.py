@@ -46,6 +46,34 @@ def test_tfdata_feed_by_default_on_a_cpu():
     assert fit_args["shuffle"] is False                  # the pipeline shuffles
 
 
+@pytest.mark.skipif(backend.backend_name() != "tensorflow", reason="tf.data needs TensorFlow")
+def test_fit_trains_on_exactly_the_pipelines_own_passes():
+    """Every batch fit trains on, epoch after epoch, is the tf.data pipeline's own: its first pass,
+    then its second. A finite pipeline handed to Keras 3.15 gave other batches from epoch 2 on (a
+    discarded iterator drew first), so the 3rd epoch's batches are compared too."""
+    import keras
+    cfg, dataset = setup("train.batch_size=3")
+    feed = choose_feed(cfg, dataset, cfg.variants[0], seed=1)
+    seen = []
+
+    class Recording(keras.Model):
+        def train_step(self, data):           # eager (run_eagerly): each batch as fit hands it over
+            seen.append(np.asarray(data[0]).copy())
+            return super().train_step(data)
+
+    inputs = keras.Input(dataset.train_images.shape[1:])
+    model = Recording(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
+    model.compile(optimizer="adam", loss="binary_crossentropy", run_eagerly=True)
+    trained, fit_args = feed.fit_inputs(model, 3)
+    trained.fit(**fit_args, epochs=3, verbose=0)
+    again = choose_feed(cfg, dataset, cfg.variants[0], seed=1)      # the same seed: the same draws
+    passes = [np.asarray(images) for _ in range(3) for images, _ in again.pipeline]
+    steps = -(-len(dataset.train_images) // 3)
+    assert len(seen) == len(passes) == 3 * steps
+    for fitted, own in zip(seen, passes):
+        np.testing.assert_array_equal(fitted, own)
+
+
 @pytest.mark.skipif(backend.backend_name() != "tensorflow", reason="the generator pair needs TensorFlow")
 def test_imagedatagenerator_feed_for_the_case_pipeline():
     need_module("tf_keras", "pip install tf-keras")
