@@ -25,7 +25,14 @@ def test_sweep_reaches_the_case_verdicts_and_resumes(tmp_path):
     run = harness("sweep", TINY, "--results", results, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = summary(results, "tiny")
-    assert {name: row["verdict"] for name, row in rows.items()} == TINY_VERDICTS
+    verdicts = {name: row["verdict"] for name, row in rows.items()}
+    # The failed variants exactly; the healthy ones healthy by trend. Whether a 12-epoch tiny run has
+    # reached its plateau (converged) or still gains 0.05 a window (learning) moves with the
+    # augmentation stream: since fit trains on the tf.data pipeline's own passes (89969e6), two
+    # healthy variants end here still learning.
+    assert set(verdicts) == set(TINY_VERDICTS)
+    for name, expected in TINY_VERDICTS.items():
+        assert verdicts[name] in (("converged", "learning") if expected == "converged" else (expected,)), verdicts
     assert rows["seed"]["negative_loss"] == "true" and rows["tanh_posted"]["negative_loss"] == "true"
     for name in ("no_featurewise", "image_only", "tanh_corrected"):
         assert rows[name]["negative_loss"] == "false"
