@@ -227,18 +227,7 @@ def handwritten_fit_epochs(cfg: Config, dataset, epochs: int) -> list[float]:
 def harness_fit_epochs(cfg: Config, dataset, epochs: int) -> list[float]:
     """One harness training run's seconds per epoch (pipeline, model, callbacks, scoring and health
     measurements), its first epoch excluded as warm-up."""
-    from harness.train import train_variant
-    per_epoch = []
-    last = [time.perf_counter()]
-
-    def on_epoch(epoch, _metrics):
-        now = time.perf_counter()
-        per_epoch.append(now - last[0])
-        last[0] = now
-
-    run_cfg = cfg.with_overrides({"train.epochs": epochs + 1})
-    train_variant(run_cfg, run_cfg.variants[0], 1, dataset, on_epoch=on_epoch)
-    return per_epoch[1:]
+    return timed_point(cfg.with_overrides({"train.epochs": epochs + 1}), dataset)[1][1:]
 
 
 def train_figure(cfg: Config, dataset, reps: int) -> dict:
@@ -299,12 +288,10 @@ def timed_tracked_point(cfg: Config, dataset) -> tuple[float, list[float]]:
     into a results folder of its own whose two stores exist already: creating them is a one-time
     cost of a results folder, timed apart (tracking_figure). The epochs are the run's own
     `epoch_seconds`, read back from its MLflow run."""
-    from harness.grid import default_storage, open_study
     from harness.sweep import run_sweep
-    from harness.tracking import Tracker, default_tracking_uri, load_runs
+    from harness.tracking import default_tracking_uri, load_runs
     with tempfile.TemporaryDirectory() as tmp:
-        open_study(cfg, default_storage(Path(tmp)))
-        Tracker(default_tracking_uri(Path(tmp)), cfg.name, Path(tmp))
+        create_stores(cfg, Path(tmp))
         start = time.perf_counter()
         run_sweep(cfg, Path(tmp), log=lambda _: None, run_check=False, dataset=dataset)
         wall = time.perf_counter() - start
@@ -312,13 +299,18 @@ def timed_tracked_point(cfg: Config, dataset) -> tuple[float, list[float]]:
         return wall, list(runs.iloc[0]["history"]["epoch_seconds"])
 
 
-def store_creation_seconds(cfg: Config) -> float:
+def create_stores(cfg: Config, results: Path) -> None:
+    """A results folder's Optuna study and MLflow experiment, as a sweep's first run creates them."""
     from harness.grid import default_storage, open_study
     from harness.tracking import Tracker, default_tracking_uri
+    open_study(cfg, default_storage(results))
+    Tracker(default_tracking_uri(results), cfg.name, results)
+
+
+def store_creation_seconds(cfg: Config) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        open_study(cfg, default_storage(Path(tmp)))
-        Tracker(default_tracking_uri(Path(tmp)), cfg.name, Path(tmp))
+        create_stores(cfg, Path(tmp))
         return time.perf_counter() - start
 
 
