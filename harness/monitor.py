@@ -177,7 +177,7 @@ def relative_move(now: list[np.ndarray], before: list[np.ndarray]) -> float:
 
 
 def health_callback(model, optimizer, loss_fn, bounds: tuple[float, float], images: np.ndarray,
-                    targets: np.ndarray, truth: np.ndarray, async_safe: bool = False):
+                    targets: np.ndarray, truth: np.ndarray, async_safe: bool = False, cache: dict | None = None):
     """A Keras callback adding the health/ metrics to each epoch's logs. `model`: the inner model
     (under device augmentation fit() trains a wrapper); `optimizer`: its measuring_optimizer;
     `images`, `targets`: the fixed batch as training feeds it (transformed, not augmented); `truth`:
@@ -186,13 +186,18 @@ def health_callback(model, optimizer, loss_fn, bounds: tuple[float, float], imag
     from keras import ops
 
     on_workers = async_safe
+    # The probe and its compiled pass, kept in `cache` for the same model's next run
+    # (harness/compiled.py): a trace of about 0.5 s a point.
+    compiled = cache if cache is not None else {}
 
     class Health(keras.callbacks.Callback):
         async_safe = on_workers
 
         def on_train_begin(self, logs=None):
-            self.probe, has_relus = with_activations(model)
-            self.statistics = fixed_batch_statistics(self.probe, has_relus, loss_fn, bounds)
+            if "statistics" not in compiled:
+                probe, has_relus = with_activations(model)
+                compiled.update(probe=probe, statistics=fixed_batch_statistics(probe, has_relus, loss_fn, bounds))
+            self.probe, self.statistics = compiled["probe"], compiled["statistics"]
             self.x, self.y = ops.convert_to_tensor(images, "float32"), ops.convert_to_tensor(targets, "float32")
             constant = np.full(targets.shape, foreground_constant(float(np.mean(truth)), bounds), np.float32)
             self.trivial = float(ops.mean(loss_fn(self.y, ops.convert_to_tensor(constant))))

@@ -166,9 +166,25 @@ def size_exponents(loss_fn, target: float, outputs: list[float]) -> tuple[float,
     return exponents[0], exponents[1]
 
 
+# A loss's measurement depends on the loss, the head and the target levels only; `harness check`
+# measures each variant before the sweep, and each point measured its variant again: about 1 s of
+# loss evaluations each time at the default settings. Measured once per process; the loss function
+# is kept with its result, so an id is never matched by another object that reused it.
+_MEASURED: dict[tuple, tuple[object, Measured]] = {}
+
+
 def measure(loss, activation: str, levels: dict[int, float], default_threshold: float) -> Measured:
     """Floor and threshold of `loss` (a losses.Loss) through a head, for the variant's target
     levels {0: background, 1: foreground} as training sees them."""
+    key = (id(loss.fn), tuple(loss.target_range), activation, tuple(sorted(levels.items())),
+           default_threshold)
+    kept = _MEASURED.get(key)
+    if kept is None or kept[0] is not loss.fn:
+        kept = _MEASURED[key] = (loss.fn, measure_loss(loss, activation, levels, default_threshold))
+    return kept[1]
+
+
+def measure_loss(loss, activation: str, levels: dict[int, float], default_threshold: float) -> Measured:
     _, outputs = head_outputs(activation)
     curves = {cls: loss_curve(loss.fn, outputs, y) for cls, y in levels.items()}
     threshold, _ = measure_threshold(outputs, curves, default_threshold)

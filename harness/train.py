@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from harness import backend
-from harness import metrics, monitor, probe
+from harness import compiled, metrics, monitor, probe
 from harness.config import Config, Variant
 from harness.data import Dataset
 from harness.errors import interrupts_deferred, stop_if_interrupted
@@ -187,14 +187,14 @@ def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
 
 
 def health_monitor(settings: dict, model, optimizer, loss, head, transform, dataset: Dataset,
-                   async_safe: bool = False):
+                   async_safe: bool = False, cache: dict | None = None):
     """The per-epoch health measurements (harness/monitor.py): the training steps' gradients through
     `optimizer` (a measuring one), the forward statistics on the first `health.batch` training
     images, transformed as training feeds them, not augmented: the same batch every epoch."""
     n = settings["batch"]
     images, targets = transform.apply(dataset.train_images[:n], dataset.train_masks[:n])
     return monitor.health_callback(model, optimizer, loss.fn, head.output_range, np.asarray(images, np.float32),
-                           np.asarray(targets, np.float32), dataset.train_masks[:n] > 0.5, async_safe)
+                           np.asarray(targets, np.float32), dataset.train_masks[:n] > 0.5, async_safe, cache)
 
 
 def training_floor(measured: probe.Measured, loss, dataset: Dataset, batch_size: int) -> float:
@@ -206,9 +206,41 @@ def training_floor(measured: probe.Measured, loss, dataset: Dataset, batch_size:
     return measured.epoch_floor(dataset.train_images, batch_size)
 
 
+def compiled_model(cfg: Config, variant: Variant, dataset: Dataset, feed, fresh, loss, deterministic: bool):
+    """-> (the model, what fit() trains: the model or the feed's wrapper, fit's data arguments, the
+    optimizer, the loss the train step uses, a cache for the health pass or None). `fresh`: this
+    point's model as built, its weights drawn from the seed. Where the last point compiled the same
+    graph (the variant's previous seed, or a variant with the same head and loss), that model is
+    reused with `fresh`'s values: its train step is not traced again (harness/compiled.py)."""
+    import keras
+    train_cfg, speed = cfg["train"], cfg["speed"]
+    reuse = compiled.reusable(cfg["model"]["builder"], variant.loss)
+    key = compiled.key_of(cfg.raw, variant.head, variant.loss, dataset.train_images.shape[1:], feed.name,
+                          deterministic, backend.backend_name())
+    kept = compiled.take(key, fresh) if reuse else None
+    model = kept.model if kept else fresh
+    trained, fit_args = feed.fit_inputs(model, train_cfg["batch_size"])
+    if kept:
+        return model, trained, fit_args, kept.optimizer, kept.loss, kept.extras
+    # JAX runs a train step op by op unless it is jitted: XLA is how JAX runs at all (its CPU
+    # results are deterministic either way), so speed.jit_compile only decides for TensorFlow.
+    jit = speed["jit_compile"] or backend.backend_name() == "jax"
+    optimizer = (monitor.measuring_optimizer(keras.optimizers.Adam, model, learning_rate=train_cfg["learning_rate"])
+                 if cfg["health"]["measure"] else keras.optimizers.Adam(train_cfg["learning_rate"]))
+    trained.compile(optimizer=optimizer, loss=loss.fn, jit_compile=jit)
+    # Keras builds the optimizer at the first train step. Under TensorFlow that is inside the step's
+    # trace, and a tf.function that creates variables is traced twice. Built here, eagerly, the
+    # step is traced once: the same zero moments, the same numbers. Measured on the default point's
+    # model, a first 2-epoch fit went from 8.0 s to 4.2 s.
+    optimizer.build(trained.trainable_variables)
+    # Kept only where fit() trains the model itself: a device feed's wrapper holds this seed's data.
+    if reuse and trained is model:
+        return model, trained, fit_args, optimizer, loss, compiled.keep(key, model, optimizer, loss).extras
+    return model, trained, fit_args, optimizer, loss, None
+
+
 def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, deterministic: bool,
                 on_epoch, verbose: int, on_batch, log) -> RunResult:
-    import keras
     from harness.models import build_model
 
     prepare_started = time.perf_counter()
@@ -229,35 +261,29 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
     # The floor the verdicts compare with and the threshold that scores predictions, measured on
     # this variant's own targets (harness/probe.py, the same numbers as `harness check`).
     measured = probe.measure(loss, head.activation, transform.levels(), head.threshold)
-    model = build_model(cfg, dataset.train_images.shape[1:], head.activation)
-    # What fit() trains: the model, or the device feed around it.
-    trained, fit_args = feed.fit_inputs(model, train_cfg["batch_size"])
+    fresh = build_model(cfg, dataset.train_images.shape[1:], head.activation)
+    model, trained, fit_args, optimizer, loss, health_cache = compiled_model(cfg, variant, dataset, feed, fresh, loss,
+                                                                             deterministic)
     if feed.name == "device augment, streamed" and log is not None:
         log(f"[{variant.name} seed={seed}] note: the training arrays are too large for the device; "
             "host batches are streamed to it and augmented there")
-    # JAX runs a train step op by op unless it is jitted: XLA is how JAX runs at all (its CPU
-    # results are deterministic either way), so speed.jit_compile only decides for TensorFlow.
-    jit = speed["jit_compile"] or backend.backend_name() == "jax"
-    measure_health = cfg["health"]["measure"]
-    optimizer = (monitor.measuring_optimizer(keras.optimizers.Adam, model, learning_rate=train_cfg["learning_rate"])
-                 if measure_health else keras.optimizers.Adam(train_cfg["learning_rate"]))
-    trained.compile(optimizer=optimizer, loss=loss.fn, jit_compile=jit)
-    # Keras builds the optimizer at the first train step. Under TensorFlow that is inside the step's
-    # trace, and a tf.function that creates variables is traced twice. Built here, eagerly, the
-    # step is traced once: the same zero moments, the same numbers. Measured on the default point's
-    # model, a first 2-epoch fit went from 8.0 s to 4.2 s.
-    optimizer.build(trained.trainable_variables)
     model_eval = {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": measured.threshold,
                   "batch_size": train_cfg["batch_size"], "loss": loss.fn, "targets": val_y, "model": model}
     stop, scoring = make_callbacks(model_eval, on_epoch, on_batch)
     # Before the scoring: its epoch end hands the health/ metrics on with the scores.
     health = ([health_monitor(cfg["health"], model, optimizer, loss, head, transform, dataset,
-                              async_safe=on_batch is None)] if measure_health else [])
+                              async_safe=on_batch is None, cache=health_cache)]
+              if cfg["health"]["measure"] else [])
     first_epoch = first_epoch_clock()          # last: its epoch end comes after the scoring
 
     stop_if_interrupted()
     started = time.perf_counter()
-    fit = trained.fit(**fit_args, epochs=train_cfg["epochs"], callbacks=[stop, *health, scoring, first_epoch], verbose=verbose)
+    try:
+        fit = trained.fit(**fit_args, epochs=train_cfg["epochs"], callbacks=[stop, *health, scoring, first_epoch],
+                          verbose=verbose)
+    except BaseException:
+        compiled.forget()            # a fit that raised leaves its model in a state nobody checked
+        raise
     seconds = time.perf_counter() - started
     timings = {"prepare": started - prepare_started, "fit": seconds, "scoring": model_eval["scoring_seconds"],
                "first_epoch": first_epoch.seconds}

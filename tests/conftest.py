@@ -43,6 +43,16 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
 
 
+@pytest.fixture(autouse=True)
+def no_kept_model():
+    """Each test trains from its own compiled model: one kept by an earlier test in this worker
+    (harness/compiled.py) would skip the traces a test counts, and hold its memory."""
+    from harness import compiled
+    compiled.forget()
+    yield
+    compiled.forget()
+
+
 @pytest.fixture
 def isbi_path():
     if not (ISBI / "image").is_dir():

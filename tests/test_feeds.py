@@ -124,3 +124,25 @@ def test_imports_point_down_the_data_flow():
     for m in [*feeds, "harness.transforms", "harness.data", "harness.train", "harness.check"]:
         assert not any(m in group for group in cycles(graph)), f"{m} imports itself back"
     assert not (HARNESS / "augment.py").exists()
+
+
+def test_a_seeds_statistics_are_computed_once_for_all_its_variants(monkeypatch):
+    """The statistics pass depends on the arrays, the augmentation and its seed only: every variant
+    of a seed gets the same statistics, computed once; another seed or array, its own."""
+    from harness.feeds import base
+    monkeypatch.setattr(base, "_STATS", {})
+    passes = []
+
+    def augment_array(aug, x, seed):
+        passes.append(seed)
+        return np.roll(x, seed, axis=1)
+
+    x = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
+    aug = {"stats_rounds": 2, "rotation": 30}
+    first = base.augmented_stats(x, aug, 2, 1, augment_array)
+    assert passes == [1, 2]
+    assert base.augmented_stats(x.copy(), dict(aug), 2, 1, augment_array) is first and passes == [1, 2]
+    assert base.augmented_stats(x, aug, 2, 2, augment_array) is not first and passes == [1, 2, 2, 3]
+    assert base.augmented_stats(x + 1, aug, 2, 1, augment_array).mean[0] == pytest.approx(first.mean[0] + 1)
+    assert base.augmented_stats(x, {**aug, "rotation": 0}, 2, 1, augment_array) is not first
+    assert len(passes) == 8

@@ -400,3 +400,22 @@ def test_size_exponents_through_log_zero_warn_nobody():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert size_exponents(lambda y, p: np.log(p - p), 1.0, [0.5]) == (0.0, 0.0)    # -inf: says nothing
+
+
+def test_a_measurement_is_made_once_per_loss_head_and_levels():
+    """`harness check` and each point measure a variant's loss: the second time gives the first's
+    result back, never another loss's that shares a name (or, once collected, an id)."""
+    calls = []
+
+    def counted(y, p):
+        calls.append(1)
+        return keras.ops.mean(keras.ops.square(y - p), axis=(1, 2, 3))
+
+    loss = Loss("mine", counted, (0.0, 1.0), None, "")
+    first = measure(loss, "sigmoid", {0: 0.0, 1: 1.0}, 0.5)
+    n = len(calls)
+    assert measure(loss, "sigmoid", {0: 0.0, 1: 1.0}, 0.5) is first and len(calls) == n
+    assert measure(loss, "sigmoid", {0: -0.5, 1: 2.0}, 0.5) is not first          # other levels: measured
+    same_name = Loss("mine", lambda y, p: counted(y, p) + 1.0, (0.0, 1.0), None, "")
+    other = measure(same_name, "sigmoid", {0: 0.0, 1: 1.0}, 0.5)
+    assert other is not first and other.floor == pytest.approx(first.floor + 1.0)
