@@ -119,3 +119,4 @@ def test_point_seconds_takes_the_fixed_part_and_the_median_epoch_over_runs():
     assert point_seconds(runs) == pytest.approx(7.0 + 3 * 1.0)
     assert point_seconds([(9.0, [6.0, 1.5, 1.5])]) == pytest.approx(9.0)
     assert point_seconds([(5.0, [5.0])]) == pytest.approx(5.0)
+    assert point_seconds([(10.0, [5.0, 3.0, 2.0])]) == pytest.approx(5.0 + 2 * 2.5)     # every later epoch counts

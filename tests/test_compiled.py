@@ -3,6 +3,8 @@ same numbers as a freshly compiled model, and reused only where nothing the trai
 changed."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -86,6 +88,12 @@ def test_the_key_leaves_out_the_seeds_and_nothing_else_the_graph_depends_on():
     assert key(feed="imagedatagenerator") != base
     assert key(deterministic=False) != base
     assert key(backend="jax") != base
+    # The same settings in another order, and settings without a train section or JSON's types.
+    assert key(raw={"model": {"start_depth": 16}, "train": {"learning_rate": 0.001, "seeds": [3]}}) == base
+    assert key(raw={"model": {"start_depth": 16}}) != base
+    assert key(raw={"model": {"levels": 4, "start_depth": 16}, "train": {}}) == \
+        key(raw={"model": {"start_depth": 16, "levels": 4}, "train": {}})
+    assert key(raw={"data": {"folder": Path("/data")}, "train": {}}) != key(raw={"data": {"folder": "/other"}, "train": {}})
 
 
 def test_take_gives_back_only_the_same_key_and_layout():
@@ -95,14 +103,51 @@ def test_take_gives_back_only_the_same_key_and_layout():
     optimizer = keras.optimizers.Adam(0.001)
     small.compile(optimizer=optimizer, loss="mse")
     optimizer.build(small.trainable_variables)
-    compiled.keep("k", small, optimizer, None)
+    loss = object()
+    compiled.keep("k", small, optimizer, loss)
     assert compiled.take("other", keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])) is None
     assert compiled.take("k", wide) is None
     fresh = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     optimizer.iterations.assign(5)
     taken = compiled.take("k", fresh)
-    assert taken.model is small and int(optimizer.iterations.value) == 0
+    assert taken.model is small and taken.optimizer is optimizer and taken.loss is loss
+    assert int(optimizer.iterations.value) == 0
     for mine, theirs in zip(small.variables, fresh.variables):
         np.testing.assert_array_equal(np.asarray(mine.value), np.asarray(theirs.value))
     compiled.forget()
     assert compiled.take("k", fresh) is None
+
+
+def test_only_the_harness_model_and_losses_are_reused():
+    """A user's builder or loss may draw from TensorFlow's stateful random ops, whose seeds a traced
+    graph keeps: compiled anew at every point."""
+    assert compiled.reusable("", "bce")
+    assert not compiled.reusable("user_code:dilated_net", "bce")
+    assert not compiled.reusable("", "user_losses:shifted")
+    assert not compiled.reusable("user_code:dilated_net", "user_losses:shifted")
+
+
+def test_under_mixed_precision_the_loss_scale_is_restored_too():
+    """Keras wraps the optimizer in a LossScaleOptimizer under mixed_float16: its loss scale and
+    step counter are the model's optimizer variables as much as Adam's moments are."""
+    import keras
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        optimizer = keras.optimizers.Adam(0.001)
+        model.compile(optimizer=optimizer, loss="mse")
+        model.optimizer.build(model.trainable_variables)
+        fresh = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    variables = compiled.optimizer_variables(model, optimizer)
+    assert len({id(v) for v in variables}) == len(variables)                    # each once
+    scale = [v for v in variables if not any(v is w for w in optimizer.variables)]
+    assert scale, "the loss-scale wrapper's own variables"
+    compiled.keep("k", model, optimizer, None)
+    before = [np.asarray(v.value).copy() for v in scale]
+    for v in scale:
+        v.assign(np.full(v.shape, 3, v.dtype))
+    compiled.take("k", fresh)
+    for v, value in zip(scale, before):
+        np.testing.assert_array_equal(np.asarray(v.value), value)

@@ -1,5 +1,7 @@
 """harness/feeds/: every feed gives the one interface, choose_feed's rules pick it, and the imports of
 the data flow point one way (transforms <- feeds <- train/check/bench, data <- feeds)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -135,14 +137,17 @@ def test_a_seeds_statistics_are_computed_once_for_all_its_variants(monkeypatch):
 
     def augment_array(aug, x, seed):
         passes.append(seed)
-        return np.roll(x, seed, axis=1)
+        return np.roll(x, seed * aug["shift"], axis=1)
 
     x = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
-    aug = {"stats_rounds": 2, "rotation": 30}
+    aug = {"stats_rounds": 2, "shift": 1, "fill": Path("nearest")}       # a value JSON has no type for
     first = base.augmented_stats(x, aug, 2, 1, augment_array)
     assert passes == [1, 2]
     assert base.augmented_stats(x.copy(), dict(aug), 2, 1, augment_array) is first and passes == [1, 2]
     assert base.augmented_stats(x, aug, 2, 2, augment_array) is not first and passes == [1, 2, 2, 3]
     assert base.augmented_stats(x + 1, aug, 2, 1, augment_array).mean[0] == pytest.approx(first.mean[0] + 1)
-    assert base.augmented_stats(x, {**aug, "rotation": 0}, 2, 1, augment_array) is not first
-    assert len(passes) == 8
+    reordered = {"fill": Path("nearest"), "shift": 1, "stats_rounds": 2}
+    assert base.augmented_stats(x, reordered, 2, 1, augment_array) is first                 # the same settings
+    assert base.augmented_stats(x, {**aug, "shift": 0}, 2, 1, augment_array) is not first
+    assert base.augmented_stats(x.reshape(2, 4, 2, 6), aug, 2, 1, augment_array) is not first   # same bytes
+    assert len(passes) == 10

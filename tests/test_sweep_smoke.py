@@ -69,6 +69,8 @@ def test_a_validation_input_is_scored_in_one_pass_where_it_fits():
     assert scoring_chunk(10, SCORING_PIXELS, 4) == 4         # a batch at least: 3 chunks of 4
     assert scoring_chunk(SCORING_PIXELS // 100 + 1, 100, 1) == (SCORING_PIXELS // 100 + 2) // 2
     assert scoring_chunk(0, 48 * 48, 16) == 1
+    assert scoring_chunk(SCORING_PIXELS, 1, 1) == SCORING_PIXELS                  # one-pixel images: one call
+    assert all(isinstance(scoring_chunk(n, 3, 1), int) for n in (1, SCORING_PIXELS))      # it slices arrays
     for n in (1, 5, 77, 500, 5000):
         chunk = scoring_chunk(n, 128 * 128, 32)
         chunks = -(-n // chunk)
