@@ -188,16 +188,16 @@ def health_callback(model, optimizer, loss_fn, bounds: tuple[float, float], imag
     on_workers = async_safe
     # The probe and its compiled pass, kept in `cache` for the same model's next run
     # (harness/compiled.py): a trace of about 0.5 s a point.
-    compiled = cache if cache is not None else {}
+    traced = cache if cache is not None else {}
 
     class Health(keras.callbacks.Callback):
         async_safe = on_workers
 
         def on_train_begin(self, logs=None):
-            if "statistics" not in compiled:
+            if "statistics" not in traced:
                 probe, has_relus = with_activations(model)
-                compiled.update(probe=probe, statistics=fixed_batch_statistics(probe, has_relus, loss_fn, bounds))
-            self.probe, self.statistics = compiled["probe"], compiled["statistics"]
+                traced.update(probe=probe, statistics=fixed_batch_statistics(probe, has_relus, loss_fn, bounds))
+            self.probe, self.statistics = traced["probe"], traced["statistics"]
             self.x, self.y = ops.convert_to_tensor(images, "float32"), ops.convert_to_tensor(targets, "float32")
             constant = np.full(targets.shape, foreground_constant(float(np.mean(truth)), bounds), np.float32)
             self.trivial = float(ops.mean(loss_fn(self.y, ops.convert_to_tensor(constant))))
