@@ -419,3 +419,4 @@ def test_a_measurement_is_made_once_per_loss_head_and_levels():
     same_name = Loss("mine", lambda y, p: counted(y, p) + 1.0, (0.0, 1.0), None, "")
     other = measure(same_name, "sigmoid", {0: 0.0, 1: 1.0}, 0.5)
     assert other is not first and other.floor == pytest.approx(first.floor + 1.0)
+    assert measure(loss, "sigmoid", {0: 0.0, 1: 1.0}, 0.5) is first             # each loss keeps its own
