@@ -202,7 +202,7 @@ class Tracker:
     def log_figure(self, run_id: str, figure, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
-            figure.savefig(path, dpi=80, bbox_inches="tight")
+            figure.savefig(path, dpi=80)     # laid out by plots.py: no second, "tight" draw
             self.client.log_artifact(run_id, str(path))
 
     def end_point(self, run_id: str, status: str) -> None:
