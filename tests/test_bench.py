@@ -120,3 +120,19 @@ def test_point_seconds_takes_the_fixed_part_and_the_median_epoch_over_runs():
     assert point_seconds([(9.0, [6.0, 1.5, 1.5])]) == pytest.approx(9.0)
     assert point_seconds([(5.0, [5.0])]) == pytest.approx(5.0)
     assert point_seconds([(10.0, [5.0, 3.0, 2.0])]) == pytest.approx(5.0 + 2 * 2.5)     # every later epoch counts
+
+
+def test_contenders_take_turns_first_and_last_every_other_round():
+    from harness.bench import in_turn
+    assert [in_turn(["a", "b", "c"], rep) for rep in range(3)] == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+    assert in_turn(("direct", "tracked"), 1) == ["tracked", "direct"]
+
+
+def test_bench_rounds_give_the_quick_ratios_the_most_and_one_variable_sets_them_all(monkeypatch):
+    from harness.bench import bench_rounds
+    monkeypatch.delenv("HARNESS_BENCH_REPS", raising=False)
+    quick = bench_rounds(True)
+    assert quick["train"] == 6 and quick["tracking"] == 5 and quick["pipeline"] == 3 and quick["health"] == 3
+    assert bench_rounds(False) == {"pipeline": 5, "train": 3, "tracking": 3, "health": 3}
+    monkeypatch.setenv("HARNESS_BENCH_REPS", "2")
+    assert set(bench_rounds(True).values()) == {2} and set(bench_rounds(False)) == set(quick)
