@@ -61,3 +61,17 @@ def test_the_figures_render_to_png(n):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
         assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_out_of_range_inputs_are_clipped_a_prediction_at_the_threshold_counts_and_a_flat_output_is_the_lowest_colour():
+    from matplotlib import colormaps
+    s = samples(n=1, channels=4)
+    s["images"][0, 0, 0] = [300.0, -20.0, 100.0, 900.0]        # a fourth channel is not shown
+    s["truth"][0, 0, 0, 0], s["truth"][0, 0, 1, 0] = 2.0, -1.0
+    s["prediction"][0] = 0.25
+    s["threshold"] = 0.25
+    mosaic = plots.sample_mosaic(s)
+    np.testing.assert_allclose(tile(mosaic, 0, 0)[0, 0], [1.0, 0.0, 100.0 / 255.0], rtol=1e-6)
+    assert tile(mosaic, 1, 0)[0, 0, 0] == 1.0 and tile(mosaic, 1, 0)[0, 1, 0] == 0.0
+    np.testing.assert_allclose(tile(mosaic, 2, 0), np.broadcast_to(colormaps["viridis"](0.0)[:3], (6, 6, 3)))
+    assert np.all(tile(mosaic, 3, 0) == 1.0)
