@@ -50,9 +50,9 @@ SAMPLE_ROWS = ("image", "truth", "output", "thresholded")
 
 
 def scaled(a: np.ndarray) -> np.ndarray:
-    """`a` mapped onto [0, 1] by its own range, as imshow scales an image by default."""
-    low, high = float(np.min(a)), float(np.max(a))
-    return (a - low) / (high - low) if high > low else np.zeros_like(a, dtype=float)
+    """`a` mapped onto [0, 1] by its own range (a flat one to 0), as imshow scales an image by default."""
+    from matplotlib.colors import Normalize
+    return np.asarray(Normalize()(np.asarray(a, float)))
 
 
 def as_rgb(gray: np.ndarray) -> np.ndarray:

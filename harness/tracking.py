@@ -195,7 +195,7 @@ class Tracker:
         tags = [RunTag(f"nonfinite.{k}", f"{numbers[k]} at epoch {epoch}") for k in fresh]
         if finite or tags:
             # Through MLflow's own async queue: the training thread does not wait on the store
-            # (8.5 ms an epoch on SQLite, 1-2 % of a point). A write that failed is raised by the
+            # (9.6 ms an epoch on SQLite, 1-2 % of a point). A write that failed is raised by the
             # next epoch's call, or by `written` before the run ends.
             self.raise_failed_writes(run_id)
             self.pending.setdefault(run_id, []).append(
