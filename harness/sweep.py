@@ -27,6 +27,10 @@ class PointOutcome:
     seed: int
     verdict: str
     seconds: float
+    # The train_variant call less the sweep's own per-epoch work (its MLflow write, the progress
+    # line): the same training a user calls directly. harness bench: what the sweep adds is the
+    # sweep's wall time less this, measured in the same run as the training it adds to.
+    training_seconds: float = math.nan
 
 
 def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_uri: str | None = None,
@@ -148,6 +152,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
     run = TrackedRun(tracker, grid.teller(study, trial, log), trial.set_user_attr, log, label)
     progress = progress or Progress(total=1, done=0)
     last_epoch_end = [time.perf_counter()]
+    own_epoch_seconds = [0.0]            # the sweep's work inside the training's wall time
 
     def on_epoch(epoch: int, metrics: dict) -> None:
         now = time.perf_counter()        # wall time per epoch, validation included (bench extrapolates it)
@@ -155,6 +160,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         last_epoch_end[0] = now
         tracker.log_epoch(run.run_id, epoch, metrics)
         progress.epoch(epoch, metrics.get("loss"))
+        own_epoch_seconds[0] += time.perf_counter() - now
 
     started = time.perf_counter()
     with run.started(variant.name, seed, run_params(cfg, variant, seed, dataset.fingerprint),
@@ -162,10 +168,11 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         run_id = run.run_id
         log(f"{label} training ({cfg['train']['epochs']} epochs)")
         progress.start_point(variant.name, seed, cfg["train"]["epochs"])
-        last_epoch_end[0] = time.perf_counter()
+        last_epoch_end[0] = training_started = time.perf_counter()
         # Batches are read one by one only to move a live progress line (harness/train.py: async_safe).
         result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch,
                                on_batch=progress.batch if progress.live else None, log=log)
+        training = time.perf_counter() - training_started - own_epoch_seconds[0]
         judged = run.judge(result, cfg["verdict"], cfg["health"])
         tracker.log_params(run_id, {"device": result.device})
         if save_models:
@@ -190,7 +197,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         log(f"{label} {judged['verdict']}{where}: min loss {judged['min_loss']:.4g} "
             f"(floor {round(result.loss_floor, 4):.4g}), val_miou {value:.3f} (trivial {result.trivial_miou:.3f}), "
             f"{result.seconds:.0f}s on {result.device}")
-        return PointOutcome(variant.name, seed, judged["verdict"], time.perf_counter() - started)
+        return PointOutcome(variant.name, seed, judged["verdict"], time.perf_counter() - started, training)
     progress.end_point()                 # here only when it crashed (run.ended): the sweep goes on
     return PointOutcome(variant.name, seed, "crashed", time.perf_counter() - started)
 

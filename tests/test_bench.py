@@ -34,6 +34,13 @@ def test_bench_command_writes_every_figure(tmp_path, monkeypatch):
     assert len(breakdown) == 5 and all(math.isfinite(s) for s in breakdown.values())
     tracking = saved["figures"]["tracking_seconds"]
     assert breakdown["tracking and figures (the sweep's own)"] == pytest.approx(tracking["with"] - tracking["without"])
+    # The overhead: the direct point plus the sweep's own seconds, measured inside the tracked run;
+    # the whole tracked point, end to end, beside it.
+    (own,) = tracking["sweep_own_per_round"]
+    assert 0 < own < tracking["end_to_end_with"] and tracking["with"] == pytest.approx(tracking["without"] + own)
+    assert saved["figures"]["tracking_overhead"] == pytest.approx(1 + own / tracking["without"])
+    assert saved["figures"]["tracking_overhead_end_to_end"] == pytest.approx(
+        tracking["end_to_end_with"] / tracking["without"])
     assert tracking["rounds"] == 1 and saved["figures"]["health_seconds"]["rounds"] == 1
     assert "Where one point's time goes" in (tmp_path / "bench" / "bench.md").read_text()
     assert set(saved["figures"]["option_speedups"]) == {"jit_compile", "mixed_precision"}

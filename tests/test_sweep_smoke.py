@@ -100,3 +100,13 @@ def test_validation_is_scored_in_chunks_of_one_shape_with_the_padding_dropped():
     _, one_pass = predict_binary(model, images, 0.5, 7)
     assert shapes == [(7, 5, 5, 1)]
     np.testing.assert_allclose(one_pass, pred, rtol=1e-6)
+
+
+def test_a_point_says_how_long_its_training_took_apart_from_the_sweeps_own_work(tmp_path):
+    """harness bench reads what a sweep adds to a point as the sweep's wall time less the training's."""
+    from harness.config import load_config
+    from harness.sweep import run_sweep
+    cfg = load_config(TINY, [s for s in SHRUNK if s != "--set"])
+    (outcome,) = run_sweep(cfg, tmp_path / "r", log=lambda _: None, run_check=False)
+    assert outcome.verdict != "crashed" and math.isfinite(outcome.training_seconds)
+    assert 0 < outcome.training_seconds < outcome.seconds
