@@ -117,7 +117,6 @@ class TrackedRun:
 
     def end(self) -> None:
         """The run trained and was judged: FINISHED (the trial is told after, by `complete` or `fail`)."""
-        self.tracker.written(self.run_id)          # a failed epoch write makes it a crash, not FINISHED
         self.ended = "finished"
         self.tracker.end_point(self.run_id, "FINISHED")
 

@@ -21,9 +21,6 @@ class Recorder:
     def end_point(self, run_id, status):
         self.calls.append(("end", status))
 
-    def written(self, run_id):
-        """Every epoch write in (a Tracker's writes go through MLflow's async queue)."""
-
     def tell(self, state, value=None):
         self.calls.append(("tell", state, value))
 
@@ -62,23 +59,6 @@ def test_a_crash_is_data_failed_told_and_not_raised():
     assert ("tags", {"failure": run.reason, "verdict": "crashed"}) in rec.calls
     assert rec.calls[-4:] == [("end", "FAILED"), ("note", "error", run.reason), ("tell", "fail", None),
                               ("log", "[v seed=1] crashed: ValueError: shapes (2|3) differ")]
-
-
-def test_a_run_whose_epoch_writes_failed_ends_crashed_not_finished():
-    from harness.config import DEFAULTS
-    rec = Recorder()
-
-    def written(run_id):
-        raise OSError("disk I/O error")
-    rec.written = written
-    run = rec.run()
-    with run.started("v", 1, {}, {}):
-        run.judge(finished_result(history()), DEFAULTS["verdict"])
-        run.end()
-        run.complete(0.5)
-    assert run.ended == "crashed" and run.reason == "OSError: disk I/O error"
-    assert ("end", "FINISHED") not in rec.calls and ("end", "FAILED") in rec.calls
-    assert ("tell", "fail", None) in rec.calls and not any(c[:2] == ("tell", "complete") for c in rec.calls)
 
 
 @pytest.mark.parametrize("where", ["right after the run exists", "while training"])

@@ -130,30 +130,18 @@ def test_ui_on_an_unreachable_server_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("harness: error: MLflow tracking store http://127.0.0.1:9")
 
 
-def test_epoch_writes_leave_the_training_thread_and_are_all_in_once_the_run_ends(tmp_path):
+def test_every_epoch_write_is_in_the_store_once_logged_and_a_failed_one_raises(tmp_path):
     from harness.tracking import default_tracking_uri
     tracker = Tracker(default_tracking_uri(tmp_path), "writes", tmp_path)
     run_id = tracker.start_point("v", 1, {}, {})
     for epoch in range(1, 6):
         tracker.log_epoch(run_id, epoch, {"loss": 1.0 / epoch, "val_miou": float("nan") if epoch == 3 else 0.1})
-    tracker.end_point(run_id, "FINISHED")
     client = tracker.client
     assert [m.value for m in client.get_metric_history(run_id, "loss")] == [1.0 / e for e in range(1, 6)]
     assert [m.step for m in client.get_metric_history(run_id, "val_miou")] == [1, 2, 4, 5]
-    run = client.get_run(run_id)
-    assert run.data.tags["nonfinite.val_miou"] == "nan at epoch 3" and run.info.status == "FINISHED"
-    assert run_id not in tracker.pending
-
-
-def test_a_failed_epoch_write_is_raised_before_the_run_ends_and_at_the_next_epoch(tmp_path):
-    from harness.tracking import default_tracking_uri
-    tracker = Tracker(default_tracking_uri(tmp_path), "writes", tmp_path)
-    tracker.log_epoch("no-such-run", 1, {"loss": 0.5})
+    assert client.get_run(run_id).data.tags["nonfinite.val_miou"] == "nan at epoch 3"
+    tracker.end_point(run_id, "FINISHED")
+    assert client.get_run(run_id).info.status == "FINISHED"
+    # Written on the training thread: a write that fails raises there, and the run crashes.
     with pytest.raises(Exception):
-        tracker.written("no-such-run")
-    tracker.log_epoch("no-such-run", 1, {"loss": 0.5})
-    for operations in tracker.pending["no-such-run"]:
-        for future in operations._operation_futures:
-            future.exception()                    # waits for the write to fail
-    with pytest.raises(Exception):
-        tracker.log_epoch("no-such-run", 2, {"loss": 0.4})
+        tracker.log_epoch("no-such-run", 1, {"loss": 0.5})
