@@ -300,12 +300,12 @@ def timed_point(cfg: Config, dataset, timings: dict | None = None) -> tuple[floa
     return wall, list(np.diff([start] + ends))
 
 
-def timed_tracked_point(cfg: Config, dataset) -> tuple[float, list[float], float]:
-    """(wall seconds, seconds per epoch, the sweep's own seconds) of the same point through a sweep
-    (Optuna, MLflow, figures) into a results folder of its own whose two stores exist already:
-    creating them is a one-time cost of a results folder, timed apart (tracking_figure). The epochs
-    are the run's own `epoch_seconds`, read back from its MLflow run; the sweep's own seconds are its
-    wall time less its training's (PointOutcome.training_seconds), both from this one run."""
+def timed_tracked_point(cfg: Config, dataset, own: list | None = None) -> tuple[float, list[float]]:
+    """(wall seconds, seconds per epoch) of the same point through a sweep (Optuna, MLflow, figures)
+    into a results folder of its own whose two stores exist already: creating them is a one-time
+    cost of a results folder, timed apart (tracking_figure). The epochs are the run's own
+    `epoch_seconds`, read back from its MLflow run. `own` gets the sweep's own seconds: its wall time
+    less its training's (PointOutcome.training_seconds), both from this one run."""
     from harness.sweep import run_sweep
     from harness.tracking import default_tracking_uri, load_runs
     with tempfile.TemporaryDirectory() as tmp:
@@ -314,7 +314,9 @@ def timed_tracked_point(cfg: Config, dataset) -> tuple[float, list[float], float
         (outcome,) = run_sweep(cfg, Path(tmp), log=lambda _: None, run_check=False, dataset=dataset)
         wall = time.perf_counter() - start
         runs = load_runs(default_tracking_uri(Path(tmp)), cfg.name)
-        return wall, list(runs.iloc[0]["history"]["epoch_seconds"]), wall - outcome.training_seconds
+        if own is not None:
+            own.append(wall - outcome.training_seconds)
+        return wall, list(runs.iloc[0]["history"]["epoch_seconds"])
 
 
 def create_stores(cfg: Config, results: Path) -> None:
@@ -350,12 +352,7 @@ def tracking_figure(experiment: Path, overrides: list[str] = (), reps: int = 3) 
     runs: dict[str, list] = {"direct": [], "tracked": []}
     own: list[float] = []
     t: dict = {}
-
-    def tracked():
-        wall, epochs, own_seconds = timed_tracked_point(cfg, dataset)
-        own.append(own_seconds)
-        return wall, epochs
-    sides = [("direct", lambda: timed_point(cfg, dataset, t)), ("tracked", tracked)]
+    sides = [("direct", lambda: timed_point(cfg, dataset, t)), ("tracked", lambda: timed_tracked_point(cfg, dataset, own))]
     for rep in range(reps):
         for label, run in in_turn(sides, rep):
             runs[label].append(run())
