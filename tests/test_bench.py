@@ -3,6 +3,7 @@ import importlib.util
 import json
 import math
 import os
+import time
 
 import pytest
 
@@ -29,6 +30,12 @@ def test_bench_command_writes_every_figure(tmp_path, monkeypatch):
                 "health_overhead", "peak_memory_gib", "n_jobs_2_speedup"):
         assert math.isfinite(saved["figures"][key]) and saved["figures"][key] > 0, key
     assert set(saved["figures"]["train_images_per_s"]) == {"harness", "handwritten", "bare_fit"}
+    # The train figure: each reference's epochs paired with the harness epochs just before them
+    # (HARNESS_BENCH_REPS=1: one run of 2 timed epochs), the median pair inside its quartiles.
+    assert saved["figures"]["train_epochs_timed"] == 2
+    for name, figure in (("handwritten", "train_vs_handwritten"), ("bare_fit", "train_vs_bound")):
+        low, high = saved["figures"]["train_ratio_quartiles"][name]
+        assert low <= saved["figures"][figure] <= high, name
     # Where one point's time went: every stage measured, the sweep's own share the two sides' difference.
     breakdown = saved["figures"]["point_breakdown_seconds"]
     assert len(breakdown) == 5 and all(math.isfinite(s) for s in breakdown.values())
@@ -139,7 +146,54 @@ def test_bench_rounds_give_the_quick_ratios_the_most_and_one_variable_sets_them_
     from harness.bench import bench_rounds
     monkeypatch.delenv("HARNESS_BENCH_REPS", raising=False)
     quick = bench_rounds(True)
-    assert quick["train"] == 6 and quick["tracking"] == 5 and quick["pipeline"] == 3 and quick["health"] == 3
-    assert bench_rounds(False) == {"pipeline": 5, "train": 3, "tracking": 3, "health": 3}
-    monkeypatch.setenv("HARNESS_BENCH_REPS", "2")
-    assert set(bench_rounds(True).values()) == {2} and set(bench_rounds(False)) == set(quick)
+    assert quick["train"] == 3 and quick["train_epochs"] == 20 and quick["tracking"] == 5
+    assert quick["pipeline"] == 3 and quick["health"] == 3
+    assert bench_rounds(False) == {"pipeline": 5, "train": 3, "train_epochs": 6, "tracking": 3, "health": 3}
+    monkeypatch.setenv("HARNESS_BENCH_REPS", "3")
+    rounds = bench_rounds(True)
+    assert rounds.pop("train_epochs") == 2 and set(rounds.values()) == {3} and set(bench_rounds(False)) == set(quick)
+
+
+def tiny_fit(record: list, main: dict, fail_at: int | None = None):
+    """fit(epochs, callbacks) of a one-layer model on 8 samples; `record` gets, at each epoch's
+    begin and end, whether the main thread said it was busy then."""
+    import keras
+    import numpy as np
+    x, y = np.ones((8, 3), np.float32), np.zeros((8, 1), np.float32)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == fail_at:
+                raise ValueError(f"reference failed at epoch {epoch}")
+            record.append(("begin", epoch, main["busy"]))
+
+        def on_epoch_end(self, epoch, logs=None):
+            record.append(("end", epoch, main["busy"]))
+    return lambda epochs, callbacks: model.fit(x, y, epochs=epochs, callbacks=[*callbacks, Record()], verbose=0)
+
+
+def test_a_reference_trains_one_epoch_per_turn_and_never_while_the_harness_run_does():
+    from harness.bench import Turns
+    record, main = [], {"busy": True}
+    reference = Turns(tiny_fit(record, main), epochs=5)
+    for _ in range(2):
+        main["busy"] = False
+        reference.epoch()
+        main["busy"] = True            # the harness run's next epoch: time enough for a reference
+        time.sleep(0.3)                # that did not wait for its turn to run ahead and be recorded
+    assert record == [("begin", 0, False), ("end", 0, False), ("begin", 1, False), ("end", 1, False)]
+    assert len(reference.seconds) == 2 and all(s > 0 for s in reference.seconds)
+    reference.close()                  # the harness run ended first: the reference stops at its next epoch
+    assert not reference.thread.is_alive() and reference.error is None and len(record) == 4
+
+
+def test_a_reference_that_fails_raises_in_the_harness_run_at_its_turn():
+    from harness.bench import Turns
+    reference = Turns(tiny_fit([], {"busy": False}, fail_at=1), epochs=3)
+    reference.epoch()
+    with pytest.raises(ValueError, match="reference failed at epoch 1"):
+        reference.epoch()
+    reference.close()
+    assert not reference.thread.is_alive()
