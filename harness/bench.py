@@ -6,9 +6,10 @@ host tf.data pipeline and for device augmentation: below 1 the pipeline starves 
 train_vs_handwritten (one harness training run vs the loop a user would write for the same variant:
 the same feed, Keras' own validation once per epoch, nothing tracked), train_vs_bound (the same run vs
 a bare model.fit on in-memory tensors; both references train in the harness run's process, an epoch
-each after each of its epochs, and the figures are the median epoch pair's ratio), tracking_overhead (one point of the experiment at its own size
-called directly, plus what a sweep through Optuna + MLflow adds to it, measured inside the sweep, over
-the direct point; with the two whole points' ratio beside it, and where the point's time went),
+each after each of its epochs, and the figures are the median epoch pair's ratio), tracking_overhead
+(one point of the experiment at its own size called directly, plus what a sweep through Optuna +
+MLflow adds to it, measured inside the sweep, over the direct point; with the two whole points' ratio
+beside it, and where the point's time went),
 health_overhead (one point at the experiment's own size with its per-epoch health measurements vs
 without them), sweep_vs_bound (a real sweep's wall time vs the bare fits of its points), peak_memory (a real sweep's
 peak RSS), plus what mixed precision and XLA give on this device.
@@ -171,20 +172,6 @@ def legacy_pair(dataset, aug, bs):
     mask_gen.fit(dataset.train_masks, augment=rounds > 0, rounds=max(rounds, 1), seed=1)
     return zip(image_gen.flow(dataset.train_images, batch_size=bs, seed=1),
                mask_gen.flow(dataset.train_masks, batch_size=bs, seed=1))
-
-
-def epoch_clock(times: list[float]):
-    """A callback appending the time at fit's start and at each epoch's end to `times` (nothing per
-    batch, so Keras reads no batch's loss for it)."""
-    import keras
-
-    class Clock(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            times.append(time.perf_counter())
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter())
-    return Clock()
 
 
 def bare_fit_seconds(cfg: Config, dataset, epochs: int, warm_up: bool = True, callbacks=(), **compile_kw) -> float:
