@@ -54,7 +54,9 @@ RULES = {
     "no_signal": (
         "with none of the causes above, over at least `signal_epochs` ({signal_epochs}) epochs, the fixed "
         "batch's training loss (`health/batch_loss`) never fell `signal_margin` ({signal_margin:g}) of its "
-        "magnitude below a constant prediction's at the foreground fraction (`health/trivial_loss`)",
+        "magnitude below a constant prediction's at the foreground fraction (`health/trivial_loss`), and "
+        "validation mIoU never rose clearly above the trivial predictor's (by the verdicts' `margin`, over "
+        "their `window`)",
         "check that each mask belongs to its image (file names, sort order, a shuffle of one list)"),
 }
 
@@ -79,10 +81,13 @@ def no_better_than_trivial(loss: float, trivial: float, margin: float) -> bool:
     return loss > trivial - margin * abs(trivial)
 
 
-def diagnose(history: dict, rules: dict) -> dict[str, str]:
+def diagnose(history: dict, rules: dict, learned: bool = False) -> dict[str, str]:
     """-> {cause: what was measured} for one run, in CAUSES order; {} when healthy or not measured
     (runs from before the health metrics). Non-finite values are skipped (MLflow does not log
-    them): a gradient that was not finite is `health/grad_finite` = 0."""
+    them): a gradient that was not finite is `health/grad_finite` = 0. `learned`: the honest metric
+    rose clearly above the trivial predictor's (verdict.rose_above_trivial), so the run had signal
+    whatever the fixed batch's loss says: a small foreground keeps a learning model's BCE close to
+    the trivial predictor's."""
     if not measured(history):
         return {}
     found: dict[str, str] = {}
@@ -122,7 +127,7 @@ def diagnose(history: dict, rules: dict) -> dict[str, str]:
     elif ratios and max(ratios) <= rules["update_ratio_low"]:
         found["no_updates"] = f"weights moved at most {max(ratios):.2g} of their norm"
 
-    if len(losses) >= rules["signal_epochs"] and trivials and not found:
+    if len(losses) >= rules["signal_epochs"] and trivials and not found and not learned:
         if all(no_better_than_trivial(x, trivials[-1], margin) for x in losses):
             found["no_signal"] = f"training loss {min(losses):.4g} at best, trivial predictor {trivials[-1]:.4g}"
     return {cause: found[cause] for cause in CAUSES if cause in found}

@@ -8,20 +8,37 @@ import contextlib
 import json
 from typing import Callable
 
+from harness.causes import Diagnosis, differential
 from harness.errors import interrupted_reason
 from harness.health import diagnose, joined
 from harness.tracking import first_line
-from harness.verdict import judge
+from harness.verdict import judge, rose_above_trivial
 
 
-def judge_result(result, rules: dict, health: dict | None = None) -> dict:
+def judge_result(result, rules: dict, health: dict | None = None, flags=()) -> dict:
     """The verdict of a RunResult (harness/train.py) under the experiment's `[verdict]` rules, and
-    with its `[health]` rules the causes its health history shows (harness/health.py)."""
+    with its `[health]` rules the causes its health history shows (harness/health.py), told from
+    their symptoms by the check's `flags` (harness/causes.py)."""
+    diverged_epoch = result.diverged_at[0] if result.diverged_at else None
     judged = judge(result.history, result.loss_floor, result.trivial_miou, rules,
-                   diverged=result.diverged_at is not None,
-                   diverged_epoch=result.diverged_at[0] if result.diverged_at else None)
-    judged["causes"] = diagnose(result.history, health) if health is not None else {}
+                   diverged=result.diverged_at is not None, diverged_epoch=diverged_epoch)
+    measured, diagnosis = diagnosed(result.history, flags, judged["verdict"], result.trivial_miou, rules,
+                                    health, diverged_epoch)
+    judged["causes"] = {c: d for c, d in measured.items() if c in diagnosis.causes}
+    judged["diagnosis"] = diagnosis
     return judged
+
+
+def diagnosed(history: dict, flags, verdict: str, trivial_miou: float, rules: dict, health: dict | None,
+              diverged_epoch: int | None = None) -> tuple[dict[str, str], Diagnosis]:
+    """-> (the health causes measured in `history`, {cause: what was measured}; the run's diagnosis
+    with the check's `flags`). `no_signal` is not named where validation mIoU rose clearly above the
+    trivial predictor's (verdict.rose_above_trivial): the run had signal."""
+    if health is None:
+        measured = {}
+    else:
+        measured = diagnose(history, health, rose_above_trivial(history, trivial_miou, rules, diverged_epoch))
+    return measured, differential(flags, measured, verdict)
 
 
 def result_tags(result, judged: dict) -> dict:
@@ -33,7 +50,8 @@ def result_tags(result, judged: dict) -> dict:
             "loss_floor_declared": result.loss_floor_declared, "threshold": result.threshold,
             "scored_epochs": judged["scored_epochs"], "score_note": judged["score_note"],
             "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
-            "featurewise_stats": json.dumps(result.stats), "health.causes": joined(judged["causes"])}
+            "featurewise_stats": json.dumps(result.stats), "health.causes": joined(judged["causes"]),
+            "causes": joined(judged["diagnosis"].causes), "symptoms": joined(judged["diagnosis"].symptoms)}
     if result.diverged_at:
         tags["diverged_epoch"], tags["diverged_batch"] = result.diverged_at
     return tags
@@ -48,6 +66,11 @@ def check_tags(flags: list[str], predicted: str, details: dict, validation: dict
         # The report says which split the verdicts were measured on, and how close.
         tags["check.validation"] = json.dumps(validation)[:5000]
     return tags
+
+
+def flags_of(tags: dict) -> list[str]:
+    """The check's flags from a run's tags (`check.flags`, as check_tags writes it); [] where none."""
+    return [f for f in str(tags.get("check.flags") or "none").split(",") if f and f != "none"]
 
 
 def failure_tags(reason: str, verdict: str) -> dict:
@@ -109,9 +132,10 @@ class TrackedRun:
             self.tell("fail")
             self.log(f"{self.label} crashed: {self.reason}")
 
-    def judge(self, result, rules: dict, health: dict | None = None) -> dict:
-        """The result's verdict under `rules` and its causes under `health`, written to the run as its tags."""
-        judged = judge_result(result, rules, health)
+    def judge(self, result, rules: dict, health: dict | None = None, flags=()) -> dict:
+        """The result's verdict under `rules` and its causes under `health` and the check's `flags`,
+        written to the run as its tags."""
+        judged = judge_result(result, rules, health, flags)
         self.tracker.set_tags(self.run_id, {**result_tags(result, judged), **self.state("complete")})
         return judged
 

@@ -17,7 +17,7 @@ from harness import grid
 from harness.config import Config, Variant
 from harness.points import grid_points
 from harness.progress import Progress
-from harness.runs import TrackedRun, check_tags
+from harness.runs import TrackedRun, check_tags, flags_of
 from harness.tracking import Tracker, default_tracking_uri, first_line
 
 
@@ -173,7 +173,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
         result = train_variant(cfg, variant, seed, dataset, on_epoch=on_epoch,
                                on_batch=progress.batch if progress.live else None, log=log)
         training = time.perf_counter() - training_started - own_epoch_seconds[0]
-        judged = run.judge(result, cfg["verdict"], cfg["health"])
+        judged = run.judge(result, cfg["verdict"], cfg["health"], flags_of(check_tags))
         tracker.log_params(run_id, {"device": result.device})
         if save_models:
             tracker.log_model(run_id, result.model)

@@ -108,6 +108,16 @@ def judge(history: dict[str, list[float]], loss_floor: float, trivial_miou: floa
             "score_note": score_note(diverged, diverged_epoch, len(miou))}
 
 
+def rose_above_trivial(history: dict[str, list[float]], trivial_miou: float, rules: dict,
+                       diverged_epoch: int | None = None) -> bool:
+    """Whether validation mIoU, averaged over some `window` consecutive scored epochs, reached the
+    trivial predictor's + `margin`: the honest metric says the run learned, at least for a while."""
+    miou = scored(history, "val_miou", diverged_epoch)
+    window = max(1, min(rules["window"], len(miou)))
+    bar = trivial_miou + rules["margin"]
+    return any(mean(miou[i:i + window]) >= bar for i in range(len(miou) - window + 1))
+
+
 def score_note(diverged: bool, diverged_epoch: int | None, scored_epochs: int) -> str:
     if not diverged:
         return ""

@@ -52,7 +52,8 @@ def write_report(cfg: Config, results: Path, tracking_uri: str, command: str, st
     summary = summarize(points)
     csv_table(summary[SUMMARY_COLUMNS]).to_csv(out / "summary.csv", index=False, float_format="%.6g",
                                                na_rep="nan", lineterminator="\n")
-    csv_table(points.drop(columns=["history", "check_details", "check_validation", "cause_details", "health_measured"])).to_csv(
+    csv_table(points.drop(columns=["history", "check_details", "check_validation", "cause_details", "symptom_details",
+                                  "health_measured"])).to_csv(
         out / "runs.csv", index=False, float_format="%.6g", lineterminator="\n")
     health_figures = write_figures(points, summary, out)
     samples = collect_samples(points, tracking_uri, out)

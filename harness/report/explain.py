@@ -68,15 +68,29 @@ EXPLAINED_BY_HEALTH = ("not_learning", "degrading", "unstable", "diverged")
 
 def health_note(row) -> str:
     """For a run that failed: the causes its training health showed, with their numbers and the
-    usual fix; '' for a healthy verdict, or runs from before the health metrics."""
-    if row["verdict"] not in EXPLAINED_BY_HEALTH or not row.get("health_measured", False):
+    usual fix; for any run, the symptoms that a measured data or loss cause explains (harness/causes.py);
+    '' for a healthy verdict, or runs from before the health metrics."""
+    note = ""
+    if row["verdict"] in EXPLAINED_BY_HEALTH and row.get("health_measured", False):
+        details = {c: d for c, d in (row.get("cause_details") or {}).items() if c in HEALTH_RULES}
+        if not details:
+            note = " Measured during training: no training-health cause (gradients, updates, units and head were healthy)."
+        else:
+            named = "; ".join(f"`{cause}` ({detail}); usual fix: {HEALTH_RULES[cause][1]}" for cause, detail in details.items())
+            note = f" Measured during training: {named}."
+    return note + symptoms_note(row)
+
+
+def symptoms_note(row) -> str:
+    """The health causes and verdicts explained by a data or loss cause: named as its symptoms."""
+    symptoms = row.get("symptom_details") or {}
+    measured = {s: v for s, v in symptoms.items() if s in HEALTH_RULES}
+    if not measured:
         return ""
-    details = row.get("cause_details") or {}
-    if not details:
-        return " Measured during training: no training-health cause (gradients, updates, units and head were healthy)."
-    named = "; ".join(f"`{cause}` ({detail}); usual fix: {HEALTH_RULES[cause][1]}" if cause in HEALTH_RULES
-                      else f"`{cause}` ({detail})" for cause, detail in details.items())
-    return f" Measured during training: {named}."
+    named = "; ".join(f"`{s}` ({detail})" if detail else f"`{s}`" for s, (_, detail) in measured.items())
+    causes = sorted({cause for cause, _ in measured.values()})
+    return (f" Also measured during training, as symptoms of `{'`, `'.join(causes)}` rather than causes of "
+            f"their own: {named}.")
 
 
 NEAR_TRAINING = "validation_near_training"

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from harness import leakage
+from harness.causes import DATA_AND_LOSS_CAUSES, LOSS_CAUSES
 from harness.report.explain import explain, marked_verdicts, split_rule, validation_paragraph
 from harness.health import rules_markdown as health_rules_markdown
 from harness.verdict import rules_markdown
@@ -47,7 +48,7 @@ def render_markdown(cfg, summary, points, failed, samples, command, health_figur
         "",
         "## Verdicts",
         "",
-        markdown_table(marked_verdicts(summary), ["variant", "seeds", "seeds_scored", "verdict", "causes", "predicted", "agrees", "negative_loss",
+        markdown_table(marked_verdicts(summary), ["variant", "seeds", "seeds_scored", "verdict", "causes", "symptoms", "predicted", "agrees", "negative_loss",
                                  "diverged",
                                  "converged",
                                  "min_loss", "loss_floor", "final_loss", "val_miou", "val_miou_std",
@@ -86,15 +87,18 @@ def render_markdown(cfg, summary, points, failed, samples, command, health_figur
         parts += ["## Crashed or interrupted points", "", markdown_table(failed, list(failed.columns)), ""]
     parts += [
         "## Rules", "", rules_markdown(cfg["verdict"]), "",
-        "Causes (`causes`, tag `health.causes`): measured during training, once per epoch (the gradients over "
-        f"the epoch's training steps, the rest on one fixed batch of {cfg['health']['batch']} training images as "
-        "training feeds them), and judged on every run whatever "
-        "its verdict (`harness check`'s flags are the causes measured before training):", "",
+        "Causes (`causes`, tag `causes`): what to fix, in one vocabulary. Before training, `harness check`'s "
+        "flags that make a run fail by themselves (`" + "`, `".join(DATA_AND_LOSS_CAUSES) + "`); during training, "
+        f"once per epoch (the gradients over the epoch's training steps, the rest on one fixed batch of "
+        f"{cfg['health']['batch']} training images as training feeds them), the causes below (tag "
+        "`health.causes`), judged on every run whatever its verdict. A training-health cause or a verdict that a "
+        "loss cause (`" + "`, `".join(LOSS_CAUSES) + "`) produces is listed as its symptom (`symptoms`), not "
+        "as a cause of its own:", "",
         health_rules_markdown(cfg["health"]), "",
         leakage.rule_text(cfg["leakage"]["margin"], cfg["leakage"]["far_fraction"], cfg["leakage"]["side"]), "",
         split_rule(cfg["data"]), "",
         "## Per seed", "",
-        markdown_table(points, ["variant", "seed", "verdict", "causes", "min_loss", "final_loss", "val_miou",
+        markdown_table(points, ["variant", "seed", "verdict", "causes", "symptoms", "min_loss", "final_loss", "val_miou",
                                 "val_as_train_miou", "diverged_at", "seconds_per_epoch"]),
         "",
     ]

@@ -8,8 +8,12 @@ import numpy as np
 import pandas as pd
 
 from harness.config import Config
-from harness.health import diagnose, joined, measured, union
+import json
+
+from harness.causes import union
+from harness.health import joined, measured
 from harness.points import runs_of_grid
+from harness.runs import diagnosed, flags_of
 from harness.tracking import load_runs
 from harness.verdict import HEALTHY, combine, judge
 
@@ -32,7 +36,7 @@ FLAGS = ["negative_loss", "diverged", "converged"]
 
 # summary.csv's columns, in order.
 SUMMARY_COLUMNS = (["variant", "seeds", "seeds_scored"] + [c for n in NUMERIC for c in (n, f"{n}_std")] + FLAGS
-                   + ["verdict", "causes", "predicted", "agrees", "check_flags", "score_note"])
+                   + ["verdict", "causes", "symptoms", "predicted", "agrees", "check_flags", "score_note"])
 
 
 def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
@@ -48,11 +52,15 @@ def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         floor = float(run.get("tags.loss_floor", 0.0))
         trivial = float(run.get("tags.trivial_miou", 0.5))
         diverged = run.get("tags.diverged") == "True"
-        judged = judge(history, floor, trivial, cfg["verdict"], diverged=diverged,
-                       diverged_epoch=tag_int(run.get("tags.diverged_epoch")))
+        diverged_epoch = tag_int(run.get("tags.diverged_epoch"))
+        judged = judge(history, floor, trivial, cfg["verdict"], diverged=diverged, diverged_epoch=diverged_epoch)
         epochs = max(1, int(run.get("tags.epochs_run", 1) or 1))
         recent = cfg["verdict"]["window"]
-        causes = diagnose(history, cfg["health"])          # judged again from the logged health/ history
+        # Judged again from the logged health/ history and the check's flags (harness/causes.py).
+        tags = {"check.flags": run.get("tags.check.flags") if isinstance(run.get("tags.check.flags"), str) else ""}
+        measured_causes, diagnosis = diagnosed(history, flags_of(tags), judged["verdict"], trivial, cfg["verdict"],
+                                               cfg["health"], diverged_epoch if diverged else None)
+        details = {**check_details_of(run), **measured_causes}
         rows.append({
             "variant": run["variant"], "seed": int(run["seed"]), "run_id": run["run_id"],
             "final_loss": judged["final_loss"], "min_loss": judged["min_loss"], "loss_floor": floor,
@@ -67,7 +75,10 @@ def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
             "seconds_per_epoch": float(run.get("tags.seconds", "nan")) / epochs,
             "negative_loss": judged["negative_loss"], "diverged": judged["diverged"],
             "converged": judged["converged"], "verdict": judged["verdict"],
-            "causes": joined(causes), "cause_details": causes, "health_measured": measured(history),
+            "causes": joined(diagnosis.causes), "symptoms": joined(diagnosis.symptoms),
+            "cause_details": {c: details.get(c, "") for c in diagnosis.causes},
+            "symptom_details": {s: (cause, details.get(s, "")) for s, cause in diagnosis.symptoms.items()},
+            "health_measured": measured(history),
             "diverged_at": (f"epoch {run.get('tags.diverged_epoch')} batch {run.get('tags.diverged_batch')}"
                             if diverged and isinstance(run.get("tags.diverged_epoch"), str) else ""),
             "device": run.get("tags.device", ""), "history": history,
@@ -82,6 +93,15 @@ def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["order"] = df["variant"].map(order).fillna(len(order))
     return df.sort_values(["order", "seed"]).drop(columns="order").reset_index(drop=True)
+
+
+def check_details_of(run) -> dict[str, str]:
+    """What `harness check` measured for each of the run's flags (tag check.details); {} where absent."""
+    text = run.get("tags.check.details")
+    try:
+        return json.loads(text) if isinstance(text, str) else {}
+    except json.JSONDecodeError:
+        return {}
 
 
 def tag_float(value) -> float:
@@ -125,9 +145,16 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
             row[flag] = bool(group[flag].all())
         row["verdict"] = combine(list(group["verdict"]))
         row["causes"] = union(group["causes"])
+        row["symptoms"] = union(group["symptoms"])
         # {cause: "s1: what was measured; s2: ..."}, for the report's Why.
         row["cause_details"] = {cause: "; ".join(f"s{s}: {d[cause]}" for s, d in zip(group["seed"], group["cause_details"])
                                                  if cause in d) for cause in row["causes"].split(",") if cause != "none"}
+        # {symptom: (the cause that explains it, "s1: what was measured; ...")}.
+        row["symptom_details"] = {
+            symptom: (next(d[symptom][0] for d in group["symptom_details"] if symptom in d),
+                      "; ".join(f"s{s}: {d[symptom][1]}" for s, d in zip(group["seed"], group["symptom_details"])
+                                if symptom in d and d[symptom][1]))
+            for symptom in row["symptoms"].split(",") if symptom != "none"}
         row["health_measured"] = bool(group["health_measured"].any())
         row["verdict_per_seed"] = " ".join(f"s{s}:{v}" for s, v in zip(group["seed"], group["verdict"]))
         row["predicted"] = group["predicted"].iloc[0]
