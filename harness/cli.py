@@ -38,7 +38,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="harness", allow_abbrev=False, description="Compare Keras training variants (first case: 'negative loss when whitening input data'): sweep, tune, check, report, ui, bench.")
+    parser = Parser(prog="harness", allow_abbrev=False, description="Compare Keras training variants (first case: 'negative loss when whitening input data'): sweep, tune, check, report, ui, bench; doctor diagnoses your own training script.")
     # allow_abbrev=False everywhere: an abbreviated option ("--n-j 3") would slip past what
     # run_workers strips from the workers' arguments, and a later option could make it ambiguous.
     parser.add_argument("--version", action="version", version=f"%(prog)s {harness_version()}")
@@ -94,7 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0: all)")
     ui.add_argument("--port", type=int, default=5000)
     add_compare_args(sub)
+    add_doctor_args(sub)
     return parser
+
+
+def add_doctor_args(sub) -> None:
+    doctor = sub.add_parser(
+        "doctor", allow_abbrev=False, help="run your own Keras training script unchanged and diagnose each model.fit",
+        description="Runs SCRIPT as `python SCRIPT ARGS...` would, with every model.fit diagnosed: the targets "
+                    "against the compiled loss, where in the script they were transformed, the validation data, "
+                    "training health each epoch, and the verdict against the trivial predictor. Prints a "
+                    "diagnosis after each fit and a summary at the end, writes <results>/doctor/<script>/ "
+                    "(report.md, report.html, doctor.json) and one MLflow run per fit; exits with the script's "
+                    "own exit code.")
+    doctor.add_argument("--epochs", type=int, default=5, metavar="N",
+                        help="cap every fit at N epochs (default 5; 0 keeps the script's own count)")
+    doctor.add_argument("--json", type=Path, metavar="FILE", help="also write the diagnosis as JSON to FILE")
+    doctor.add_argument("--results", type=Path, default=Path("results"),
+                        help="writes <results>/doctor/<script>/ and tracks in <results>/mlflow.db (default: results/)")
+    doctor.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
+    doctor.add_argument("script", type=Path, help="your training script")
+    doctor.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
 
 
 def add_compare_args(sub) -> None:
@@ -291,7 +311,15 @@ def dispatch(args, argv: list[str]) -> int:
         return cmd_status(args)
     if args.command == "compare":
         return cmd_compare(args)
+    if args.command == "doctor":
+        return cmd_doctor(args)
     raise UsageError(f"unknown command {args.command!r}")
+
+
+def cmd_doctor(args) -> int:
+    """The script's own exit code. Keras (and TensorFlow) are imported when the script imports them."""
+    from harness.doctor.script import run_doctor
+    return run_doctor(args.script, args.args, args.epochs, args.json, args.results, args.tracking_uri)
 
 
 def cmd_bench(args, command: str) -> int:

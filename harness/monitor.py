@@ -58,19 +58,17 @@ def kernel_groups(model) -> dict[str, set[int]]:
     return {name: {id(v) for layer in layers for v in layer.trainable_weights} for name, layers in named.items() if layers}
 
 
-def measuring_optimizer(optimizer_class, model, **kwargs):
-    """An `optimizer_class(**kwargs)` that also sums, inside the compiled train step, each step's
-    squared gradient norm over all trainable weights and over each of `model`'s kernel groups, and
-    counts the steps. The sums are optimizer variables, so a stateless step (JAX) carries them as it
-    carries Adam's moments; the health callback reads and zeroes them once per epoch. Keras has no
+def measuring_class(optimizer_class, groups: dict[str, set[int]]):
+    """A subclass of `optimizer_class` that also sums, inside the compiled train step, each step's
+    squared gradient norm over all trainable weights and over each kernel group (`kernel_groups`),
+    and counts the steps. The sums are optimizer variables, so a stateless step (JAX) carries them as
+    it carries Adam's moments; the health callback reads and zeroes them once per epoch. Keras has no
     hook for a train step's gradients short of subclassing the model, which a user's builder owns."""
-    groups = kernel_groups(model)
 
     class Measuring(optimizer_class):
         def build(self, variables):
             super().build(variables)
-            self.gradient_sums = self.add_variable((1 + len(GROUPS),), name="health_gradient_sums")
-            self.gradient_steps = self.add_variable((), name="health_gradient_steps")
+            add_gradient_sums(self)
 
         def apply(self, grads, trainable_variables=None):
             from keras import ops
@@ -95,13 +93,42 @@ def measuring_optimizer(optimizer_class, model, **kwargs):
 
     Measuring.__name__ = Measuring.__qualname__ = optimizer_class.__name__
     Measuring.__module__ = optimizer_class.__module__
-    optimizer = Measuring(**kwargs)
+    Measuring.measures_gradients = True
+    return Measuring
+
+
+def add_gradient_sums(optimizer) -> None:
+    optimizer.gradient_sums = optimizer.add_variable((1 + len(GROUPS),), name="health_gradient_sums")
+    optimizer.gradient_steps = optimizer.add_variable((), name="health_gradient_steps")
+
+
+def measuring_optimizer(optimizer_class, model, **kwargs):
+    """An `optimizer_class(**kwargs)` that also sums each train step's gradient norms (measuring_class)."""
+    groups = kernel_groups(model)
+    optimizer = measuring_class(optimizer_class, groups)(**kwargs)
     optimizer.measured_groups = tuple(name for name in GROUPS if name in groups)
     return optimizer
 
 
+def measure_gradients_of(optimizer, model) -> None:
+    """Make a user's compiled optimizer a measuring one in place (`harness doctor`): its class becomes
+    measuring_class of its own, so its configuration, its schedule and its identity are kept. An
+    optimizer already built gets its sums now: a train step traced before this will not fill them
+    (gradient_norms then finds no step)."""
+    if getattr(type(optimizer), "measures_gradients", False):
+        return
+    groups = kernel_groups(model)
+    optimizer.__class__ = measuring_class(type(optimizer), groups)
+    optimizer.measured_groups = tuple(name for name in GROUPS if name in groups)
+    if optimizer.built:
+        add_gradient_sums(optimizer)
+
+
 def gradient_norms(optimizer) -> dict[str, float]:
-    """The epoch's gradient statistics from a measuring_optimizer's sums, which start again at zero."""
+    """The epoch's gradient statistics from a measuring_optimizer's sums, which start again at zero;
+    {} for no optimizer (not measured)."""
+    if optimizer is None:
+        return {}
     steps = float(on_host(optimizer.gradient_steps)) if hasattr(optimizer, "gradient_sums") else 0.0
     if steps == 0:
         return {"grad_norm": 0.0, "grad_finite": 1.0}     # never built, or no step had a gradient: nothing trainable
@@ -133,12 +160,12 @@ def loss_spread(losses: list[float]) -> dict[str, float]:
             "loss_sign_changes": float(np.sum(signs[1:] != signs[:-1]))}
 
 
-def fixed_batch_statistics(probe, has_relus: bool, loss_fn, bounds: tuple[float, float]):
+def fixed_batch_statistics(probe, has_relus: bool, loss_fn, bounds: tuple[float, float] | None):
     """f(trainable values, non-trainable values, x, y) -> the fixed batch's statistics as tensors, in
     one forward pass compiled by the backend: op by op, the pass cost several times its arithmetic in
     dispatch every epoch (0.14 s against 0.02 s on the default point's model)."""
     from keras import ops
-    lo, hi = bounds
+    lo, hi = bounds if bounds is not None else (0.0, 0.0)
     tolerance = SATURATION * (hi - lo)
 
     def statistics(trainable, non_trainable, x, y):
@@ -146,9 +173,10 @@ def fixed_batch_statistics(probe, has_relus: bool, loss_fn, bounds: tuple[float,
         outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
         head = outputs[0]
         found = {"batch_loss": ops.mean(loss_fn(y, head)),
-                 "finite": ops.all(ops.stack([ops.all(ops.isfinite(o)) for o in outputs])),
-                 "saturated_head": ops.mean(ops.cast(ops.logical_or(head <= lo + tolerance, head >= hi - tolerance),
-                                                     "float32"))}
+                 "finite": ops.all(ops.stack([ops.all(ops.isfinite(o)) for o in outputs]))}
+        if bounds is not None:
+            found["saturated_head"] = ops.mean(ops.cast(ops.logical_or(head <= lo + tolerance, head >= hi - tolerance),
+                                                        "float32"))
         if has_relus:
             # A channel is alive where it is positive anywhere on the batch.
             alive = [ops.reshape(ops.max(a, axis=tuple(range(len(a.shape) - 1))) > 0, (-1,)) for a in outputs[1:]]
@@ -176,16 +204,22 @@ def relative_move(now: list[np.ndarray], before: list[np.ndarray]) -> float:
     return moved / max(math.sqrt(sum(float(np.sum(np.square(b))) for b in before)), 1e-12)
 
 
-def health_callback(model, optimizer, loss_fn, bounds: tuple[float, float], images: np.ndarray,
-                    targets: np.ndarray, truth: np.ndarray, async_safe: bool = False, cache: dict | None = None):
+def health_callback(model, optimizer, loss_fn, bounds: tuple[float, float] | None, images, targets=None,
+                    truth=None, async_safe: bool = False, cache: dict | None = None, sink=None):
     """A Keras callback adding the health/ metrics to each epoch's logs. `model`: the inner model
-    (under device augmentation fit() trains a wrapper); `optimizer`: its measuring_optimizer;
-    `images`, `targets`: the fixed batch as training feeds it (transformed, not augmented); `truth`:
-    its binary masks."""
+    (under device augmentation fit() trains a wrapper); `optimizer`: its measuring_optimizer (None:
+    gradients not measured); `images`, `targets`: the fixed batch as training feeds them (transformed,
+    not augmented); `truth`: its binary masks. `images` may instead be a function returning
+    (images, targets, truth), or None while no batch is known yet (`harness doctor` sees the batches as
+    fit() takes them): the fixed batch is then taken at the first epoch end. `bounds`: the head's
+    range (None: not a bounded head, the saturation and the trivial predictor are not measured).
+    `sink`: where each epoch's metrics go instead of the epoch's logs (the doctor keeps the user's
+    History as it would be)."""
     import keras
     from keras import ops
 
     on_workers = async_safe
+    fixed_batch = images if callable(images) else (lambda: (images, targets, truth))
     # The probe and its compiled pass, kept in `cache` for the same model's next run
     # (harness/compiled.py): a trace of about 0.5 s a point.
     traced = cache if cache is not None else {}
@@ -198,10 +232,20 @@ def health_callback(model, optimizer, loss_fn, bounds: tuple[float, float], imag
                 probe, has_relus = with_activations(model)
                 traced.update(probe=probe, statistics=fixed_batch_statistics(probe, has_relus, loss_fn, bounds))
             self.probe, self.statistics = traced["probe"], traced["statistics"]
-            self.x, self.y = ops.convert_to_tensor(images, "float32"), ops.convert_to_tensor(targets, "float32")
-            constant = np.full(targets.shape, foreground_constant(float(np.mean(truth)), bounds), np.float32)
-            self.trivial = float(ops.mean(loss_fn(self.y, ops.convert_to_tensor(constant))))
+            self.x = None
+            self.take_batch()
             self.weights = weights_on_host(self.probe.trainable_variables)
+
+        def take_batch(self) -> None:
+            batch = fixed_batch()
+            if batch is None or batch[0] is None:
+                return
+            x, y, known = batch
+            self.x, self.y = ops.convert_to_tensor(x, "float32"), ops.convert_to_tensor(y, "float32")
+            self.trivial = None
+            if bounds is not None:
+                constant = np.full(np.shape(y), foreground_constant(float(np.mean(known)), bounds), np.float32)
+                self.trivial = float(ops.mean(loss_fn(self.y, ops.convert_to_tensor(constant))))
 
         def on_epoch_begin(self, epoch, logs=None):
             self.running = {}             # batch -> Keras' running mean of the loss
@@ -212,8 +256,11 @@ def health_callback(model, optimizer, loss_fn, bounds: tuple[float, float], imag
                 self.running[batch] = float(loss)     # by index: worker threads may finish out of order
 
         def on_epoch_end(self, epoch, logs=None):
-            if logs is not None:
-                logs.update({PREFIX + k: v for k, v in self.measure().items()})
+            measured = {PREFIX + k: v for k, v in self.measure().items()}
+            if sink is not None:
+                sink(epoch, measured)
+            elif logs is not None:
+                logs.update(measured)
 
         def measure(self) -> dict[str, float]:
             found = gradient_norms(optimizer)
@@ -221,9 +268,15 @@ def health_callback(model, optimizer, loss_fn, bounds: tuple[float, float], imag
             found["update_ratio"] = relative_move(weights, self.weights)
             self.weights = weights
             found.update(loss_spread(batch_losses([self.running[b] for b in sorted(self.running)])))
+            if self.x is None:
+                self.take_batch()
+            if self.x is None:
+                return found
             forward = self.statistics([v.value for v in self.probe.trainable_variables],
                                       [v.value for v in self.probe.non_trainable_variables], self.x, self.y)
-            found["batch_loss"], found["trivial_loss"] = float(forward["batch_loss"]), self.trivial
+            found["batch_loss"] = float(forward["batch_loss"])
+            if self.trivial is not None:
+                found["trivial_loss"] = self.trivial
             if bool(forward["finite"]):
                 # With NaN weights (the loss diverged) units and head say nothing more.
                 found.update({k: float(forward[k]) for k in ("saturated_head", "dead_units") if k in forward})

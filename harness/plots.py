@@ -39,7 +39,8 @@ def loss_curve(history: dict, floor: float, title: str):
         if key in history:
             ax[1].plot(*finite_points(history[key]), label=key)
     ax[1].set(xlabel="epoch", ylim=(0, 1), title="validation IoU vs binary truth")
-    ax[1].legend(fontsize=7)
+    if ax[1].lines:
+        ax[1].legend(fontsize=7)
     # Fixed margins, not tight_layout: a sweep draws this after every point, and tight_layout's extra
     # draw pass was half of its 0.19 s (harness bench: "tracking and figures").
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.9, wspace=0.22)

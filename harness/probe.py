@@ -26,7 +26,7 @@ import numpy as np
 
 # Pre-activations (logits) probed: wide enough to reach within 1e-6 of the head's bounds, not so
 # wide that float32 saturates to exactly 0 or 1.
-PROBE_LIMIT = {"sigmoid": 14.0, "tanh": 7.0}
+PROBE_LIMIT = {"sigmoid": 14.0, "tanh": 7.0, "linear": 14.0}   # linear: logits (`harness doctor`)
 N_POINTS = 141
 PIXELS = (4, 4)          # a tiny constant image per call: spatial losses (Dice) see a real mask
 PROBE_PIXELS = PIXELS[0] * PIXELS[1]

@@ -231,6 +231,23 @@ class Tracker:
         return failed
 
 
+def log_finished_run(tracking_uri: str, experiment: str, results: Path, run_name: str, params: dict,
+                     history: dict[str, list[float]], tags: dict, kind: str) -> str:
+    """One finished run of `kind` (a `harness doctor` fit) in `experiment`: its params, its per-epoch
+    history as metrics (non-finite values as tags, as log_epoch does), its tags. -> the run id."""
+    tracker = Tracker(tracking_uri, experiment, results)
+    run = tracker.client.create_run(tracker.experiment_id, run_name=run_name,
+                                    tags={KIND_TAG: kind, **source_tags(f"harness {kind}"),
+                                          **{k: str(v) for k, v in tags.items()}})
+    run_id = run.info.run_id
+    tracker.log_params(run_id, params)
+    epochs = max((len(v) for v in history.values()), default=0)
+    for epoch in range(epochs):
+        tracker.log_epoch(run_id, epoch + 1, {k: v[epoch] for k, v in history.items() if epoch < len(v)})
+    tracker.client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
 @contextlib.contextmanager
 def local_lock(path: Path | None):
     """An exclusive lock on a file beside a local store (processes on one machine); None: no lock."""

@@ -81,6 +81,7 @@ def sweep_causes(tmp_path: Path, *sets: str) -> tuple[str, str]:
     with open(results / "sick" / "runs.csv") as f:
         assert next(csv.DictReader(f))["causes"] == row["causes"]
     runs = load_runs(default_tracking_uri(results), "sick")
+    assert runs.iloc[0]["tags.causes"] == row["causes"]          # no check flag here: health causes alone
     assert runs.iloc[0]["tags.health.causes"] == row["causes"]
     assert any(key.startswith("health/") for key in runs.iloc[0]["history"])
     return row["causes"], (results / "sick" / "report.md").read_text()

@@ -128,3 +128,24 @@ def test_an_unflagged_split_is_stated_and_runs_from_before_the_check_say_so(cfg)
     assert marked_verdicts(summary).iloc[0]["verdict"] == "converged"
     old = summarize(point_rows(pd.DataFrame([run("image_only", 1, PLATEAU)]), cfg))
     assert "not measured" in validation_paragraph(old)
+
+
+def test_a_loss_cause_names_its_health_symptoms_as_such_in_the_summary_and_the_why(cfg):
+    """The posted tanh loss on whitened targets: its exploding gradients are a symptom of the loss cause
+    the check measured, not a cause of their own; a healthy variant with only a warning has no cause."""
+    exploding = {"health/grad_norm": [0.5, 80.0, 90.0], "health/grad_finite": [1.0, 1.0, 0.0],
+                 "health/update_ratio": [0.05, 0.05, 0.05]}
+    posted = run("tanh_posted", 1, [0.6, 0.5, 0.45], loss=[0.1, -0.5, math.nan], diverged="True",
+                 diverged_epoch="3", diverged_batch="1",
+                 **{"check.flags": "targets_outside_loss_domain,loss_unbounded_below",
+                    "check.details": json.dumps({"targets_outside_loss_domain": "targets span [-0.42, 2.38]",
+                                                 "loss_unbounded_below": "falls toward p=1"})})
+    posted["history"].update(exploding)
+    healthy_with_warning = run("image_only", 1, PLATEAU, **{"check.flags": "masks_not_binary"})
+    summary = summarize(point_rows(pd.DataFrame([posted, healthy_with_warning]), cfg)).set_index("variant")
+    assert summary.loc["tanh_posted", "causes"] == "targets_outside_loss_domain,loss_unbounded_below"
+    assert summary.loc["tanh_posted", "symptoms"] == "exploding_gradients,diverged"
+    assert summary.loc["image_only", "causes"] == "none" and summary.loc["image_only", "symptoms"] == "none"
+    why = explain(summary.reset_index())
+    assert ("as symptoms of `targets_outside_loss_domain` rather than causes of their own: `exploding_gradients` "
+            "(s1: gradient norm not finite)") in why

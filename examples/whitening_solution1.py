@@ -1,0 +1,32 @@
+"""The accepted answer's first solution: no featurewise normalization. The same two generators,
+without featurewise_center and featurewise_std_normalization (and so without fitting them): the
+masks stay binary targets for binary cross-entropy, and validation, passed raw, is fed like training.
+
+    harness doctor examples/whitening_solution1.py
+"""
+import keras
+from tensorflow.keras.preprocessing.image import ImageDataGenerator
+
+from case import make_pairs, unet
+
+images, masks = make_pairs(n=384, size=64)
+x_train, y_train, x_val, y_val = images[:320], masks[:320], images[320:], masks[320:]
+
+data_gen_args = dict(rotation_range=30, width_shift_range=0.2, height_shift_range=0.2, zoom_range=0.2,
+                     horizontal_flip=True, fill_mode="nearest")
+image_datagen = ImageDataGenerator(**data_gen_args)
+mask_datagen = ImageDataGenerator(**data_gen_args)
+
+seed = 1
+image_generator = image_datagen.flow(x_train, batch_size=16, seed=seed)
+mask_generator = mask_datagen.flow(y_train, batch_size=16, seed=seed)
+
+
+def train_generator():
+    for x, y in zip(image_generator, mask_generator):
+        yield x, y
+
+
+model = unet(size=64, depth=8, levels=3)
+model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
+model.fit(train_generator(), steps_per_epoch=len(image_generator), epochs=50, validation_data=(x_val, y_val))

@@ -1,0 +1,271 @@
+"""`harness doctor` in-process: the batches a fit sees are the same with the doctor as without it, for
+every kind of input (harness/doctor/observe.py); the data objects that standardized the targets are
+named with their line (lineage.py); autolog, the explicit callback and a failing measurement. The real
+command on real scripts: tests/test_doctor_cli.py."""
+import inspect
+
+import numpy as np
+import pytest
+
+from harness.doctor import hooks, lineage
+from harness.doctor.session import Session
+
+SIZE, N = 16, 32
+
+
+def pairs(n=N, seed=0):
+    rng = np.random.default_rng(seed)
+    masks = (rng.random((n, SIZE, SIZE, 1)) < 0.2).astype("float32")
+    images = (0.3 + 0.5 * masks + 0.1 * rng.random((n, SIZE, SIZE, 3))).astype("float32")
+    return images, masks
+
+
+def recording_model(seen: list):
+    """A tiny model that records every batch it trains on (eagerly: a traced call records nothing)."""
+    import keras
+
+    class Record(keras.layers.Layer):
+        def call(self, x, training=None):
+            if training:
+                try:
+                    seen.append(keras.ops.convert_to_numpy(x))
+                except Exception:  # noqa: BLE001 - a symbolic or traced call has no values
+                    pass
+            return x
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(Record()(inputs)))
+    model.compile(optimizer="adam", loss="binary_crossentropy", run_eagerly=True)
+    return model
+
+
+def zipped(x, y, seed=1):
+    """The case's pair: two ImageDataGenerators, one argument dict, zipped in a generator."""
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+    args = dict(rotation_range=30, width_shift_range=0.2, horizontal_flip=True)
+    images, masks = ImageDataGenerator(**args).flow(x, batch_size=8, seed=seed), \
+        ImageDataGenerator(**args).flow(y, batch_size=8, seed=seed)
+    for pair in zip(images, masks):
+        yield pair
+
+
+def flipped_dataset(x, y):
+    import tensorflow as tf
+
+    def flip(a, b):
+        both = tf.image.random_flip_left_right(tf.concat([a, b], -1), seed=3)
+        return both[..., :3], both[..., 3:]
+    return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(N, seed=2).map(flip).batch(8)
+
+
+def fit_arguments(kind: str) -> dict:
+    """fit's arguments for one kind of input, built anew (a generator is used up by one fit)."""
+    x, y = pairs()
+    val = pairs(8, seed=1)
+    if kind == "arrays":
+        return dict(x=x, y=y, batch_size=8, validation_data=val)
+    if kind == "zipped generators":
+        return dict(x=zipped(x, y), steps_per_epoch=4, validation_data=val)
+    if kind == "PyDataset":
+        from keras.src.legacy.preprocessing.image import ImageDataGenerator
+        return dict(x=ImageDataGenerator(rotation_range=30).flow(x, y, batch_size=8, seed=1), validation_data=val)
+    if kind == "tf.data":
+        return dict(x=flipped_dataset(x, y), validation_data=flipped_dataset(*val))
+    if kind == "validation generator":
+        return dict(x=x, y=y, batch_size=8, validation_data=zipped(*val, seed=5), validation_steps=1)
+    raise ValueError(kind)
+
+
+def train(kind: str, doctored: bool):
+    """-> (the batches the model trained on, History, final weights, the session or None)."""
+    import keras
+    keras.utils.set_random_seed(1)
+    seen: list = []
+    model = recording_model(seen)
+    session = Session(epochs=0, say=lambda _: None) if doctored else None
+    if session is not None:
+        hooks.install(session)
+    try:
+        history = model.fit(**fit_arguments(kind), epochs=2, verbose=0)
+    finally:
+        hooks.uninstall()
+    return seen, history.history, [np.array(w) for w in model.get_weights()], session
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("kind", ["arrays", "zipped generators", "PyDataset", "tf.data", "validation generator"])
+def test_a_fit_sees_the_same_batches_in_the_same_order_with_the_doctor(kind):
+    seen, history, weights, _ = train(kind, doctored=False)
+    seen_doctored, history_doctored, weights_doctored, session = train(kind, doctored=True)
+    assert len(seen) >= 8 and len(seen_doctored) == len(seen)
+    assert all(np.array_equal(a, b) for a, b in zip(seen, seen_doctored))
+    # The History holds Keras' own numbers only, and they are the same; so are the trained weights.
+    assert history_doctored.keys() == history.keys()
+    assert all(np.allclose(history[k], history_doctored[k], rtol=0, atol=0) for k in history)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, weights_doctored))
+    record = session.fit_records[0]
+    observed = record.train.batches
+    assert len(observed) == (N // 8 if kind in ("arrays", "validation generator") else min(len(seen), 8))
+    if kind in ("zipped generators", "tf.data", "PyDataset"):     # fit shuffles arrays; the doctor samples them in order
+        # What Keras takes to learn the shapes before training (a PyDataset's first batch, read once or
+        # twice more; under JAX a dataset's first element, from iterations of its own) is recorded too.
+        assert any(all(np.array_equal(o[0], s) for o, s in zip(observed[peeks:], seen)) for peeks in (0, 1, 2))
+    assert record.val is not None and (record.val.batches or record.val.arrays is not None)
+    # The doctor measured something on every kind: health each epoch, and the honest metric.
+    assert len(session.fits) == 1 and len(session.fits[0].history["health/update_ratio"]) == 2
+    assert len(session.fits[0].history["doctor/val_miou"]) == 2
+
+
+def test_a_py_dataset_gets_its_own_class_back_after_fit():
+    from keras.src.legacy.preprocessing.image import NumpyArrayIterator
+    arguments = fit_arguments("PyDataset")
+    import keras
+    model = recording_model([])
+    session = Session(say=lambda _: None)
+    hooks.install(session)
+    try:
+        model.fit(**arguments, epochs=1, verbose=0)
+    finally:
+        hooks.uninstall()
+    assert type(arguments["x"]) is NumpyArrayIterator
+    assert not hasattr(keras.Model.fit, "__doctor_original__")       # uninstall undid the patch
+
+
+def made_here() -> int:
+    return inspect.currentframe().f_back.f_lineno
+
+
+def test_the_mask_generator_that_whitened_the_targets_is_named_with_its_line():
+    from tensorflow.keras.preprocessing.image import ImageDataGenerator
+    x, y = pairs()
+    session = Session(say=lambda _: None)
+    hooks.install(session)
+    try:
+        args = dict(featurewise_center=True, featurewise_std_normalization=True, rotation_range=30)
+        image_datagen = ImageDataGenerator(**args)
+        mask_datagen = ImageDataGenerator(**args); line = made_here()    # noqa: E702
+        image_datagen.fit(x, augment=True, seed=1, rounds=1)
+        mask_datagen.fit(y, augment=True, seed=1, rounds=1)
+        targets = next(mask_datagen.flow(y, batch_size=8, seed=1))
+    finally:
+        hooks.uninstall()
+    record, how = lineage.target_transformer(session.records, (float(targets.min()), float(targets.max())))
+    assert how == "exact" and record.name == "mask_datagen"
+    assert (record.made.file, record.made.line) == (__file__, line)
+    assert record.fitted[0][1].binary and record.flowed[0][1].shape == y.shape
+    fix = lineage.fix_for_targets(record)
+    assert fix.startswith("mask_datagen = ImageDataGenerator(rotation_range=30)") and "featurewise_center=" not in fix
+    assert lineage.input_transformer(session.records).name == "image_datagen"
+    assert lineage.fix_for_validation(lineage.input_transformer(session.records)).startswith(
+        "x_val = image_datagen.standardize(")
+
+
+def test_a_normalization_layer_adapted_on_the_masks_is_named():
+    import keras
+    _, y = pairs()
+    session = Session(say=lambda _: None)
+    hooks.install(session)
+    try:
+        mask_norm = keras.layers.Normalization(axis=-1)
+        mask_norm.adapt(y); line = made_here()      # noqa: E702
+    finally:
+        hooks.uninstall()
+    targets = np.asarray(mask_norm(y))
+    record, how = lineage.target_transformer(session.records, (float(targets.min()), float(targets.max())))
+    assert how == "exact" and record.kind == "Normalization" and record.name == "mask_norm"
+    assert record.made.line == line
+    # Targets that no recorded object made are nobody's.
+    assert lineage.target_transformer(session.records, (0.0, 255.0)) == (None, "")
+
+
+def test_what_a_generator_does_to_a_pixel():
+    record = lineage.Record("ImageDataGenerator", None, {"featurewise_center": True,
+                                                         "featurewise_std_normalization": True},
+                            mean=np.array([0.25]), std=np.array([0.5]))
+    assert record.transformed(1.0) == pytest.approx(0.75 / (0.5 + 1e-6))
+    assert record.transformed(0.0) == pytest.approx(-0.25 / (0.5 + 1e-6))
+    record.settings = {"featurewise_center": True, "rescale": 1 / 255}
+    assert record.transformed(255.0) == pytest.approx(0.75)
+    record.settings = {"samplewise_center": True}
+    assert record.transformed(1.0) is None and record.standardizes
+    record.settings = {"rotation_range": 30, "rescale": 1 / 255}
+    assert not record.standardizes
+    unfitted = lineage.Record("ImageDataGenerator", None, {"featurewise_center": True})
+    assert unfitted.transformed(1.0) is None
+
+
+def test_a_samplewise_standardizer_that_flowed_masks_is_the_likely_one():
+    binary = lineage.Summary((8, 4, 4, 1), 0.0, 1.0, 2)
+    images = lineage.Summary((8, 4, 4, 3), 0.0, 255.0, 200)
+    record = lineage.Record("ImageDataGenerator", lineage.Site("t.py", 3, "g = ImageDataGenerator(samplewise_center=True)"),
+                            {"samplewise_center": True}, flowed=[(None, binary)])
+    other = lineage.Record("ImageDataGenerator", None, {"samplewise_center": True}, flowed=[(None, images)])
+    assert lineage.target_transformer([record, other], (-0.3, 0.9)) == (record, "likely")
+    assert lineage.target_transformer([other], (-0.3, 0.9)) == (None, "")
+    assert record.name == "g"
+
+
+def test_a_call_site_is_the_users_line_not_the_harness_nor_a_library():
+    site = lineage.call_site(); line = made_here()      # noqa: E702
+    assert (site.file, site.line) == (__file__, line) and site.code.startswith("site = lineage.call_site()")
+    assert str(site) == f"test_doctor.py:{line}"
+    assert lineage.summarize("a path") is None and lineage.summarize(np.zeros((3, 2, 2, 1))).levels == 1
+    assert lineage.count_levels(np.arange(1000.0)) == lineage.MANY_LEVELS
+
+
+def tiny_fit(callbacks=(), masks_scale=255.0, epochs=2):
+    import keras
+    x, y = pairs()
+    model = recording_model([])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    return model.fit(x, y * masks_scale, batch_size=8, epochs=epochs, validation_data=(x[:8], y[:8]),
+                     callbacks=list(callbacks), verbose=0)
+
+
+def test_autolog_diagnoses_each_fit_and_keeps_it_for_python(capsys):
+    import harness
+    import harness.doctor
+    session = harness.autolog(results=None)
+    try:
+        tiny_fit(masks_scale=255.0)
+        tiny_fit(masks_scale=1.0, epochs=1)
+    finally:
+        harness.doctor.stop()
+    assert [d.index for d in session.fits] == [1, 2]
+    assert "targets_outside_loss_domain" in session.fits[0].causes
+    assert "targets_outside_loss_domain" not in session.fits[1].causes
+    assert session.causes[0] == "targets_outside_loss_domain"
+    found = {f.name: f for f in session.fits[0].findings}["targets_outside_loss_domain"]
+    assert found.kind == "cause" and "[0, 255]" in found.evidence and "y = (y > 127.5)" in found.fix
+    err = capsys.readouterr().err
+    assert "harness doctor: fit #1 at test_doctor.py:" in err and "harness doctor: fit #2" in err
+
+
+def test_the_explicit_callback_measures_what_it_can_without_recompiling(capsys):
+    import harness.doctor
+    x, y = pairs()
+    callback = harness.doctor.callback(train_sample=(x[:16], 255 * y[:16]), validation_data=(x[:8], y[:8]))
+    tiny_fit([callback])
+    diagnosis = callback.diagnosis
+    assert "targets_outside_loss_domain" in diagnosis.causes
+    assert any(note.startswith("the gradients: a callback cannot") for note in diagnosis.not_measured)
+    assert len(diagnosis.history["health/update_ratio"]) == 2 and "health/grad_norm" not in diagnosis.history
+    assert "harness doctor: fit #1" in capsys.readouterr().err
+
+
+def test_a_measurement_that_fails_is_one_line_and_training_goes_on(monkeypatch, capsys):
+    from harness.doctor import fit
+
+    def broken(self):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(fit.Examination, "probe_loss", broken)
+    lines: list = []
+    session = Session(say=lines.append)
+    hooks.install(session)
+    try:
+        history = tiny_fit(masks_scale=1.0)
+    finally:
+        hooks.uninstall()
+    assert len(history.history["loss"]) == 2
+    assert "harness doctor: could not measure the loss probe: RuntimeError: boom" in lines
+    assert session.fits[0].not_measured[0] == "the loss probe: RuntimeError: boom"
