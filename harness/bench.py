@@ -36,7 +36,8 @@ from harness.config import Config, load_config
 
 TARGETS = {"pipeline_speedup": ">= 10", "pipeline_headroom": ">= 2", "train_vs_handwritten": ">= 0.97",
            "train_vs_bound": ">= 0.85 on the CPU, >= 0.9 on a GPU",
-           "tracking_overhead": "<= 1.05", "health_overhead": "<= 1.03", "peak_memory_gib": "< 4 on the CPU"}
+           "tracking_overhead": "<= 1.05", "health_overhead": "<= 1.03", "peak_memory_gib": "< 4 on the CPU",
+           "doctor_overhead": "<= 1.05"}
 
 
 def bench_config(quick: bool, experiment: Path, overrides: list[str] = ()) -> Config:
@@ -58,9 +59,11 @@ def bench_rounds(quick: bool) -> dict[str, int]:
     (interleaved_epochs), so each run gives as many timed pairs as it has epochs: 3 runs of 20."""
     if "HARNESS_BENCH_REPS" in os.environ:
         reps = int(os.environ["HARNESS_BENCH_REPS"])
-        return {**dict.fromkeys(("pipeline", "train", "tracking", "health"), reps), "train_epochs": 2}
-    return {"pipeline": 3, "train": 3, "train_epochs": 20, "tracking": 5, "health": 3} if quick else \
-        {"pipeline": 5, "train": 3, "train_epochs": 6, "tracking": 3, "health": 3}
+        return {**dict.fromkeys(("pipeline", "train", "tracking", "health", "doctor"), reps), "train_epochs": 2,
+                "doctor_epochs": 3}
+    return {"pipeline": 3, "train": 3, "train_epochs": 20, "tracking": 5, "health": 3, "doctor": 3,
+            "doctor_epochs": 8} if quick else \
+        {"pipeline": 5, "train": 3, "train_epochs": 6, "tracking": 3, "health": 3, "doctor": 3, "doctor_epochs": 8}
 
 
 def median_rates(contenders: dict[str, Callable[[], int]], reps: int) -> dict[str, float]:
@@ -199,10 +202,12 @@ def bare_fit(cfg: Config, dataset, **compile_kw) -> Callable[[int, list], object
                                                epochs=epochs, callbacks=list(callbacks) or None, verbose=0)
 
 
-def handwritten_fit(cfg: Config, dataset) -> Callable[[int, list], object]:
+def handwritten_fit(cfg: Config, dataset, fit_call=None) -> Callable[[int, list], object]:
     """fit(epochs, callbacks) of the loop a user would write for the same variant: the same feed (its
     statistics pass, augmentation and transform), model and loss, Keras' own validation_data once per
-    epoch; no probe, no IoU scoring, no health measurements, no callbacks of the harness."""
+    epoch; no probe, no IoU scoring, no health measurements, no callbacks of the harness.
+    `fit_call(model, **arguments)` calls fit (default: model.fit; the doctor figure: through the doctor)."""
+    fit_call = fit_call or (lambda model, **arguments: model.fit(**arguments))
     import keras
     from harness.feeds.choose import choose_feed, validation_arrays
     from harness.losses import get_head, get_loss
@@ -216,15 +221,15 @@ def handwritten_fit(cfg: Config, dataset) -> Callable[[int, list], object]:
     trained.compile(optimizer=keras.optimizers.Adam(cfg["train"]["learning_rate"]), loss=loss.fn)
     if trained is model:
         validation = {"validation_data": (val_x, val_y), "validation_batch_size": batch_size}
-        return lambda epochs, callbacks: trained.fit(**fit_args, epochs=epochs, callbacks=list(callbacks),
-                                                     verbose=0, **validation)
+        return lambda epochs, callbacks: fit_call(trained, **fit_args, epochs=epochs, callbacks=list(callbacks),
+                                                  verbose=0, **validation)
     model.compile(loss=loss.fn)           # the device feed's wrapper takes indices: validate the model
 
     class Validate(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             model.evaluate(val_x, val_y, batch_size=batch_size, verbose=0)
-    return lambda epochs, callbacks: trained.fit(**fit_args, epochs=epochs, callbacks=[Validate(), *callbacks],
-                                                 verbose=0)
+    return lambda epochs, callbacks: fit_call(trained, **fit_args, epochs=epochs, callbacks=[Validate(), *callbacks],
+                                              verbose=0)
 
 
 class Stopped(Exception):
@@ -241,10 +246,12 @@ class Turns:
         import keras
         self.go, self.done = threading.Semaphore(0), threading.Semaphore(0)
         self.stopping, self.error, self.seconds = False, None, []
+        self.waiting = threading.Event()       # set once fit() has set up and waits for its first turn
         turns = self
 
         class Turn(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
+                turns.waiting.set()
                 turns.go.acquire()
                 if turns.stopping:
                     raise Stopped
@@ -262,6 +269,7 @@ class Turns:
             except BaseException as e:  # noqa: BLE001 - raised in the main thread, at its next turn
                 self.error = e
             finally:
+                self.waiting.set()
                 self.done.release()      # a reference that ended never leaves the harness run waiting
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
@@ -452,6 +460,56 @@ def health_figure(experiment: Path, overrides: list[str] = (), reps: int = 3) ->
         "with": with_, "without": without, "per_epoch": (with_ - without) / measured["train"]["epochs"], "rounds": reps}}
 
 
+def doctor_figure(experiment: Path, overrides: list[str] = (), reps: int = 3, epochs: int = 8) -> dict:
+    """doctor_overhead: the loop a user writes for the default point (handwritten_fit: its feed, model,
+    loss and validation_data) fitted with `harness doctor`'s instrumentation and without it, both in
+    threads of their own whose epochs are taken in turn (Turns) in one session, `reps` times; the
+    median over epoch pairs of (the doctored epoch / the plain one), each contender's first epoch
+    (tracing) left out. The doctor's callbacks run before the script's, so its epoch-end work (health,
+    scoring) falls inside the doctored epoch. Its preflight (the loss probe, once per fit) is reported
+    apart, in seconds, from a doctored fit of one epoch run alone before the rounds: measured while
+    the other contender waits at its first epoch, the same probe took 8.5 s instead of 1 s (its eager
+    ops competed with the waiting fit's input pipeline), which no user's single fit pays."""
+    import keras
+    from harness.backend import start_clean_session
+    from harness.data import load_dataset
+    from harness.doctor.session import Session
+    cfg = point_config(experiment, overrides)
+    dataset = load_dataset(cfg["data"])
+    ratios: list[float] = []
+    seconds: dict[str, list[float]] = {"with": [], "without": []}
+    start_clean_session(1, cfg["train"]["deterministic"])
+    alone = Session(say=lambda _: None)
+    handwritten_fit(cfg, dataset, lambda model, **arguments: alone.on_fit(keras.Model.fit, model, (), arguments))(1, [])
+    preflight = [r.preflight_seconds for r in alone.fit_records]
+    for rep in range(reps):
+        start_clean_session(1, cfg["train"]["deterministic"])
+        session = Session(say=lambda _: None)
+        doctored = handwritten_fit(cfg, dataset, lambda model, **arguments: session.on_fit(
+            keras.Model.fit, model, (), arguments))
+        # One set-up at a time, and none while the other trains: the preflight (the first epoch's
+        # end, where the batches are known only once fit takes them) is timed alone.
+        contenders = {"with": Turns(doctored, epochs)}
+        contenders["with"].waiting.wait()
+        contenders["without"] = Turns(handwritten_fit(cfg, dataset), epochs)
+        contenders["without"].waiting.wait()
+        try:
+            for epoch in range(epochs):
+                for _, turns in in_turn(list(contenders.items()), epoch + rep):
+                    turns.epoch()
+        finally:
+            for turns in contenders.values():
+                turns.close()
+        run = {label: turns.seconds[1:] for label, turns in contenders.items()}
+        ratios += [w / wo for w, wo in zip(run["with"], run["without"])]
+        for label in seconds:
+            seconds[label] += run[label]
+    return {"doctor_overhead": statistics.median(ratios),
+            "doctor_overhead_quartiles": [float(q) for q in np.percentile(ratios, [25, 75])],
+            "doctor_epochs_timed": len(ratios), "doctor_preflight_seconds": statistics.median(preflight),
+            "doctor_seconds_per_epoch": {label: statistics.median(s) for label, s in seconds.items()}}
+
+
 def timed_sweep(experiment: Path, sets: list[str], n_jobs: int = 1) -> float:
     """Wall seconds of a real `harness sweep` in a child process, in a fresh results folder."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -496,10 +554,14 @@ def machine() -> dict:
             "backend": backend_name(), **versions()}
 
 
+STAGES = ("pipeline", "train", "tracking", "health", "doctor", "options", "memory")
+
+
 def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=print,
-              overrides: list[str] = (), sweep_quick: bool | None = None, name: str = "bench") -> dict:
-    """Every figure, written to <results>/bench/<name>.json and .md. `sweep_quick` shrinks only the
-    child sweeps (memory, --n-jobs) where the rest runs at full size."""
+              overrides: list[str] = (), sweep_quick: bool | None = None, name: str = "bench",
+              only: tuple[str, ...] = ()) -> dict:
+    """Every figure (or the stages in `only`), written to <results>/bench/<name>.json and .md.
+    `sweep_quick` shrinks only the child sweeps (memory, --n-jobs) where the rest runs at full size."""
     from harness.data import load_dataset
     cfg = bench_config(quick, experiment, overrides)
     dataset = load_dataset(cfg["data"])
@@ -510,9 +572,12 @@ def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=pr
                           ("train", lambda: train_figure(cfg, dataset, rounds["train"], rounds["train_epochs"])),
                           ("tracking", lambda: tracking_figure(experiment, overrides, rounds["tracking"])),
                           ("health", lambda: health_figure(experiment, overrides, rounds["health"])),
+                          ("doctor", lambda: doctor_figure(experiment, overrides, rounds["doctor"], rounds["doctor_epochs"])),
                           ("options", lambda: options_figure(cfg, dataset, cfg["train"]["epochs"])),
                           ("memory and --n-jobs", lambda: memory_and_jobs_figure(
                               experiment, quick if sweep_quick is None else sweep_quick, overrides))):
+        if only and stage.split()[0] not in only:
+            continue
         started = time.perf_counter()
         figures.update(measure())
         stage_seconds[stage] = time.perf_counter() - started
@@ -520,7 +585,7 @@ def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=pr
             figures["pipeline_headroom"] = headroom(figures)
         log(f"bench: {stage} measured in {stage_seconds[stage]:.0f}s")
     figures["per_backend"] = {backend_name(): backend_figures(figures)}
-    for other in other_backends():
+    for other in other_backends() if not only or {"pipeline", "train"} <= set(only) else ():
         started, stage = time.perf_counter(), f"pipeline and train under {other}"
         figures["per_backend"][other] = figures_under(other, experiment, quick, overrides)
         stage_seconds[stage] = time.perf_counter() - started
@@ -584,6 +649,8 @@ def headroom(figures: dict) -> dict:
 
 def figure_lines(out: dict) -> list[str]:
     f = out["figures"]
+    if "pipeline_headroom" not in f:          # --only, without the pipeline and train stages
+        return [line for line in common_lines(f) if line]
     lines = ["pipeline_headroom: " + ", ".join(f"{k} {v:.2f}" for k, v in f["pipeline_headroom"].items())
              + f" (target {TARGETS['pipeline_headroom']}; pipeline images/s over bare training images/s, "
              f"{out['machine']['device']})"]
@@ -603,22 +670,37 @@ def figure_lines(out: dict) -> list[str]:
 
 
 def common_lines(f: dict) -> list[str]:
-    q = f["train_ratio_quartiles"]
-    pairs = f"median of {f['train_epochs_timed']} epoch pairs, taken in turn"
-    return [f"train_vs_handwritten: {f['train_vs_handwritten']:.3f} (target {TARGETS['train_vs_handwritten']}; "
-            f"{pairs}; quartiles {q['handwritten'][0]:.3f} to {q['handwritten'][1]:.3f})",
-            f"train_vs_bound: {f['train_vs_bound']:.3f} (target {TARGETS['train_vs_bound']}; {pairs}; "
-            f"quartiles {q['bare_fit'][0]:.3f} to {q['bare_fit'][1]:.3f})",
-            f"tracking_overhead: {f['tracking_overhead']:.3f} (target {TARGETS['tracking_overhead']}; one point, "
-            f"{f['tracking_point']}; {f['tracking_fixed_seconds_per_point']:.2f} s more per point, measured in "
-            f"the tracked runs; whole points end to end {f['tracking_overhead_end_to_end']:.3f})",
-            f"health_overhead: {f['health_overhead']:.3f} (target {TARGETS['health_overhead']}; the same point with "
-            f"and without its health measurements, {f['health_seconds']['per_epoch']:.2f} s per epoch)",
-            f"sweep_vs_bound: {f['sweep_vs_bound']:.3f} (a real sweep's wall time against its points' bare fits)",
-            f"peak_memory: {f['peak_memory_gib']:.2f} GiB (target {TARGETS['peak_memory_gib']})",
-            f"jit_compile_speedup: {f['option_speedups']['jit_compile']:.2f} (on when > 1)",
-            f"mixed_precision_speedup: {f['option_speedups']['mixed_precision']:.2f} (on when > 1)",
-            f"n_jobs_2_speedup: {f['n_jobs_2_speedup']:.2f} (--n-jobs 2 over 1 for the same sweep; use when > 1)"]
+    """A line per figure that was measured (all of them, unless --only)."""
+    lines = []
+    if "train_vs_handwritten" in f:
+        q = f["train_ratio_quartiles"]
+        pairs = f"median of {f['train_epochs_timed']} epoch pairs, taken in turn"
+        lines += [f"train_vs_handwritten: {f['train_vs_handwritten']:.3f} (target {TARGETS['train_vs_handwritten']}; "
+                  f"{pairs}; quartiles {q['handwritten'][0]:.3f} to {q['handwritten'][1]:.3f})",
+                  f"train_vs_bound: {f['train_vs_bound']:.3f} (target {TARGETS['train_vs_bound']}; {pairs}; "
+                  f"quartiles {q['bare_fit'][0]:.3f} to {q['bare_fit'][1]:.3f})"]
+    if "tracking_overhead" in f:
+        lines.append(f"tracking_overhead: {f['tracking_overhead']:.3f} (target {TARGETS['tracking_overhead']}; one point, "
+                     f"{f['tracking_point']}; {f['tracking_fixed_seconds_per_point']:.2f} s more per point, measured in "
+                     f"the tracked runs; whole points end to end {f['tracking_overhead_end_to_end']:.3f})")
+    if "health_overhead" in f:
+        lines.append(f"health_overhead: {f['health_overhead']:.3f} (target {TARGETS['health_overhead']}; the same point "
+                     f"with and without its health measurements, {f['health_seconds']['per_epoch']:.2f} s per epoch)")
+    if "doctor_overhead" in f:
+        q = f["doctor_overhead_quartiles"]
+        lines.append(f"doctor_overhead: {f['doctor_overhead']:.3f} (target {TARGETS['doctor_overhead']}; the default "
+                     f"point's fit with and without harness doctor, median of {f['doctor_epochs_timed']} epoch pairs "
+                     f"taken in turn, quartiles {q[0]:.3f} to {q[1]:.3f}; its preflight, once per fit, "
+                     f"{f['doctor_preflight_seconds']:.2f} s)")
+    if "sweep_vs_bound" in f:
+        lines += [f"sweep_vs_bound: {f['sweep_vs_bound']:.3f} (a real sweep's wall time against its points' bare fits)",
+                  f"peak_memory: {f['peak_memory_gib']:.2f} GiB (target {TARGETS['peak_memory_gib']})"]
+    if "option_speedups" in f:
+        lines += [f"jit_compile_speedup: {f['option_speedups']['jit_compile']:.2f} (on when > 1)",
+                  f"mixed_precision_speedup: {f['option_speedups']['mixed_precision']:.2f} (on when > 1)"]
+    if "n_jobs_2_speedup" in f:
+        lines.append(f"n_jobs_2_speedup: {f['n_jobs_2_speedup']:.2f} (--n-jobs 2 over 1 for the same sweep; use when > 1)")
+    return lines
 
 
 def render(out: dict) -> str:

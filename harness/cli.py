@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/bench/")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a value of the benchmarked experiment")
+    bench.add_argument("--only", action="append", default=[], metavar="STAGE",
+                       choices=("pipeline", "train", "tracking", "health", "doctor", "options", "memory"),
+                       help="measure only this stage (repeatable): pipeline, train, tracking, health, doctor, options, "
+                            "memory; writes <results>/bench/bench-<stages>.json and .md")
     bench.add_argument("--gpu-check", action="store_true",
                        help="for a GPU machine: device, every figure at full size, and whitening-full's sweep "
                             "time extrapolated from 2 epochs; writes <results>/bench/gpu-check.{json,md}")
@@ -332,9 +336,11 @@ def cmd_bench(args, command: str) -> int:
         print(f"wrote {args.results / 'bench' / 'gpu-check.json'} and gpu-check.md")
         return EXIT_DONE
     from harness.bench import figure_lines, run_bench
-    out = run_bench(find_experiment(args.experiment), args.results, args.quick, command, overrides=args.overrides)
+    name = "-".join(["bench", *args.only])
+    out = run_bench(find_experiment(args.experiment), args.results, args.quick, command, overrides=args.overrides,
+                    name=name, only=tuple(args.only))
     print("\n".join(figure_lines(out)))
-    print(f"wrote {args.results / 'bench' / 'bench.json'} and bench.md")
+    print(f"wrote {args.results / 'bench' / (name + '.json')} and {name}.md")
     return EXIT_DONE
 
 

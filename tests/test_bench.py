@@ -61,7 +61,13 @@ def test_bench_command_writes_every_figure(tmp_path, monkeypatch):
         assert "pipeline_headroom under jax: device_augment" in run.stdout
     assert set(saved["figures"]["n_jobs_seconds"]) == {"1", "2"}
     assert {"platform", "cpus", "device", "version.tensorflow"} <= set(saved["machine"])
-    assert {"pipeline", "train", "tracking", "health", "options", "memory and --n-jobs"} <= set(saved["stage_seconds"])
+    assert {"pipeline", "train", "tracking", "health", "doctor", "options", "memory and --n-jobs"} <= set(saved["stage_seconds"])
+    # The doctor figure: the default point's fit with and without the doctor, epochs in turn (one run
+    # of 3 epochs, the first left out), and the preflight timed alone.
+    doctor = saved["figures"]
+    assert doctor["doctor_epochs_timed"] == 2 and doctor["doctor_preflight_seconds"] > 0
+    low, high = doctor["doctor_overhead_quartiles"]
+    assert low <= doctor["doctor_overhead"] <= high and "doctor_overhead: " in run.stdout
     assert set(saved["figures"]["health_seconds"]) == {"with", "without", "per_epoch", "rounds"}
     md = (tmp_path / "bench" / "bench.md").read_text()
     assert "pipeline_speedup:" in md and "(target >= 10)" in md and "Produced by `harness bench" in md
@@ -197,3 +203,16 @@ def test_a_reference_that_fails_raises_in_the_harness_run_at_its_turn():
         reference.epoch()
     reference.close()
     assert not reference.thread.is_alive()
+
+
+@pytest.mark.slow
+def test_bench_only_measures_the_stages_it_is_given(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_BENCH_REPS", "1")
+    code, out, err = cli("bench", TINY_TOML, "--quick", "--only", "options", "--results", tmp_path,
+                         *[a for o in TINY for a in ("--set", o)])
+    assert code == 0, err[-2000:]
+    saved = json.loads((tmp_path / "bench" / "bench-options.json").read_text())
+    assert set(saved["stage_seconds"]) == {"options"}
+    assert set(saved["figures"]) == {"option_speedups", "per_backend"}
+    assert "jit_compile_speedup: " in out and "train_vs_handwritten" not in out
+    assert "wrote " in out and "bench-options.json" in out

@@ -4,7 +4,7 @@ process, with every `model.fit` diagnosed (session.py), then the summary, the JS
 As Python runs it: `__name__ == "__main__"`, `sys.argv` = [SCRIPT, ARGS...], the script's folder first
 on `sys.path`, the working directory left as it is, the script's own output, and its own exit code (a
 `sys.exit(n)` gives n, an uncaught exception its traceback and 1). Ctrl-C stops it as it would stop
-Python (exit 130), after the doctor says what the epochs that ran showed.
+Python (its traceback, exit 130), and the doctor still says what the epochs that ran showed.
 """
 from __future__ import annotations
 
@@ -35,12 +35,11 @@ def run_doctor(script: Path, args: list[str], epochs: int, json_path: Path | Non
         raise HarnessError("doctor: --epochs must be 0 (the script's own) or more")
     session = Session(epochs=epochs, on_diagnosis=tracker_for(results, tracking_uri, "doctor-" + script.stem))
     hooks.install(session)
-    code = None
     try:
         code = run_as_python(script, args)
     finally:
         hooks.uninstall()
-        conclude(session, script, args, code if code is not None else 130, json_path, results)
+    conclude(session, script, args, code, json_path, results)
     return code
 
 
@@ -63,7 +62,7 @@ def conclude(session: Session, script: Path, args: list[str], code: int, json_pa
 
 
 def run_as_python(script: Path, args: list[str]) -> int:
-    """Run the script as `python script args...` would; -> its exit code. KeyboardInterrupt is raised."""
+    """Run the script as `python script args...` would; -> its exit code (Ctrl-C: 130)."""
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(script), *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
@@ -72,8 +71,9 @@ def run_as_python(script: Path, args: list[str]) -> int:
         return 0
     except SystemExit as e:
         return exit_status(e.code)
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt as e:             # Python prints the traceback and exits 128 + SIGINT
+        print_script_traceback(e, script)
+        return 130
     except BaseException as e:  # noqa: BLE001 - the script's own failure, told as Python tells it
         print_script_traceback(e, script)
         return 1
