@@ -120,3 +120,23 @@ def test_masks_shuffled_against_their_images_give_no_signal(tmp_path):
     causes, report = sweep_causes(tmp_path, "data.source=folder", f"data.path={folder}", "data.channels=1")
     assert causes == "no_signal", causes
     assert "`no_signal` (s1: training loss" in report and "check that each mask belongs to its image" in report
+
+
+@pytest.mark.slow
+def test_a_run_that_learns_is_not_named_no_signal_when_its_small_foreground_keeps_the_loss_near_trivial(tmp_path):
+    """The embedded set at a small size: image_only learns (validation mIoU well above the trivial
+    predictor's) while its fixed batch's loss stays within 5 % of the trivial predictor's. The honest
+    metric decides: no cause."""
+    from harness import health
+    from harness.config import DEFAULTS
+    results = tmp_path / "results"
+    run = run_harness("sweep", "--results", results, "--set", "train.epochs=8", "--set", "data.image_size=32",
+                      "--set", "data.n_images=96", "--set", "train.seeds=[1]", "--set", 'variants=["image_only"]',
+                      cwd=tmp_path, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(results / "whitening" / "summary.csv") as f:
+        row = next(csv.DictReader(f))
+    assert row["verdict"] == "learning" and float(row["val_miou"]) > float(row["trivial_miou"]) + 0.1
+    assert row["causes"] == "none" and row["symptoms"] == "none"
+    history = load_runs(default_tracking_uri(results), "whitening").iloc[0]["history"]
+    assert "no_signal" in health.diagnose(history, DEFAULTS["health"])        # the fixed batch alone would say so
