@@ -269,3 +269,101 @@ def test_a_measurement_that_fails_is_one_line_and_training_goes_on(monkeypatch, 
     assert len(history.history["loss"]) == 2
     assert "harness doctor: could not measure the loss probe: RuntimeError: boom" in lines
     assert session.fits[0].not_measured[0] == "the loss probe: RuntimeError: boom"
+
+
+BINARY = lineage.Summary((8, 4, 4, 1), 0.0, 1.0, 2)
+GRAY = lineage.Summary((8, 4, 4, 1), 0.0, 1.0, 97)
+RGB_BINARY = lineage.Summary((8, 4, 4, 3), 0.0, 1.0, 2)
+
+
+def whitening(mean: float, std: float, name: str = "m", channels: int = 1, **settings) -> lineage.Record:
+    """A generator fitted on binary masks whose statistics are `mean` and `std`."""
+    return lineage.Record("ImageDataGenerator", lineage.Site("s.py", 4, f"{name} = ImageDataGenerator()"),
+                          {"featurewise_center": True, "featurewise_std_normalization": True, **settings},
+                          fitted=[(None, BINARY)], mean=np.full(channels, mean), std=np.full(channels, std))
+
+
+def test_the_record_whose_statistics_map_the_mask_levels_onto_the_targets_is_the_one():
+    found = whitening(0.2, 0.4, "found")
+    lo, hi = found.transformed(0.0), found.transformed(1.0)
+    later_unfitted = lineage.Record("ImageDataGenerator", None, {"featurewise_center": True})
+    assert lineage.target_transformer([found, later_unfitted], (lo, hi)) == (found, "exact")
+    # Only both ends match; a record fitted per channel on 2 or more channels is an image standardizer.
+    assert lineage.target_transformer([found], (lo, hi + 0.01)) == (None, "")
+    assert lineage.target_transformer([found], (lo + 0.01, hi)) == (None, "")
+    assert lineage.target_transformer([whitening(0.2, 0.4, channels=2)], (lo, hi)) == (None, "")
+    # Flowing binary single-channel data makes a standardizer the likely one; gray or RGB data does not.
+    for flowed, likely in ((GRAY, False), (RGB_BINARY, False), (BINARY, True)):
+        samplewise = lineage.Record("ImageDataGenerator", None, {"samplewise_center": True}, flowed=[(None, flowed)])
+        assert lineage.target_transformer([samplewise], (-0.5, 0.5)) == ((samplewise, "likely") if likely else (None, ""))
+
+
+def test_ranges_match_within_a_thousandth_relative_or_absolute():
+    assert lineage.close(1000.0, 1000.9) and not lineage.close(1000.0, 1001.1)
+    assert lineage.close(0.0, 0.0009) and not lineage.close(0.0, 0.0011)
+
+
+def test_a_records_fitted_levels_channels_and_unknown_statistics():
+    record = lineage.Record("Normalization", None, fitted=[(None, BINARY), (None, None)], mean=np.zeros(3))
+    assert record.fitted_levels() == (0.0, 1.0) and record.channels() == 3
+    assert lineage.Record("Normalization", None).channels() == 0
+    assert lineage.Record("Normalization", None, fitted=[(None, GRAY)]).fitted_levels() is None
+    assert record.transformed(1.0) is None                          # a mean but no std: not known
+    sampled = whitening(0.2, 0.4, samplewise_std_normalization=True)
+    assert sampled.transformed(1.0) is None
+    assert lineage.Record("Normalization", None, mean=np.array([0.25]), std=np.array([0.5])).transformed(1.0) == 1.5
+
+
+def test_the_fixes_are_code_with_the_scripts_own_names():
+    record = whitening(0.2, 0.4, "mask_gen", rotation_range=30, zoom_range=0.1, rescale=1 / 255)
+    assert lineage.constructor_without_standardizing(record) == \
+        "mask_gen = ImageDataGenerator(rotation_range=30, zoom_range=0.1)"
+    assert lineage.fix_for_targets(record) == (
+        "mask_gen = ImageDataGenerator(rotation_range=30, zoom_range=0.1)  # masks are targets: no "
+        "featurewise_center / featurewise_std_normalization, and no mask_gen.fit(...)")
+    nameless = lineage.Record("ImageDataGenerator", None, {"featurewise_center": True})
+    assert lineage.constructor_without_standardizing(nameless) == "mask_datagen = ImageDataGenerator()"
+    assert lineage.fix_for_targets(nameless).endswith("and no mask_datagen.fit(...)")
+    norm = lineage.Record("Normalization", lineage.Site("s.py", 9, "mask_norm.adapt(y)"))
+    assert lineage.fix_for_targets(norm) == ("leave the targets as they are: apply mask_norm to the images only "
+                                             "(it was adapted on masks)")
+    assert lineage.fix_for_targets(lineage.Record("Normalization", None)).startswith(
+        "leave the targets as they are: apply the Normalization layer to")
+    assert lineage.fix_for_validation(None) == ("apply the training inputs' transform to the validation inputs "
+                                                "before passing validation_data")
+    assert lineage.fix_for_validation(norm) == "x_val = mask_norm(x_val)  # the same statistics as training"
+    assert lineage.fix_for_validation(lineage.Record("Normalization", None)) == \
+        "x_val = image_datagen(x_val)  # the same statistics as training"
+    assert lineage.fix_for_validation(record) == ("x_val = mask_gen.standardize(x_val.astype('float32'))  "
+                                                  "# the statistics it fitted on the training images")
+
+
+def test_what_is_the_users_code_and_what_a_record_says_of_itself():
+    import os
+    import sysconfig
+    dirs = lineage.library_dirs()
+    assert all(d.endswith(os.sep) for d in dirs) and len(set(dirs)) == len(dirs)
+    assert os.path.join(os.path.dirname(os.path.dirname(lineage.__file__)), "") in dirs
+    assert {os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "purelib", "scripts")} <= set(dirs)
+    # A frozen frame (importlib's) is never the user's line.
+    frozen = compile("site = call_site(skip=skip)", "<frozen importlib._bootstrap>", "exec")
+    scope = {"call_site": lineage.call_site, "skip": lineage.LIBRARIES + (os.path.dirname(__file__),)}
+    exec(frozen, scope)
+    assert scope["site"] is None
+    assert str(lineage.Summary((2, 4, 4, 1), 0.0, 1.0, 2)) == "shape (2, 4, 4, 1), values [0, 1], 2 levels"
+    assert str(lineage.Summary((2,), 0.0, 9.0, lineage.MANY_LEVELS)).endswith("256+ levels")
+    record = whitening(0.2, 0.4, "g", rotation_range=30)
+    record.flowed.append((lineage.Site("s.py", 7, "g.flow(y)"), BINARY))
+    assert record.to_dict() == {
+        "kind": "ImageDataGenerator", "name": "g",
+        "made": {"file": "s.py", "line": 4, "code": "g = ImageDataGenerator()", "at": "s.py:4"},
+        "settings": {"featurewise_center": "True", "featurewise_std_normalization": "True", "rotation_range": "30"},
+        "fitted": [{"at": None, "data": "shape (8, 4, 4, 1), values [0, 1], 2 levels"}],
+        "flowed": [{"at": {"file": "s.py", "line": 7, "code": "g.flow(y)", "at": "s.py:7"},
+                    "data": "shape (8, 4, 4, 1), values [0, 1], 2 levels"}]}
+    assert lineage.summarize(np.full((1, 1), 3.0)) == lineage.Summary((1, 1), 3.0, 3.0, 1)
+    assert lineage.summarize(np.zeros((0, 2))) is None
+    # Levels are counted on the first SUMMARY_SAMPLES samples only: the array can be GBs.
+    many = np.zeros((lineage.SUMMARY_SAMPLES + 1, 2))
+    many[-1] = 5.0
+    assert lineage.summarize(many).levels == 1

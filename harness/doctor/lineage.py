@@ -76,10 +76,11 @@ def count_levels(a: np.ndarray) -> int:
 
 
 def library_dirs() -> tuple[str, ...]:
-    """Folders whose frames are not the user's: the harness, the standard library, installed packages."""
+    """Folders whose frames are not the user's: the harness, the standard library, installed packages
+    and their console scripts (`harness` itself)."""
     import sysconfig
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib", "scripts")}
     return tuple(sorted({os.path.join(p, "") for p in (here, *paths)}))
 
 

@@ -110,7 +110,13 @@ class Session:
         self.fit_records.append(record)
         self.fitted.add(id(model))
         examination = Examination(record, self.say)
-        examination.prepare(model, arguments, self.epochs)
+        given = dict(arguments)
+        try:
+            examination.prepare(model, arguments, self.epochs)
+        except Exception as e:  # noqa: BLE001 - each step is guarded; this is the guard of the guards
+            self.say(f"harness doctor: could not instrument fit #{record.index}: {type(e).__name__}: {e}")
+            examination.finish()
+            arguments = given
         self.local.inside = True
         try:
             return original(model, **arguments)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The committed reports under results/, made again with the real commands from this checkout: the
+# default sweep, the case's own ImageDataGenerator path, and the same two on the ISBI membrane set
+# where ../shared/data/isbi2012-membrane is present. The stores they read back (results/mlflow.db,
+# results/optuna.db) are not committed: run this from a checkout without them, so that every point
+# trains here, on this machine's kind of CPU (the reports name it in their `device`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+harness=${HARNESS:-.venv/bin/harness}
+if [ -e results/mlflow.db ] || [ -e results/optuna.db ]; then
+    echo "regenerate-reports: results/ holds stores of earlier sweeps; remove results/mlflow.db, results/optuna.db and results/mlartifacts first" >&2
+    exit 2
+fi
+"$harness" sweep
+"$harness" sweep --set pipeline=imagedatagenerator
+if [ -d ../shared/data/isbi2012-membrane ]; then
+    "$harness" sweep whitening-isbi
+    "$harness" sweep whitening-isbi --set pipeline=imagedatagenerator
+fi
