@@ -367,3 +367,11 @@ def test_what_is_the_users_code_and_what_a_record_says_of_itself():
     many = np.zeros((lineage.SUMMARY_SAMPLES + 1, 2))
     many[-1] = 5.0
     assert lineage.summarize(many).levels == 1
+
+
+def test_a_record_without_sites_or_data_says_so():
+    site = lineage.Site("s.py", 3, "g.fit(x)")
+    record = lineage.Record("ImageDataGenerator", None, fitted=[(site, None)], flowed=[(None, BINARY)])
+    assert record.to_dict()["made"] is None
+    assert record.to_dict()["fitted"] == [{"at": site.to_dict(), "data": None}]
+    assert record.to_dict()["flowed"] == [{"at": None, "data": str(BINARY)}]
