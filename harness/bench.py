@@ -330,7 +330,7 @@ def train_figure(cfg: Config, dataset, reps: int, epochs: int) -> dict:
     quartiles = {name: [float(q) for q in np.percentile(ratios, [25, 75])] for name, ratios in paired.items()}
     return {"train_vs_handwritten": statistics.median(paired["handwritten"]),
             "train_vs_bound": statistics.median(paired["bare_fit"]),
-            "train_ratio_quartiles": quartiles, "train_images_per_s": rate,
+            "train_ratio_quartiles": quartiles, "train_ratio_pairs": paired, "train_images_per_s": rate,
             "train_epochs_timed": len(seconds["harness"])}
 
 
@@ -506,6 +506,7 @@ def doctor_figure(experiment: Path, overrides: list[str] = (), reps: int = 3, ep
             seconds[label] += run[label]
     return {"doctor_overhead": statistics.median(ratios),
             "doctor_overhead_quartiles": [float(q) for q in np.percentile(ratios, [25, 75])],
+            "doctor_overhead_pairs": ratios,
             "doctor_epochs_timed": len(ratios), "doctor_preflight_seconds": statistics.median(preflight),
             "doctor_seconds_per_epoch": {label: statistics.median(s) for label, s in seconds.items()}}
 

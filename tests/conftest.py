@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -77,11 +78,38 @@ def cli(capfd, monkeypatch, tmp_path):
     return run
 
 
+# Every child the tests start, each the leader of a process group of its own: killed with its group
+# when its test ends, however it ends (a failed assert, pytest-timeout's limit, Ctrl-C), by no_orphans.
+CHILDREN: list[subprocess.Popen] = []
+
+
+def kill_group(child: subprocess.Popen) -> None:
+    """SIGKILL to the child's process group (its own workers and grandchildren too), then reap it."""
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass                       # nothing of the group is left
+    try:
+        child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def no_orphans():
+    """No child outlives its test: pytest-timeout fails a test by raising in it, so this teardown runs
+    then too (tests/test_ci_guards.py proves it)."""
+    yield
+    while CHILDREN:
+        kill_group(CHILDREN.pop())
+
+
 def start_harness(*args, cwd=None, env=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                   **popen) -> subprocess.Popen:
     """The real `harness` command line in a child process: the one way the tests start it. `env`: variables
     set on top of this process's (None unsets one); tests/ is importable, for the user code of the test
-    experiments; TensorFlow's C++ log is quiet and the output unbuffered, so the tests can read it live."""
+    experiments; TensorFlow's C++ log is quiet and the output unbuffered, so the tests can read it live.
+    The child leads a process group of its own, killed when the test ends (no_orphans)."""
     full = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
                 PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     full.pop("HARNESS_DEBUG", None)
@@ -90,8 +118,11 @@ def start_harness(*args, cwd=None, env=None, stdout=subprocess.PIPE, stderr=subp
             full.pop(key, None)
         else:
             full[key] = value
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd or ROOT, env=full,
-                            stdout=stdout, stderr=stderr, text=True, **popen)
+    popen.setdefault("start_new_session", True)
+    child = subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=cwd or ROOT, env=full,
+                             stdout=stdout, stderr=stderr, text=True, **popen)
+    CHILDREN.append(child)
+    return child
 
 
 def run_harness(*args, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
@@ -101,7 +132,7 @@ def run_harness(*args, timeout: float = 600, **kwargs) -> subprocess.CompletedPr
     try:
         out, err = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        child.kill()
+        kill_group(child)
         out, err = child.communicate()
         pytest.fail(f"harness {' '.join(map(str, args))} still running after {timeout} s:\n{(out or '')[-2000:]}"
                     f"\n{(err or '')[-2000:]}")

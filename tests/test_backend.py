@@ -63,3 +63,17 @@ def test_an_op_without_a_deterministic_kernel_trains_the_point_without_determini
     assert calls == [True, False] and "without op determinism" in notes[0]
     assert backend.is_determinism_error(UnimplementedError("Deterministic GPU implementation ..."))
     assert not backend.is_determinism_error(ValueError("deterministic"))
+
+
+@pytest.mark.backend
+def test_keras_runs_on_the_backend_this_pass_asked_for():
+    """CI's second pass sets KERAS_BACKEND=jax: its tests run on JAX, not on a TensorFlow that a
+    keras.json or an earlier import decided (tests/test_ci_guards.py checks that the pass exists)."""
+    import os
+    import keras
+    asked = os.environ.get("KERAS_BACKEND", "tensorflow")
+    assert keras.backend.backend() == asked and backend.backend_name() == asked
+    if asked == "jax":
+        import jax
+        assert keras.ops.convert_to_tensor([1.0]).__class__.__module__.startswith(("jax", "jaxlib"))
+        assert jax.devices()

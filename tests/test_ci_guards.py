@@ -44,8 +44,63 @@ def test_a_test_blocked_on_a_silent_child_is_stopped_by_the_timeout(tmp_path):
             finally:
                 child.kill()
     """))
-    # The project's own pytest settings (pytest-timeout's `timeout`), with a 3 s limit for this run.
-    run = pytest_run("-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path), "-o", "timeout=3",
+    # The project's own pytest settings, its `timeout` line shortened to 3 s: without that line in
+    # pyproject.toml there is nothing to shorten, and this test fails.
+    run = pytest_run("-c", str(settings_with_timeout(tmp_path, 3)), "--rootdir", str(tmp_path),
                      str(tmp_path / "test_hangs.py"), cwd=tmp_path)
     assert run.returncode == 1, run.stdout[-2000:]
     assert "Timeout" in run.stdout and "readline" in run.stdout      # failed, with where it hung
+
+
+def settings_with_timeout(folder, seconds: int):
+    """A copy of the project's pyproject.toml whose pytest-timeout `timeout` is `seconds`."""
+    import re
+    text = (ROOT / "pyproject.toml").read_text()
+    shortened, found = re.subn(r"(?m)^timeout = \d+$", f"timeout = {seconds}", text)
+    assert found == 1, "pyproject.toml sets no pytest-timeout `timeout` for the suite"
+    path = folder / "pyproject.toml"
+    path.write_text(shortened)
+    return path
+
+
+def test_a_child_of_a_test_that_timed_out_is_killed_with_its_own_children(tmp_path):
+    """A test that starts `harness` (here `harness doctor` on a script that starts a grandchild and
+    sleeps) and then hangs: pytest-timeout fails it, and neither the child nor the grandchild survives."""
+    pids = tmp_path / "pids"
+    (tmp_path / "sleeper.py").write_text(textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{grandchild.pid}}")
+        time.sleep(600)
+    """))
+    (tmp_path / "test_orphan.py").write_text(textwrap.dedent(f"""
+        import time
+        from conftest import start_harness
+        def test_starts_a_child_and_hangs():
+            start_harness("doctor", {str(tmp_path / "sleeper.py")!r}, cwd={str(tmp_path)!r})
+            time.sleep(600)
+    """))
+    run = pytest_run("-c", str(settings_with_timeout(tmp_path, 20)), "--rootdir", str(tmp_path), "-p", "conftest",
+                     str(tmp_path / "test_orphan.py"), cwd=tmp_path,
+                     env_extra={"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])})
+    assert run.returncode == 1 and "Timeout" in run.stdout, run.stdout[-2000:]
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == 2
+    for pid in started:
+        assert not alive(pid), f"process {pid} outlived its test"
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie that its parent has not reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_ci_runs_the_backend_tests_again_under_jax():
+    """.ci/run's second pass: the training-path tests, under KERAS_BACKEND=jax (tests/test_backend.py
+    asserts, under that pass, that Keras really runs on JAX)."""
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "&& KERAS_BACKEND=jax .venv/bin/pytest -q -m backend" in script

@@ -31,6 +31,32 @@ def test_a_sweep_trains_tracks_and_reports_in_process(cli, tmp_path):
     assert code == 0 and "1 already finished, 0 to train" in out, err[-3000:]
 
 
+def test_an_interrupted_sweep_resumes_and_trains_only_what_is_missing(cli, tmp_path, monkeypatch):
+    """Ctrl-C after the first of three points (as the CLI's handler sets it): exit 130, the finished
+    point kept; the same command then trains the two that are missing, and nothing more."""
+    from harness import errors, sweep
+    results = tmp_path / "r"
+    grid = [*SHRUNK, "--set", 'variants=["image_only","no_featurewise","tanh_corrected"]']
+    real = sweep.run_point
+
+    def then_ctrl_c(*args, **kwargs):
+        outcome = real(*args, **kwargs)
+        errors.INTERRUPTED.set()             # what on_sigint does while training defers it
+        return outcome
+    monkeypatch.setattr(sweep, "run_point", then_ctrl_c)
+    code, out, err = cli("sweep", TINY, *grid, "--results", results)
+    assert code == 130 and "harness: interrupted" in err, err[-3000:]
+    monkeypatch.setattr(sweep, "run_point", real)
+    code, out, err = cli("sweep", TINY, *grid, "--results", results)
+    assert code == 0, err[-3000:]
+    assert "3 grid points, 1 already finished, 2 to train" in out
+    import harness
+    runs = harness.load_runs(results, "tiny")
+    finished = runs[runs["status"] == "FINISHED"]
+    assert sorted(finished["variant"]) == ["image_only", "no_featurewise", "tanh_corrected"]
+    assert len(finished) == 3 and (runs["status"] == "KILLED").sum() == 1
+
+
 @pytest.mark.slow   # a fresh process or a real training: the full suite runs it, not the fast set
 def test_a_small_sweep_in_a_fresh_process_prints_nothing_on_stderr(tmp_path):
     """What a user sees: no library warning (matplotlib's "Tight layout not applied" was one), no
