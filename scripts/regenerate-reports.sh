@@ -3,10 +3,15 @@
 # default sweep, the case's own ImageDataGenerator path, and the same two on the ISBI membrane set
 # where ../shared/data/isbi2012-membrane is present. The stores they read back (results/mlflow.db,
 # results/optuna.db) are not committed: run this from a checkout without them, so that every point
-# trains here, on this machine's kind of CPU (the reports name it in their `device`).
+# trains here, on this machine's kind of CPU (the reports name it in their `device`). The case's own
+# path needs the legacy extra: pip install -e '.[legacy]' (the test extra has it too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 harness=${HARNESS:-.venv/bin/harness}
+if ! "$(dirname "$harness")/python" -c "import tf_keras" 2>/dev/null; then
+    echo "regenerate-reports: the ImageDataGenerator path needs tf-keras: pip install -e '.[legacy]'" >&2
+    exit 2
+fi
 if [ -e results/mlflow.db ] || [ -e results/optuna.db ]; then
     echo "regenerate-reports: results/ holds stores of earlier sweeps; remove results/mlflow.db, results/optuna.db and results/mlartifacts first" >&2
     exit 2

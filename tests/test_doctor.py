@@ -375,3 +375,36 @@ def test_a_record_without_sites_or_data_says_so():
     assert record.to_dict()["made"] is None
     assert record.to_dict()["fitted"] == [{"at": site.to_dict(), "data": None}]
     assert record.to_dict()["flowed"] == [{"at": None, "data": str(BINARY)}]
+
+
+def test_a_model_with_its_own_train_step_or_fit_gets_what_can_be_measured_and_is_told_the_rest():
+    import keras
+
+    class OwnStep(keras.Model):
+        def train_step(self, data):
+            return super().train_step(data)          # applies its gradients through self.optimizer
+
+    class OwnFit(keras.Model):
+        def fit(self, x, y, **kwargs):               # never calls Keras' fit
+            return self.train_on_batch(x[:8], y[:8])
+
+    def built(cls):
+        inputs = keras.Input((SIZE, SIZE, 3))
+        model = cls(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
+        model.compile(optimizer="adam", loss="binary_crossentropy")
+        return model
+
+    x, y = pairs()
+    session = Session(say=lambda _: None)
+    hooks.install(session)
+    try:
+        built(OwnStep).fit(x, y, batch_size=8, epochs=2, validation_data=(x[:8], y[:8]), verbose=0)
+        built(OwnFit).fit(x, y)
+    finally:
+        hooks.uninstall()
+    (diagnosis,) = session.fits
+    assert diagnosis.history["health/grad_norm"] and all(g > 0 for g in diagnosis.history["health/grad_norm"])
+    assert any(n.startswith("the gradients, in part: the model trains through its own train_step")
+               for n in diagnosis.not_measured)
+    # The OwnFit model was compiled (in built()) but never trained through Keras' fit.
+    assert session.never_fitted() == [f"test_doctor.py:{inspect.getsourcelines(built)[1] + 3}"]
