@@ -1,3 +1,4 @@
+import fcntl
 import json
 import os
 import signal
@@ -16,12 +17,15 @@ TINY = ROOT / "tests" / "data" / "tiny.toml"
 # another process may take a point over 8 s after its owner stopped writing (defaults: 5 s, 20 s).
 QUICK_TAKEOVER = {"HARNESS_HEARTBEAT_S": "1", "HARNESS_GRACE_S": "8"}
 
-# `harness sweep tests/data/tiny.toml` (one seed, 12 epochs of 256 images 32x32), as measured on the
-# CPU under TensorFlow. The posted tanh loss goes negative but reaches no NaN in 12 epochs there
-# (the default experiment's longer runs do: tests/test_default_sweep.py); under JAX it reaches NaN
-# in the first epoch, so the backends are compared on the other four variants.
-TINY_VERDICTS = {"seed": "negative_loss", "no_featurewise": "converged", "image_only": "converged",
-                 "tanh_posted": "negative_loss", "tanh_corrected": "converged"}
+# `harness sweep tests/data/tiny.toml` (one seed, 12 epochs of 256 images 32x32) under TensorFlow, as
+# measured on 2 cores of an AMD EPYC (AVX2) on 2026-12-07. The posted tanh loss goes negative but
+# reaches no NaN in 12 epochs there (the default experiment's longer runs do:
+# tests/test_default_sweep.py); under JAX it reaches NaN in the first epoch, so the backends are
+# compared on the other four variants. Whether a healthy 12-epoch run still gains 0.05 a window
+# (learning) or has reached its plateau (converged) moves with the augmentation stream: the tests
+# hold the failures exactly and the healthy variants healthy (verdict.HEALTHY).
+TINY_VERDICTS = {"seed": "negative_loss", "no_featurewise": "converged", "image_only": "learning",
+                 "tanh_posted": "negative_loss", "tanh_corrected": "learning"}
 TINY_VERDICTS_ON_EVERY_BACKEND = ("seed", "no_featurewise", "image_only", "tanh_corrected")
 
 
@@ -52,6 +56,38 @@ def no_kept_model():
     compiled.forget()
     yield
     compiled.forget()
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder every xdist worker of this test session shares (the session's base temp), else this
+    process's own base temp."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def tiny_tf_sweep(tmp_path_factory) -> dict:
+    """`harness sweep tests/data/tiny.toml` under TensorFlow, once per test session however many workers
+    ask (the first takes a lock and sweeps, the others wait and read): {"results": its folder,
+    "returncode", "stdout", "stderr", "summary": {variant: summary.csv row} as swept, before any test
+    touches the folder}."""
+    root = shared_dir(tmp_path_factory)
+    folder, record = root / "tiny-tf-sweep", root / "tiny-tf-sweep.json"
+    with open(root / "tiny-tf-sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            folder.mkdir(exist_ok=True)
+            results = folder / "results"
+            run = run_harness("sweep", TINY, "--results", results, cwd=folder, env={"KERAS_BACKEND": "tensorflow"},
+                              timeout=1500)
+            summary = {}
+            if run.returncode == 0:
+                import csv
+                with open(results / "tiny" / "summary.csv") as f:
+                    summary = {row["variant"]: row for row in csv.DictReader(f)}
+            record.write_text(json.dumps({"results": str(results), "cwd": str(folder), "returncode": run.returncode,
+                                          "stdout": run.stdout, "stderr": run.stderr, "summary": summary}))
+    return json.loads(record.read_text())
 
 
 @pytest.fixture

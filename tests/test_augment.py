@@ -8,13 +8,14 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, TINY_VERDICTS, TINY_VERDICTS_ON_EVERY_BACKEND, need_module, run_harness
+from conftest import TINY, TINY_VERDICTS_ON_EVERY_BACKEND, need_module, run_harness
 from harness import backend
 from harness.config import DEFAULTS
 from harness.data import Dataset, make_synthetic
 from harness.feeds.choose import fit_transform, sample_batches as augmented_batches
 from harness.feeds.device import DeviceFeed, build_fed_model
 from harness.transforms import Stats, Transform
+from harness.verdict import HEALTHY
 
 backend_test = pytest.mark.backend     # the fast ones; CI runs them again under KERAS_BACKEND=jax
 
@@ -101,9 +102,17 @@ def test_training_through_the_feed_repeats_for_a_seed_and_streams_alike(monkeypa
     np.testing.assert_allclose(fit_losses(1, images, masks), first, rtol=1e-5)
 
 
+# Healthy variants' validation mIoU, JAX against TensorFlow: measured 0.047, 0.068 and 0.044 apart on the
+# tiny experiment (2 cores of an AMD EPYC, 2026-12-07). Under JAX the feed is device augmentation, another
+# random stream than TensorFlow's tf.data, so the models see other augmented batches; 0.1 holds that
+# spread with room, and is the verdicts' own `margin` above the trivial predictor.
+JAX_MIOU_TOLERANCE = 0.1
+
+
 @pytest.mark.slow
-def test_a_tiny_sweep_under_jax_gives_tensorflows_verdicts(tmp_path):
+def test_a_tiny_sweep_under_jax_judges_as_tensorflow_measured_in_this_session(tmp_path, tiny_tf_sweep):
     need_module("jax", "pip install 'jax[cpu]'")
+    assert tiny_tf_sweep["returncode"] == 0, tiny_tf_sweep["stderr"][-3000:]
     results = tmp_path / "results"
     variants = list(TINY_VERDICTS_ON_EVERY_BACKEND)
     run = run_harness("sweep", TINY, "--set", f"variants={json.dumps(variants)}", "--results", results,
@@ -111,9 +120,19 @@ def test_a_tiny_sweep_under_jax_gives_tensorflows_verdicts(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     import csv
     with open(results / "tiny-jax" / "summary.csv") as f:
-        rows = {row["variant"]: row for row in csv.DictReader(f)}
-    # The same experiment as tests/test_cli_e2e.py's TensorFlow sweep, variant for variant.
-    assert {name: row["verdict"] for name, row in rows.items()} == {v: TINY_VERDICTS[v] for v in variants}
+        jax_rows = {row["variant"]: row for row in csv.DictReader(f)}
+    tf_rows = tiny_tf_sweep["summary"]
+    assert set(jax_rows) == set(variants)
+    # Variant for variant against TensorFlow's sweep of this session: the same causes and symptoms,
+    # the same failures; a healthy variant healthy on both, its mIoU within the measured tolerance.
+    for name in variants:
+        jax_row, tf_row = jax_rows[name], tf_rows[name]
+        assert (jax_row["causes"], jax_row["symptoms"]) == (tf_row["causes"], tf_row["symptoms"]), name
+        if tf_row["verdict"] in HEALTHY:
+            assert jax_row["verdict"] in HEALTHY, (name, jax_row["verdict"], tf_row["verdict"])
+            assert abs(float(jax_row["val_miou"]) - float(tf_row["val_miou"])) <= JAX_MIOU_TOLERANCE, name
+        else:
+            assert jax_row["verdict"] == tf_row["verdict"], name
     import harness as harness_pkg
     runs = harness_pkg.load_runs(results, "tiny")
     assert set(runs["status"]) == {"FINISHED"}

@@ -52,13 +52,45 @@ def test_the_default_sweep_gives_the_committed_report(tmp_path):
         assert summary == committed
         assert runs == committed_runs
     else:
-        # Another device: the healthy variants' quality agrees within what the order of float sums
-        # moves (the chaotic ones, seed and tanh_posted, only in their verdicts, asserted above).
-        for name in ("no_featurewise", "image_only", "tanh_corrected"):
-            assert float(summary[name]["val_miou"]) == pytest.approx(float(committed[name]["val_miou"]), abs=0.05)
+        assert_within_what_another_cpu_kind_moves(summary, committed, devices)
 
     assert_divergence_end_to_end(results, summary["tanh_posted"], run.stdout)
     assert_report_shown_in_chromium(folder / "report.html")
+
+
+# What another kind of CPU moves in summary.csv: the greatest difference per column between the
+# default sweep on an AVX-512/AMX Xeon (the committed report up to e4a2f7b) and on 2 cores of an AMD
+# EPYC (AVX2; the report since), over the five variants, doubled. Most of it is the chaotic
+# variants (seed, tanh_posted); the healthy ones moved at most 0.011 in val_miou. Columns not named
+# here (the floors, thresholds and the trivial predictor, measured before training) did not move.
+ANOTHER_KIND_MOVES = {"final_loss": 1.3e-3, "min_loss": 1.3e-3, "val_iou": 0.04, "val_miou": 0.11, "val_dice": 0.071,
+                      "val_as_train_miou": 0.0072, "final_loss_std": 2.8e-4, "min_loss_std": 2.8e-4,
+                      "val_iou_std": 0.039, "val_miou_std": 0.065, "val_dice_std": 0.042,
+                      "val_as_train_miou_std": 0.014}
+JUDGED = ("seeds", "seeds_scored", "negative_loss", "diverged", "converged", "verdict", "causes", "symptoms",
+          "predicted", "agrees", "check_flags")
+
+
+def assert_within_what_another_cpu_kind_moves(summary: dict, committed: dict, devices: set) -> None:
+    """On a CPU of a kind without a committed report, said so: what is judged equals the committed
+    report exactly (verdicts, flags, causes, symptoms), and every number is within what the two
+    measured kinds of CPU moved it (ANOTHER_KIND_MOVES; 0 for a column they did not move)."""
+    import warnings
+    warnings.warn(f"no committed report of this CPU kind ({', '.join(sorted(devices))}): the default sweep is "
+                  "compared with results/whitening/ within what another kind of CPU moves", UserWarning)
+    assert summary.keys() == committed.keys()
+    for name, row in summary.items():
+        for column, value in row.items():
+            want = committed[name][column]
+            if column in JUDGED or column in ("variant", "score_note"):
+                assert value == want, (name, column, value, want)
+                continue
+            got, expected = float(value), float(want)
+            if math.isnan(expected):
+                assert math.isnan(got), (name, column, value)
+            else:
+                assert abs(got - expected) <= ANOTHER_KIND_MOVES.get(column, 0.0), (name, column, got, expected)
+
 
 
 def assert_divergence_end_to_end(results, summary_row: dict, log: str) -> None:
@@ -98,3 +130,18 @@ def assert_report_shown_in_chromium(report) -> None:
         failed = sum(v not in HEALTHY for v in VERDICTS.values())
         assert_every_figure_shown(page, outside, 2 + len(VERDICTS) + failed)
         assert not errors, errors
+
+
+def test_another_cpu_kind_is_held_to_the_committed_judgements_and_the_measured_spread():
+    committed = {row["variant"]: row for row in rows_of(COMMITTED / "summary.csv")}
+    moved = {name: dict(row) for name, row in committed.items()}
+    moved["image_only"]["val_miou"] = str(float(moved["image_only"]["val_miou"]) + 0.9 * ANOTHER_KIND_MOVES["val_miou"])
+    with pytest.warns(UserWarning, match="no committed report of this CPU kind"):
+        assert_within_what_another_cpu_kind_moves(moved, committed, {"CPU (another)"})
+    for column, value in (("val_miou", lambda v: float(v) + 1.1 * ANOTHER_KIND_MOVES["val_miou"]),
+                          ("loss_floor", lambda v: float(v) + 1e-6), ("causes", lambda v: "no_signal"),
+                          ("verdict", lambda v: "learning")):
+        broken = {name: dict(row) for name, row in committed.items()}
+        broken["seed"][column] = str(value(broken["seed"][column]))
+        with pytest.warns(UserWarning), pytest.raises(AssertionError):
+            assert_within_what_another_cpu_kind_moves(broken, committed, {"CPU (another)"})
