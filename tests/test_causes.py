@@ -56,8 +56,11 @@ def test_validation_miou_that_rises_clearly_above_trivial_is_learning():
     bar = trivial + VERDICT["margin"]
     assert rose_above_trivial({"val_miou": [0.4, 0.45, bar, bar, bar, 0.45]}, trivial, VERDICT)
     assert not rose_above_trivial({"val_miou": [0.4, bar, bar, bar - 0.03, 0.45]}, trivial, VERDICT)
-    # Fewer epochs than the window: their mean.
+    # Fewer epochs than the window: their mean, one epoch included.
     assert rose_above_trivial({"val_miou": [bar, bar]}, trivial, VERDICT)
+    assert rose_above_trivial({"val_miou": [bar]}, trivial, VERDICT)
+    # Only whole windows count: a last epoch high alone does not make a window.
+    assert not rose_above_trivial({"val_miou": [0.4, 0.4, 0.4, bar + 0.2]}, trivial, VERDICT)
     assert not rose_above_trivial({"val_miou": []}, trivial, VERDICT)
     # Epochs from the one that diverged on are not scored.
     assert not rose_above_trivial({"val_miou": [0.4, 0.4, 0.4, 0.9, 0.9, 0.9]}, trivial, VERDICT, diverged_epoch=4)
