@@ -17,6 +17,9 @@ if [ -e results/mlflow.db ] || [ -e results/optuna.db ]; then
     exit 2
 fi
 "$harness" sweep
+for variant in seed no_featurewise tanh_posted; do      # the report's "Best tuned result per variant"
+    "$harness" tune "$variant" --trials 8
+done
 "$harness" sweep --set pipeline=imagedatagenerator
 if [ -d ../shared/data/isbi2012-membrane ]; then
     "$harness" sweep whitening-isbi
