@@ -59,7 +59,7 @@ def test_the_default_sweep_gives_the_committed_report(tmp_path):
 
 
 # What another kind of CPU moves in summary.csv: the greatest difference per column between the
-# default sweep on an AVX-512/AMX Xeon (the committed report up to e4a2f7b) and on 2 cores of an AMD
+# default sweep on an AVX-512/AMX Xeon (the committed report before bbb6a74) and on 2 cores of an AMD
 # EPYC (AVX2; the report since), over the five variants, doubled. Most of it is the chaotic
 # variants (seed, tanh_posted); the healthy ones moved at most 0.011 in val_miou. Columns not named
 # here (the floors, thresholds and the trivial predictor, measured before training) did not move.
