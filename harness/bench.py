@@ -507,6 +507,8 @@ def doctor_figure(experiment: Path, overrides: list[str] = (), reps: int = 3, ep
     return {"doctor_overhead": statistics.median(ratios),
             "doctor_overhead_quartiles": [float(q) for q in np.percentile(ratios, [25, 75])],
             "doctor_overhead_pairs": ratios,
+            "doctor_point": f"{cfg.name}: {len(dataset.train_images)} training images, {cfg['data']['image_size']}px, "
+                            f"batch {cfg['train']['batch_size']}",
             "doctor_epochs_timed": len(ratios), "doctor_preflight_seconds": statistics.median(preflight),
             "doctor_seconds_per_epoch": {label: statistics.median(s) for label, s in seconds.items()}}
 
@@ -690,7 +692,8 @@ def common_lines(f: dict) -> list[str]:
     if "doctor_overhead" in f:
         q = f["doctor_overhead_quartiles"]
         lines.append(f"doctor_overhead: {f['doctor_overhead']:.3f} (target {TARGETS['doctor_overhead']}; the default "
-                     f"point's fit with and without harness doctor, median of {f['doctor_epochs_timed']} epoch pairs "
+                     f"point's fit ({f['doctor_point']}) with and without harness doctor, median of "
+                     f"{f['doctor_epochs_timed']} epoch pairs "
                      f"taken in turn, quartiles {q[0]:.3f} to {q[1]:.3f}; its preflight, once per fit, "
                      f"{f['doctor_preflight_seconds']:.2f} s)")
     if "sweep_vs_bound" in f:
@@ -710,7 +713,8 @@ def render(out: dict) -> str:
              f"Machine: {m['platform']}, {m['cpus']} CPUs, device {m['device']}; TensorFlow "
              f"{m['version.tensorflow']}, Keras {m['version.keras']}, Optuna {m['version.optuna']}, "
              f"MLflow {m['version.mlflow']}, commit {m['git_commit']}.", "",
-             f"Data: {out['data']}; model {out['model']}.", "", "## Figures", ""]
+             f"Data of the pipeline, train and options stages: {out['data']}; model {out['model']}.", "",
+             "## Figures", ""]
     lines += [f"- {line}" for line in figure_lines(out)]
     breakdown = out["figures"].get("point_breakdown_seconds", {})
     if breakdown:

@@ -104,3 +104,12 @@ def test_ci_runs_the_backend_tests_again_under_jax():
     asserts, under that pass, that Keras really runs on JAX)."""
     script = (ROOT / ".ci" / "run").read_text()
     assert "&& KERAS_BACKEND=jax .venv/bin/pytest -q -m backend" in script
+
+
+def test_the_readme_states_the_test_command_ci_runs():
+    """The README's quick start runs the tests as `.ci/run` runs them on a fresh clone (its install is
+    quiet there), the 25 slowest tests printed in the output."""
+    ci = next(line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line)
+    command = ci[ci.index(".venv/bin/pytest"):]
+    assert command in (ROOT / "README.md").read_text()
+    assert "--durations=25" in command
