@@ -349,7 +349,8 @@ def test_what_is_the_users_code_and_what_a_record_says_of_itself():
     frozen = compile("site = call_site(skip=skip)", "<frozen importlib._bootstrap>", "exec")
     scope = {"call_site": lineage.call_site, "skip": lineage.LIBRARIES + (os.path.dirname(__file__),)}
     exec(frozen, scope)
-    assert scope["site"] is None
+    # Past it, the outer frames are pytest's (an xdist worker's run through exec as "<string>").
+    assert scope["site"] is None or not scope["site"].file.startswith("<frozen")
     assert str(lineage.Summary((2, 4, 4, 1), 0.0, 1.0, 2)) == "shape (2, 4, 4, 1), values [0, 1], 2 levels"
     assert str(lineage.Summary((2,), 0.0, 9.0, lineage.MANY_LEVELS)).endswith("256+ levels")
     record = whitening(0.2, 0.4, "g", rotation_range=30)

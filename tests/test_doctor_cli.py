@@ -68,7 +68,7 @@ def test_the_question_under_jax_names_the_same_causes(tmp_path):
 
 @pytest.mark.slow
 def test_the_first_solution_has_no_cause(tmp_path):
-    run, doc = doctor(tmp_path, EXAMPLES / "whitening_solution1.py", "--epochs", "3")
+    run, doc = doctor(tmp_path, EXAMPLES / "whitening_solution1.py")
     assert run.returncode == 0, run.stderr[-3000:]
     assert doc["causes"] == [] and doc["fits"][0]["verdict"] in ("too_short", "learning", "converged")
     assert [f["kind"] for f in doc["fits"][0]["findings"]] == ["warning"]       # masks_not_binary: a warning
@@ -90,7 +90,13 @@ def test_the_second_solution_as_posted_is_minimized_at_the_wrong_target(tmp_path
 def test_an_induced_failure_is_named_by_its_cause(tmp_path, script, cause):
     run, doc = doctor(tmp_path, SCRIPTS / f"{script}.py")
     assert run.returncode == 0, run.stderr[-3000:]
-    assert doc["causes"] == [cause] if script != "masks_255" else cause in doc["causes"], doc["causes"]
+    # Masks at 0/255 also make the loss unbounded below; a learning rate of 10 can kill the units
+    # that feed the head too (measured once in CI: vanishing_gradients beside it). The scripts, as a
+    # user's, ask for no determinism.
+    if script in ("masks_255", "learning_rate_too_high"):
+        assert cause in doc["causes"], doc["causes"]
+    else:
+        assert doc["causes"] == [cause], doc["causes"]
 
 
 @pytest.mark.slow
