@@ -12,6 +12,7 @@ from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
 from case import make_pairs, unet
 
+keras.utils.set_random_seed(1)          # the same initial weights on every run
 images, masks = make_pairs(n=384, size=64)
 x_train, y_train, x_val, y_val = images[:320], masks[:320], images[320:], masks[320:]
 
