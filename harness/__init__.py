@@ -3,6 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Where a user's runs go when no --results is given: reports, the MLflow and Optuna stores, the
+# doctor's and the bench's output. Ignored by git; results/ holds only the committed reference
+# reports (scripts/regenerate-reports.sh writes them with --results results).
+DEFAULT_RESULTS = Path("runs")
+
 
 def load_runs(source: str | Path, experiment: str, kind: str = "point"):
     """Every (variant, seed) run of `experiment` as a pandas DataFrame, for notebooks.
@@ -15,7 +20,7 @@ def load_runs(source: str | Path, experiment: str, kind: str = "point"):
     return read(uri, experiment, kind=kind)
 
 
-def autolog(epochs: int = 0, results: str | Path | None = "results", tracking_uri: str | None = None):
+def autolog(epochs: int = 0, results: str | Path | None = DEFAULT_RESULTS, tracking_uri: str | None = None):
     """Diagnose every `model.fit` of this process from here on, as `harness doctor` does for a script:
     each fit's diagnosis is printed on stderr when it ends and kept in the returned session
     (`session.fits[-1].causes`, `.findings`; `session.causes` over every fit). `epochs`: cap every fit

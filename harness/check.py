@@ -197,7 +197,7 @@ def check_model(cfg: Config, dataset: Dataset, activation: str) -> None:
     output channel of the same size; a builder that does not is a finding before any training."""
     from harness.models import build_model
     if not cfg["model"]["builder"]:
-        return                      # the built-in U-Net: right by construction (tests/test_models.py)
+        return                      # the built-in U-Net: right by construction (tests/test_check.py: test_the_builtin_unet_maps_...)
     shape = dataset.train_images.shape[1:]
     model = build_model(cfg, shape, activation)
     out = tuple(model.output_shape[1:])

@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from harness import DEFAULT_RESULTS
 from harness.backend import command_prefix, import_tensorflow_quietly
 from harness.config import DEFAULT_EXPERIMENT, find_experiment
 from harness.errors import (EXIT_CRASHED, EXIT_DONE, EXIT_INTERNAL, EXIT_INTERRUPTED, HarnessError,
@@ -20,7 +21,7 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", nargs="?", help=f"experiment .toml file or name (default: {DEFAULT_EXPERIMENT})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, read as TOML (e.g. --set train.seeds=[1,2])")
-    p.add_argument("--results", type=Path, default=Path("results"), help="reports and default stores (default: results/)")
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="reports and default stores (default: runs/, ignored by git)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
 
 
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", allow_abbrev=False, help="measure speed and memory as ratios in one run")
     bench.add_argument("experiment", nargs="?", help=f"experiment to shrink (default: {DEFAULT_EXPERIMENT})")
     bench.add_argument("--quick", action="store_true", help="small sizes, but the tracking figure's one point at the experiment's own size: about 9 minutes on 2 CPU cores")
-    bench.add_argument("--results", type=Path, default=Path("results"), help="writes <results>/bench/")
+    bench.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="writes <results>/bench/ (default: runs/; the committed record: --results results)")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a value of the benchmarked experiment")
     bench.add_argument("--only", action="append", default=[], metavar="STAGE",
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "as `harness report` and the MLflow runs' optuna.study tag show it)")
     ui = sub.add_parser("ui", allow_abbrev=False, help="serve the MLflow UI on the results store; prints the training-runs page")
     ui.add_argument("experiment", nargs="?", help="experiment whose runs page to print (default: the one whose run started last)")
-    ui.add_argument("--results", type=Path, default=Path("results"))
+    ui.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     ui.add_argument("--tracking-uri", help="an MLflow store; an http(s) server is not started again, only named")
     ui.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0: all)")
     ui.add_argument("--port", type=int, default=5000)
@@ -114,8 +115,8 @@ def add_doctor_args(sub) -> None:
     doctor.add_argument("--epochs", type=int, default=5, metavar="N",
                         help="cap every fit at N epochs (default 5; 0 keeps the script's own count)")
     doctor.add_argument("--json", type=Path, metavar="FILE", help="also write the diagnosis as JSON to FILE")
-    doctor.add_argument("--results", type=Path, default=Path("results"),
-                        help="writes <results>/doctor/<script>/ and tracks in <results>/mlflow.db (default: results/)")
+    doctor.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
+                        help="writes <results>/doctor/<script>/ and tracks in <results>/mlflow.db (default: runs/, ignored by git)")
     doctor.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
     doctor.add_argument("script", type=Path, help="your training script")
     doctor.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
@@ -129,7 +130,7 @@ def add_compare_args(sub) -> None:
                          help="settings of both experiments, as for sweep (e.g. --set pipeline=imagedatagenerator)")
     compare.add_argument("--set-b", dest="overrides_b", action="append", default=[], metavar="KEY=VALUE",
                          help="settings of B only, on top of --set")
-    compare.add_argument("--results", type=Path, default=Path("results"))
+    compare.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     compare.add_argument("--tracking-uri")
     compare.add_argument("--csv", type=Path, help="also write the table as CSV to this file")
 

@@ -43,7 +43,7 @@ AXES: dict[str, tuple[str, ...]] = {
     "validation": ("raw", "like_training"),
 }
 
-# The variants of the case (DEVELOPERS.md). A new variant is one line: a name and its axes.
+# The variants of the case (docs/guides/variants.md). A new variant is one line: a name and its axes.
 BUILTIN_VARIANTS: dict[str, dict[str, str]] = {
     "seed": dict(images="featurewise", masks="featurewise", head="sigmoid", loss="bce", validation="raw"),
     "no_featurewise": dict(images="scaled", masks="binary", head="sigmoid", loss="bce", validation="like_training"),
@@ -54,28 +54,28 @@ BUILTIN_VARIANTS: dict[str, dict[str, str]] = {
 
 # Defaults of every section; an experiment file or --set may change values, never add keys.
 DEFAULTS: dict[str, Any] = {
-    "name": "experiment",
-    "description": "",
-    "variants": list(BUILTIN_VARIANTS),
+    "name": "experiment",           # the MLflow experiment and the report folder <results>/<name>/
+    "description": "",              # one line shown at the top of the report
+    "variants": list(BUILTIN_VARIANTS),   # the named variants to train, built-in or under [define]
     # Extra variants defined in the file: {name: {axis: value}}; missing axes come from "seed".
     "define": {},
     # Full factorial grid over the axes instead of named variants: {axis: [values]}, plus
     # "exclude": [{axis: value, ...}] dropping every combination that matches one entry.
     "factorial": {},
-    "pipeline": "tfdata",
+    "pipeline": "tfdata",            # the host feed: "tfdata", or "imagedatagenerator" (the case's own code path)
     "data": {
         "source": "synthetic",       # "synthetic" or "folder"
         "path": "",                  # folder with images/ and masks/ (source = "folder")
         "n_images": 384,             # synthetic: images made; folder: at most this many samples (0 = all)
         "image_size": 64,            # model input is image_size x image_size x channels
-        "channels": 3,
+        "channels": 3,               # image channels (folder images are converted to this many)
         "foreground_fraction": 0.15, # synthetic only: mean share of foreground pixels (0.05-0.25)
         "fit": "tile",               # folder images larger than the input: "tile" or "resize"
         "mask_threshold": 0.5,       # folder masks: foreground where value >= threshold * max level
         # Folder masks coded with labels ({0, 1, 2}, or 0/1 with a 255 "void" border): the values
         # that are foreground; every other value is background. Empty: masks must have two levels.
         "foreground_values": [],
-        "val_fraction": 0.2,
+        "val_fraction": 0.2,         # share of the source files held out for validation
         # How validation is held out, always by source file (tiles of one file stay on one side):
         # "random": a seeded draw of files; "contiguous": the last val_fraction of the files in natural
         # sort order, one file before them dropped: a block of a volume or video, whose neighbouring
@@ -84,14 +84,13 @@ DEFAULTS: dict[str, Any] = {
         "split_seed": 0,             # the random split depends on this only
         "data_seed": 0,              # synthetic images depend on this only
     },
-    "augment": {
-        # The case's ImageDataGenerator arguments.
+    "augment": {                     # the case's ImageDataGenerator arguments, and how they are applied
         "rotation_range": 30.0,      # degrees
         "width_shift_range": 0.2,    # fraction of width
-        "height_shift_range": 0.2,
+        "height_shift_range": 0.2,   # fraction of height
         "zoom_range": 0.2,           # zoom in [1 - z, 1 + z]
-        "horizontal_flip": True,
-        "fill_mode": "nearest",
+        "horizontal_flip": True,     # flip half the images left to right
+        "fill_mode": "nearest",      # how pixels shifted in from outside are filled
         "stats_rounds": 2,           # fit(..., augment=True, rounds=2): stats over augmented copies
         # "affine": one combined transform, one resampling (as ImageDataGenerator); "layers": Keras'
         # RandomRotation -> RandomTranslation -> RandomZoom -> RandomFlip, one resampling each.
@@ -101,25 +100,25 @@ DEFAULTS: dict[str, Any] = {
         # A user's model as "module:function": function((H, W, C), head_activation) -> keras.Model
         # with output (H, W, 1). Empty: the case's U-Net, from the settings below.
         "builder": "",
-        "start_depth": 16,
-        "levels": 4,
+        "start_depth": 16,           # filters of the U-Net's first block, doubled at each level down
+        "levels": 4,                 # levels down (and up) of the U-Net
         # Keras' default; a short run with few steps per epoch needs a faster moving average
         # (e.g. 0.9), or validation, which uses the moving statistics, lags training.
         "bn_momentum": 0.99,
     },
     "train": {
-        "epochs": 15,
-        "batch_size": 32,
-        "learning_rate": 1e-3,
-        "seeds": [1],
+        "epochs": 15,                # epochs of every grid point
+        "batch_size": 32,            # training batch size
+        "learning_rate": 1e-3,       # Adam's learning rate
+        "seeds": [1],                # one grid point per variant and seed
         "deterministic": True,       # TensorFlow op determinism: same seed, same metrics on the CPU
     },
     # Speed options, off unless `harness bench` shows a gain on the device. Keras ignores XLA while
     # op determinism is on; mixed precision keeps the head, loss and metrics in float32. They change
     # how fast an experiment runs, not what it is: they do not start a new Optuna study.
     "speed": {
-        "mixed_precision": False,
-        "jit_compile": False,
+        "mixed_precision": False,    # Keras' mixed_float16 policy
+        "jit_compile": False,        # XLA compilation of the train step
         # Augment batches on all cores, each from its own stateless key (affine engine): as
         # reproducible, another random stream. What it gives: `harness bench` (parallel_augment).
         "parallel_augment": False,
@@ -134,9 +133,10 @@ DEFAULTS: dict[str, Any] = {
     # the per-epoch val_miou. Each range is "section.key" = {low, high, log} or {choices = [...]};
     # an integer key draws integers. Tuning never changes the grid's study.
     "tune": {
-        "trials": 12,
-        "seed": 1,
+        "trials": 12,                # trials of one `harness tune` call
+        "seed": 1,                   # the sampler's seed and the trials' training seed
         "pruner_warmup_epochs": 4,   # epochs every trial runs before the pruner may stop it
+        # what is tuned: "section.key" = {low, high, log} or {choices = [...]}
         "ranges": {"train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
     },
     # harness check's validation_near_training (harness/leakage.py): measured on the data before
@@ -168,8 +168,8 @@ DEFAULTS: dict[str, Any] = {
         # converged: mean val_miou over the last `window` epochs >= trivial + margin, and it exceeds
         # the mean of the `window` epochs before by less than `tolerance` (mIoU is noisy per epoch).
         "margin": 0.1,
-        "window": 3,
-        "tolerance": 0.05,
+        "window": 3,                 # epochs averaged at the end (and compared with the window before)
+        "tolerance": 0.05,           # a plateau: mIoU moved less than this between the two windows
         # negative_loss: some epoch's training loss < the loss's lower bound - this much.
         "bound_slack": 1e-3,
     },

@@ -13,6 +13,23 @@ from harness.verdict import median
 
 PREFIX = "health/"
 
+# The per-epoch metrics harness/monitor.py logs under PREFIX, and what each measures.
+METRICS = {
+    "grad_norm": "the training loss's gradient norm over all trainable weights: the root mean square over "
+                 "the epoch's steps of each step's norm",
+    "grad_finite": "1, or 0 where a step's gradient was not finite",
+    "grad_norm_first": "the same over the first layer with a kernel",
+    "grad_norm_last": "the same over the last layer before the head",
+    "grad_norm_head": "the same over the head",
+    "update_ratio": "how far the trainable weights moved in the epoch: ||W_end - W_start|| / ||W_start||",
+    "loss_spread": "the epoch's batch losses' standard deviation over their mean magnitude",
+    "loss_sign_changes": "how often the epoch's batch losses changed sign",
+    "batch_loss": "the training loss on one fixed training batch (the same every epoch)",
+    "trivial_loss": "a constant prediction's loss at that batch's foreground fraction, on the same targets",
+    "dead_units": "the share of ReLU channels never positive on the fixed batch",
+    "saturated_head": "the share of head outputs within 1 % of the head's bounds on the fixed batch",
+}
+
 CAUSES = ("learning_rate_too_high", "exploding_gradients", "vanishing_gradients", "dead_units",
           "saturated_head", "no_updates", "no_signal")
 

@@ -631,3 +631,13 @@ def test_a_check_without_a_seed_measures_seed_1(setup):
     variant = Variant("v", "featurewise", "featurewise", "sigmoid", "bce", "raw")
     default, first, second = (check_variant(variant, ds, cfg, **s).target_range for s in ({}, {"seed": 1}, {"seed": 2}))
     assert default == first != second            # each seed augments (and so whitens) otherwise
+
+
+@pytest.mark.parametrize("size, levels, head", [(16, 2, "sigmoid"), (32, 4, "tanh")])
+def test_the_builtin_unet_maps_images_to_one_channel_of_the_same_size(size, levels, head):
+    """Why the check skips check_model for the built-in U-Net: its output is (H, W, 1), in the head's range."""
+    from harness.models import build_unet
+    model = build_unet(size, 3, 4, levels, head)
+    out = np.asarray(model(np.random.default_rng(0).normal(size=(2, size, size, 3)).astype("float32")))
+    assert out.shape == (2, size, size, 1)
+    assert out.min() >= (0 if head == "sigmoid" else -1) and out.max() <= 1

@@ -235,6 +235,8 @@ def test_autolog_diagnoses_each_fit_and_keeps_it_for_python(capsys):
     assert "targets_outside_loss_domain" in session.fits[0].causes
     assert "targets_outside_loss_domain" not in session.fits[1].causes
     assert session.causes[0] == "targets_outside_loss_domain"
+    from harness.health import METRICS, PREFIX       # every health metric measured is documented
+    assert {k[len(PREFIX):] for k in session.fits[1].history if k.startswith(PREFIX)} <= set(METRICS)
     found = {f.name: f for f in session.fits[0].findings}["targets_outside_loss_domain"]
     assert found.kind == "cause" and "[0, 255]" in found.evidence and "y = (y > 127.5)" in found.fix
     err = capsys.readouterr().err

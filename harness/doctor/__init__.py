@@ -10,8 +10,10 @@ session.py holds one session, and `autolog` starts one from inside a script or a
 """
 from __future__ import annotations
 
+from harness import DEFAULT_RESULTS
 
-def autolog(epochs: int = 0, results: str | None = "results", tracking_uri: str | None = None):
+
+def autolog(epochs: int = 0, results=DEFAULT_RESULTS, tracking_uri: str | None = None):
     """Diagnose every `model.fit` of this process from here on (see harness.doctor.session.autolog)."""
     from harness.doctor.session import autolog as start
     return start(epochs=epochs, results=results, tracking_uri=tracking_uri)

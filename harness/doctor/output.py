@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from harness import DEFAULT_RESULTS
 from harness.causes import ORDER
 from harness.health import CAUSES as HEALTH_CAUSES
 
@@ -155,7 +156,7 @@ def write_report(doc: dict, session, folder: Path) -> list[Path]:
 def tracker_for(results: str | Path | None, tracking_uri: str | None, experiment: str):
     """The on_diagnosis that makes each fit an MLflow run of `experiment` in the sweeps' store."""
     from harness.tracking import default_tracking_uri
-    results = Path(results) if results is not None else Path("results")
+    results = Path(results) if results is not None else DEFAULT_RESULTS
     uri = tracking_uri or default_tracking_uri(results)
 
     def track(diagnosis, record) -> None:

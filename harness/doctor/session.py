@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from harness import DEFAULT_RESULTS
 from harness.causes import union
 from harness.doctor import hooks, lineage
 from harness.doctor.fit import Examination, FitRecord
@@ -152,7 +153,7 @@ class Session:
                 if ref() is not None and id(ref()) not in self.fitted and site is not None]
 
 
-def autolog(epochs: int = 0, results: str | None = "results", tracking_uri: str | None = None) -> Session:
+def autolog(epochs: int = 0, results=DEFAULT_RESULTS, tracking_uri: str | None = None) -> Session:
     """Diagnose every `model.fit` from here on, in this process: each fit's diagnosis is printed on
     stderr when it ends, and kept in the returned session (`session.fits[-1].causes`,
     `session.fits[-1].findings`, `session.causes`). `epochs`: cap every fit (0: as the script asks).
