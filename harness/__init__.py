@@ -3,10 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Where a user's runs go when no --results is given: reports, the MLflow and Optuna stores, the
-# doctor's and the bench's output. Ignored by git; results/ holds only the committed reference
-# reports (scripts/regenerate-reports.sh writes them with --results results).
-DEFAULT_RESULTS = Path("runs")
+from harness.paths import DEFAULT_RESULTS
 
 
 def load_runs(source: str | Path, experiment: str, kind: str = "point"):

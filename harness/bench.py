@@ -584,7 +584,7 @@ def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=pr
         started = time.perf_counter()
         figures.update(measure())
         stage_seconds[stage] = time.perf_counter() - started
-        if stage == "train":
+        if stage == "train" and "pipeline_images_per_s" in figures:     # --only train: no pipeline rate
             figures["pipeline_headroom"] = headroom(figures)
         log(f"bench: {stage} measured in {stage_seconds[stage]:.0f}s")
     figures["per_backend"] = {backend_name(): backend_figures(figures)}

@@ -16,7 +16,7 @@ from harness.feeds.choose import choose_feed, validation_arrays
 from harness import leakage, probe
 from harness.losses import get_head, get_loss
 
-# Each flag: what it means and the fix, one line each (also the README's table).
+# Each flag: what it means and the fix, one line each (also docs/reference/causes.md, generated from it).
 FLAGS = {
     "targets_outside_loss_domain": (
         "training targets leave the range the loss is defined for",

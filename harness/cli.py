@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness import DEFAULT_RESULTS
+from harness.paths import DEFAULT_RESULTS
 from harness.backend import command_prefix, import_tensorflow_quietly
 from harness.config import DEFAULT_EXPERIMENT, find_experiment
 from harness.errors import (EXIT_CRASHED, EXIT_DONE, EXIT_INTERNAL, EXIT_INTERRUPTED, HarnessError,
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="exit 1 if any variant is predicted to fail (for CI)")
     bench = sub.add_parser("bench", allow_abbrev=False, help="measure speed and memory as ratios in one run")
     bench.add_argument("experiment", nargs="?", help=f"experiment to shrink (default: {DEFAULT_EXPERIMENT})")
-    bench.add_argument("--quick", action="store_true", help="small sizes, but the tracking figure's one point at the experiment's own size: about 9 minutes on 2 CPU cores")
+    bench.add_argument("--quick", action="store_true", help="small sizes, but the tracking figure's one point at the experiment's own size (the committed results/bench/bench.json: 28 minutes on 2 cores of an AMD EPYC)")
     bench.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="writes <results>/bench/ (default: runs/; the committed record: --results results)")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a value of the benchmarked experiment")

@@ -114,8 +114,10 @@ DEFAULTS: dict[str, Any] = {
         "deterministic": True,       # TensorFlow op determinism: same seed, same metrics on the CPU
     },
     # Speed options, off unless `harness bench` shows a gain on the device. Keras ignores XLA while
-    # op determinism is on; mixed precision keeps the head, loss and metrics in float32. They change
-    # how fast an experiment runs, not what it is: they do not start a new Optuna study.
+    # op determinism is on; mixed precision keeps the head, loss and metrics in float32. jit_compile
+    # changes only how fast a point trains; the other three change its numbers (another random stream
+    # or other arithmetic), so a value other than the default starts an Optuna study of its own
+    # (RESULT_SPEED_KEYS).
     "speed": {
         "mixed_precision": False,    # Keras' mixed_float16 policy
         "jit_compile": False,        # XLA compilation of the train step

@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 
-# Exit codes (README, "Exit codes"): a script or CI job tells these apart.
+# Exit codes (docs/guides/troubleshooting.md): a script or CI job tells these apart.
 EXIT_DONE = 0
 EXIT_CRASHED = 1          # some point crashed and --strict was given; `check --strict`: a predicted failure
 EXIT_BAD_INPUT = 2        # a `harness: error:` line: bad settings, data or stores (argparse uses 2 too)

@@ -158,7 +158,7 @@ def describe(m: Leakage) -> str:
 
 
 def rule_text(margin: float, far_fraction: float, side: int) -> str:
-    """The rule in words, with its settings (the README's flag table and the report's Rules)."""
+    """The rule in words, with its settings (the report's Rules)."""
     return (f"`validation_near_training`: each validation image's signature (gray, {side}x{side} block means, "
             f"standardized) is correlated with every training image's; the median over validation images of the "
             f"nearest is compared with the typical value, the median of the same for training images against "

@@ -1,6 +1,6 @@
 """The verdict rules: plain functions of one run's per-epoch history. No TensorFlow, no MLflow.
 
-Rules (also printed in the README and in every report):
+Rules (also in docs/reference/causes.md and in every report, from RULES_TEXT):
 - diverged: some training loss was NaN or Inf. Quality is then scored on the epochs before the
   first non-finite loss (NaN weights would score exactly as the trivial predictor).
 - negative_loss: some epoch's training loss fell below the loss's measured floor (harness/probe.py)

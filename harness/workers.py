@@ -35,7 +35,7 @@ def workers_exit(codes: list[int]) -> int:
 
 def resolve_n_jobs(value: str, results: Path) -> int:
     """--n-jobs N, or auto: per GPU, the worker count that `harness bench --gpu-check` measured fastest
-    on a GPU (results/bench/gpu-check.json, best_workers); on the CPU, 2 where `harness bench` measured
+    on a GPU (<results>/bench/gpu-check.json, best_workers); on the CPU, 2 where `harness bench` measured
     --n-jobs 2 faster than one worker (bench.json, n_jobs_2_speedup > 1), else 1. Says which it took."""
     import json
     if value != "auto":

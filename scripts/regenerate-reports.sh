@@ -16,12 +16,13 @@ if [ -e results/mlflow.db ] || [ -e results/optuna.db ]; then
     echo "regenerate-reports: results/ holds stores of earlier sweeps; remove results/mlflow.db, results/optuna.db and results/mlartifacts first" >&2
     exit 2
 fi
-"$harness" sweep
+# --results results: a user's runs go to runs/ (harness.DEFAULT_RESULTS); the reference reports here.
+"$harness" sweep --results results
 for variant in seed no_featurewise tanh_posted; do      # the report's "Best tuned result per variant"
-    "$harness" tune "$variant" --trials 8
+    "$harness" tune "$variant" --trials 8 --results results
 done
-"$harness" sweep --set pipeline=imagedatagenerator
+"$harness" sweep --set pipeline=imagedatagenerator --results results
 if [ -d ../shared/data/isbi2012-membrane ]; then
-    "$harness" sweep whitening-isbi
-    "$harness" sweep whitening-isbi --set pipeline=imagedatagenerator
+    "$harness" sweep whitening-isbi --results results
+    "$harness" sweep whitening-isbi --set pipeline=imagedatagenerator --results results
 fi

@@ -38,7 +38,7 @@ def missing(reason: str):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under `mutmut run` (README: "Mutation testing"), a mutant's tests run fastest first, by
+    """Under `mutmut run` (docs/development/mutation.md), a mutant's tests run fastest first, by
     mutmut's own timings: a killed mutant then stops at its cheapest failing test, not after a
     Keras-heavy one. Nothing changes outside mutmut."""
     stats = Path("mutmut-stats.json")          # mutmut runs the tests from its mutants/ folder

@@ -1,4 +1,4 @@
-"""Exit codes a script or CI job can tell apart (README, "Exit codes"); abbreviations refused."""
+"""Exit codes a script or CI job can tell apart (docs/guides/troubleshooting.md); abbreviations refused."""
 
 import pytest
 

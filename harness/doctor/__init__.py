@@ -10,7 +10,7 @@ session.py holds one session, and `autolog` starts one from inside a script or a
 """
 from __future__ import annotations
 
-from harness import DEFAULT_RESULTS
+from harness.paths import DEFAULT_RESULTS
 
 
 def autolog(epochs: int = 0, results=DEFAULT_RESULTS, tracking_uri: str | None = None):

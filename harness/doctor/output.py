@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from harness import DEFAULT_RESULTS
+from harness.paths import DEFAULT_RESULTS
 from harness.causes import ORDER
 from harness.health import CAUSES as HEALTH_CAUSES
 
@@ -127,7 +127,7 @@ def report_markdown(doc: dict, session, figures: dict[int, list[str]]) -> str:
             lines += ["Assumed: " + "; ".join(d.assumed) + ".", ""]
         lines += [f"![{name[:-4]}]({name})" for name in figures.get(d.index, [])] + [""]
     lines += ["## Rules", "", "The causes are `harness check`'s flags and the training-health causes, judged by "
-              "the same rules as a sweep (the README's tables); a health cause or verdict that a loss cause "
+              "the same rules as a sweep (docs/reference/causes.md); a health cause or verdict that a loss cause "
               "produces is listed as its symptom.", ""]
     return "\n".join(lines)
 

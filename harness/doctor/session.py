@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from harness import DEFAULT_RESULTS
+from harness.paths import DEFAULT_RESULTS
 from harness.causes import union
 from harness.doctor import hooks, lineage
 from harness.doctor.fit import Examination, FitRecord

@@ -187,7 +187,7 @@ def failures(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def csv_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Flags as `true`/`false`, as the CSV's readers (and the README) expect."""
+    """Flags as `true`/`false`, as the CSV's readers expect."""
     df = df.copy()
     for col in FLAGS + ["agrees"]:
         if col in df:
