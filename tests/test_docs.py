@@ -114,9 +114,9 @@ def test_a_users_runs_go_where_git_ignores_them_and_the_reference_reports_stay_t
 def test_a_command_run_in_a_fresh_clone_leaves_git_status_clean(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    run = run_harness("status", cwd=clone)
+    run = run_harness("report", cwd=clone)            # writes the (empty) default report and its store
     assert run.returncode == 0, run.stderr[-2000:]
-    assert (clone / DEFAULT_RESULTS / "optuna.db").is_file()
+    assert (clone / DEFAULT_RESULTS / "whitening" / "report.md").is_file()
     assert subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout == ""
 
 
