@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The committed reports under results/, made again with the real commands from this checkout: the
-# default sweep, the case's own ImageDataGenerator path, and the same two on the ISBI membrane set
+# default sweep, the case's own ImageDataGenerator path, the default sweep under JAX, and the same
+# two on the ISBI membrane set
 # where ../shared/data/isbi2012-membrane is present. The stores they read back (results/mlflow.db,
 # results/optuna.db) are not committed: run this from a checkout without them, so that every point
 # trains here, on this machine's kind of CPU (the reports name it in their `device`). The case's own
@@ -22,6 +23,7 @@ for variant in seed no_featurewise tanh_posted; do      # the report's "Best tun
     "$harness" tune "$variant" --trials 8 --results results
 done
 "$harness" sweep --set pipeline=imagedatagenerator --results results
+KERAS_BACKEND=jax "$harness" sweep --results results       # results/whitening-jax (the test extra has JAX)
 if [ -d ../shared/data/isbi2012-membrane ]; then
     "$harness" sweep whitening-isbi --results results
     "$harness" sweep whitening-isbi --set pipeline=imagedatagenerator --results results
