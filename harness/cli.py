@@ -202,6 +202,7 @@ def worker_spec(args, command: str) -> dict:
 
 def cmd_tune(args, command: str) -> int:
     from harness.report import write_report
+    from harness.report.tuning import tuned_reading
     from harness.tracking import default_tracking_uri
     from harness.tune import run_tune
     cfg = load(args)
@@ -212,6 +213,9 @@ def cmd_tune(args, command: str) -> int:
     import_tensorflow_quietly()
     run_tune(cfg, args.variant, trials, args.results, args.storage, args.tracking_uri, command)
     report = write_report(cfg, args.results, args.tracking_uri or default_tracking_uri(args.results), command).path
+    reading = tuned_reading(report.parent, args.variant)
+    if reading:
+        print(f"tune {args.variant}: {reading}")
     print(f"report: {report}")
     return 0
 

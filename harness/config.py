@@ -68,8 +68,8 @@ DEFAULTS: dict[str, Any] = {
         "path": "",                  # folder with images/ and masks/ (source = "folder")
         "n_images": 384,             # synthetic: images made; folder: at most this many samples (0 = all)
         "image_size": 64,            # model input is image_size x image_size x channels
-        "channels": 3,               # image channels (folder images are converted to this many)
-        "foreground_fraction": 0.15, # synthetic only: mean share of foreground pixels (0.05-0.25)
+        "channels": 3,               # 1 or 3: image channels (folder images are converted to this many)
+        "foreground_fraction": 0.15, # synthetic only: mean share of foreground pixels (0.01-0.5)
         "fit": "tile",               # folder images larger than the input: "tile" or "resize"
         "mask_threshold": 0.5,       # folder masks: foreground where value >= threshold * max level
         # Folder masks coded with labels ({0, 1, 2}, or 0/1 with a 255 "void" border): the values

@@ -18,7 +18,7 @@ from harness.config import Config, Variant
 from harness.points import grid_points
 from harness.progress import Progress
 from harness.runs import TrackedRun, check_tags, flags_of
-from harness.tracking import Tracker, default_tracking_uri, first_line
+from harness.tracking import EXPERIMENT_TAG, Tracker, default_tracking_uri, first_line
 
 
 @dataclass
@@ -111,7 +111,7 @@ def open_parent_run(study, tracker: Tracker, cfg: Config, storage: str, command:
     """The sweep's MLflow parent run: one per study, reopened on resume."""
     parent = tracker.start_sweep(study.user_attrs.get("mlflow_parent_run_id"),
                                  params={"study": study.study_name, "storage": storage, "command": command},
-                                 tags={"harness.experiment": cfg.name}, record_command=record_command)
+                                 tags={EXPERIMENT_TAG: cfg.name}, record_command=record_command)
     study.set_user_attr("mlflow_parent_run_id", parent)
     tracker.log_config(parent, cfg.raw)
     return parent

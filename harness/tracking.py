@@ -21,6 +21,7 @@ from harness.errors import HarnessError, StorageError
 POINT_TAG = "harness.point"        # "variant/seed" on every nested run
 KIND_TAG = "harness.kind"          # "sweep" (parent) or "point" (nested)
 COMMANDS_TAG = "harness.commands"  # every command that ran the parent's study, one per line
+EXPERIMENT_TAG = "harness.experiment"  # the experiment's name, on a sweep's or a tune's parent run
 # MLflow 3's UI opens an experiment of this kind on its training runs, not on the GenAI (traces) view.
 KIND_OF_EXPERIMENT = ("mlflow.experimentKind", "custom_model_development")
 
@@ -94,8 +95,8 @@ class Tracker:
                 return run_id
             except Exception:  # noqa: BLE001 - deleted or foreign run: start a new parent
                 pass
-        run = self.client.create_run(self.experiment_id, run_name=tags.get("harness.experiment", "sweep"),
-                                     tags={KIND_TAG: "sweep", **self.source, **tags})
+        run = self.client.create_run(self.experiment_id, run_name=tags.get(EXPERIMENT_TAG, "sweep"),
+                                     tags={KIND_TAG: "sweep", **self.source, **tags})   # tags may name another kind
         self.parent_id = run.info.run_id
         self.log_params(self.parent_id, params)
         if record_command:

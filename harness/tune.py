@@ -20,7 +20,7 @@ from harness.errors import ConfigError
 from harness.grid import Heartbeat, default_storage, fail_stale_trials, open_study, teller
 from harness.runs import TrackedRun
 from harness.sweep import run_params
-from harness.tracking import Tracker, default_tracking_uri
+from harness.tracking import EXPERIMENT_TAG, KIND_TAG, Tracker, default_tracking_uri
 
 TUNE_KIND = "tune"                 # harness.kind of each trial's run (the parent is "tune-study")
 
@@ -101,7 +101,7 @@ def run_tune(cfg: Config, variant_name: str, trials: int, results: Path, storage
     parent = tracker.start_sweep(study.user_attrs.get("mlflow_parent_run_id"),
                                  params={"study": study.study_name, "storage": storage, "command": command,
                                          "ranges": str(tune["ranges"])},
-                                 tags={"harness.experiment": cfg.name, "harness.kind": "tune-study",
+                                 tags={EXPERIMENT_TAG: cfg.name, KIND_TAG: "tune-study",
                                        "variant": variant.name, "tune.base_study": cfg.study_name})
     study.set_user_attr("mlflow_parent_run_id", parent)
     outcomes, status = [], "KILLED"
@@ -111,17 +111,9 @@ def run_tune(cfg: Config, variant_name: str, trials: int, results: Path, storage
         status = "FINISHED"
     finally:
         tracker.end_sweep(status)
-    best = best_trial(study)
-    if best is not None:
-        log(f"tune {variant.name}: best val_miou {best.value:.3f} at "
-            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()))
+    # Which trial is best is the report's judgement (harness/report/tuning.py: pick_best), printed
+    # by the command after the report is written: Optuna's best value may be a failed trial's.
     return outcomes
-
-
-def best_trial(study):
-    import optuna
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return max(complete, key=lambda t: t.value) if complete else None
 
 
 def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, log) -> TuneOutcome:
@@ -155,7 +147,7 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
 
     with run.started(variant.name, seed, {**run_params(trial_cfg, variant, seed, dataset.fingerprint),
                                           **{f"tuned.{k}": v for k, v in params.items()}},
-                     tags={"harness.kind": TUNE_KIND, "optuna.trial": str(trial.number),
+                     tags={KIND_TAG: TUNE_KIND, "optuna.trial": str(trial.number),
                            "optuna.study": study.study_name, "tune.base_study": cfg.study_name},
                      pruned=optuna.TrialPruned):
         log(f"{label} {shown}")

@@ -55,6 +55,24 @@ def test_tune_resumes_tracks_trials_and_reports_beside_the_grid(tmp_path):
     assert abs(float(rows[0]["best_val_miou"]) - best) < 1e-4
     assert rows[0]["grid_verdict"] and (folder / "tuning.png").stat().st_size > 0
     assert "data:image/png;base64," in (folder / "report.html").read_text()
+    # The command's last word on the variant is the report's own sentence.
+    last = [line for line in again.stdout.splitlines() if line.startswith("tune image_only: ")][-1]
+    assert f"- **image_only**: {last.removeprefix('tune image_only: ')}" in md
+
+
+def test_tunes_last_line_is_the_reports_reading_even_when_every_trial_failed(tmp_path):
+    from harness.report.tuning import tuned_reading
+    row = {"variant": "seed", "trials": 3, "pruned": 0, "best_setting": "train.learning_rate=0.004",
+           "best_val_miou": 0.38, "best_verdict": "negative_loss", "grid_val_miou": 0.17,
+           "grid_verdict": "negative_loss", "verdicts_over_trials": "negative_loss:3", "every_trial_failed": True}
+    import pandas as pd
+    pd.DataFrame([row]).to_csv(tmp_path / "tuned.csv", index=False)
+    reading = tuned_reading(tmp_path, "seed")
+    assert reading.startswith("every trial failed; the best of the failed ones: best val_miou 0.380 (`negative_loss`)")
+    assert "the failure is the variant's" in reading
+    pd.DataFrame([{**row, "every_trial_failed": False, "best_verdict": "converged"}]).to_csv(tmp_path / "tuned.csv", index=False)
+    assert tuned_reading(tmp_path, "seed").startswith("best val_miou 0.380 (`converged`)")
+    assert tuned_reading(tmp_path, "image_only") is None
 
 
 def test_tune_unknown_variant_and_bad_range_are_one_line_errors(tmp_path, cli):

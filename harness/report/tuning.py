@@ -89,6 +89,22 @@ def pick_best(trials: pd.DataFrame):
     return pool.loc[pool["val_miou"].idxmax()], healthy.empty
 
 
+def tuned_reading(folder: Path, variant: str) -> str | None:
+    """The report's sentence on `variant`'s tuning, read back from the tuned.csv the report just wrote:
+    what `harness tune` prints last says what the report says."""
+    path = folder / "tuned.csv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, keep_default_na=False, na_values=["nan"])
+    rows = table[table["variant"] == variant]
+    if rows.empty:
+        return None
+    row = rows.iloc[0].to_dict()
+    row["every_trial_failed"] = str(row["every_trial_failed"]) == "True"
+    best = None if pd.isna(row["best_val_miou"]) else row
+    return tune_reading(row, best)
+
+
 def fmt_range(spec: dict) -> str:
     if "choices" in spec:
         return "in {" + ", ".join(map(str, spec["choices"])) + "}"
