@@ -99,6 +99,14 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
             self.epoch, self.where = 0, None
             self.lock = threading.Lock()
 
+        def set_model(self, model):
+            super().set_model(model)
+            # Kept apart from `self.model`: under JAX that property syncs the training state into the
+            # model's variables, and from a worker thread it raced the next train step, which had
+            # donated those buffers: the fit then read deleted arrays after the stop ("Array has been
+            # deleted"), and a diverging run crashed instead of being judged diverged.
+            self.trained = model
+
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
@@ -111,7 +119,7 @@ def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callab
                 with self.lock:           # the first non-finite batch, whichever worker sees it first
                     here = (self.epoch + 1, batch + 1)
                     self.where = here if self.where is None else min(self.where, here)
-                self.model.stop_training = True
+                self.trained.stop_training = True
 
     stop = StopOnNonFinite()
     model_eval.setdefault("scoring_seconds", 0.0)

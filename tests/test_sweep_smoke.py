@@ -136,3 +136,16 @@ def test_a_point_says_how_long_its_training_took_apart_from_the_sweeps_own_work(
     (outcome,) = run_sweep(cfg, tmp_path / "r", log=lambda _: None, run_check=False)
     assert outcome.verdict != "crashed" and math.isfinite(outcome.training_seconds)
     assert 0 < outcome.training_seconds < outcome.seconds
+
+
+@pytest.mark.backend
+def test_a_run_that_diverges_mid_epoch_is_judged_diverged_not_crashed(tmp_path):
+    """The stop at the first non-finite batch runs on Keras' worker threads: under JAX, touching
+    `callback.model` there synced the training state while the next step had donated it, and the fit
+    then crashed on deleted arrays ("Array has been deleted") instead of ending diverged."""
+    from harness.config import load_config
+    from harness.sweep import run_sweep
+    shrunk = [s for s in SHRUNK if s != "--set" and not s.startswith("variants=")]
+    cfg = load_config(TINY, shrunk + ['variants=["tanh_posted"]', "train.epochs=2", "train.learning_rate=1e4"])
+    (outcome,) = run_sweep(cfg, tmp_path / "r", log=lambda _: None, run_check=False)
+    assert outcome.verdict == "diverged"
