@@ -137,10 +137,15 @@ def tag_sections() -> str:
               "score_note": "", "causes": {}, "diagnosis": Diagnosis((), ())}
     writers = [(runs.result_tags, (result, judged)), (runs.check_tags, ([], "", {}, {})),
                (runs.failure_tags, ("", "")), (runs.pruned_tags, ("",))]
-    out = [table(["tag", "what"], constants)]
+    out, written = [table(["tag", "what"], constants)], set()
     for writer, args in writers:
         doc = " ".join(writer.__doc__.split())
-        out.append(f"\n`runs.{writer.__name__}`: {doc}\n\n" + ", ".join(f"`{name}`" for name in writer(*args)) + "\n")
+        names = list(writer(*args))
+        written.update(names)
+        out.append(f"\n`runs.{writer.__name__}`: {doc}\n\n" + ", ".join(f"`{name}`" for name in names) + "\n")
+    others = [v for k, v in vars(runs.Tag).items() if k.isupper() and v not in written]
+    if others:
+        out.append("\nWritten elsewhere (`runs.Tag`): " + ", ".join(f"`{name}`" for name in others) + "\n")
     return "".join(out)
 
 

@@ -11,8 +11,54 @@ from typing import Callable
 from harness.causes import Diagnosis, differential
 from harness.errors import interrupted_reason
 from harness.health import diagnose, joined
-from harness.tracking import first_line
+from harness.tracking import TAG_COLUMN, first_line
 from harness.verdict import judge, rose_above_trivial
+
+
+class Tag:
+    """The names of the tags a run carries, defined once: the writers below and every reader (the
+    report, tune, the tests' hand-made runs) use these. tracking.py names the harness.*, optuna.* and
+    MLflow source tags the same way (its *_TAG constants)."""
+    VERDICT = "verdict"
+    DIVERGED = "diverged"
+    NEGATIVE_LOSS = "negative_loss"
+    CONVERGED = "converged"
+    DEVICE = "device"
+    DETERMINISTIC = "deterministic"
+    FEED = "feed"
+    LOSS_FLOOR = "loss_floor"
+    TRIVIAL_MIOU = "trivial_miou"
+    LOSS_FLOOR_DECLARED = "loss_floor_declared"
+    THRESHOLD = "threshold"
+    SCORED_EPOCHS = "scored_epochs"
+    SCORE_NOTE = "score_note"
+    EPOCHS_RUN = "epochs_run"
+    SECONDS = "seconds"
+    FEATUREWISE_STATS = "featurewise_stats"
+    HEALTH_CAUSES = "health.causes"
+    CAUSES = "causes"
+    SYMPTOMS = "symptoms"
+    DIVERGED_EPOCH = "diverged_epoch"
+    DIVERGED_BATCH = "diverged_batch"
+    CHECK_FLAGS = "check.flags"
+    CHECK_PREDICTED = "check.predicted"
+    CHECK_DETAILS = "check.details"
+    CHECK_VALIDATION = "check.validation"
+    FAILURE = "failure"
+    TUNE_STATE = "tune.state"
+    TUNE_PRUNED = "tune.pruned"
+    DOCTOR_FINDINGS = "doctor.findings"     # a doctor fit's findings: name, kind, where (JSON)
+
+
+def tag(run, name: str, default=None):
+    """A tag's value in a run as tracking.load_runs reads it (the column "tags.<name>"), or `default`."""
+    return run.get(TAG_COLUMN + name, default)
+
+
+def text_tag(run, name: str) -> str:
+    """A tag's text, or "" where the run has none (pandas fills a missing tag with NaN)."""
+    value = tag(run, name)
+    return value if isinstance(value, str) else ""
 
 
 def judge_result(result, rules: dict, health: dict | None = None, flags=()) -> dict:
@@ -43,44 +89,44 @@ def diagnosed(history: dict, flags, verdict: str, trivial_miou: float, rules: di
 
 def result_tags(result, judged: dict) -> dict:
     """The tags of a finished run: its verdict, what it was judged against, and how it trained."""
-    tags = {"verdict": judged["verdict"], "diverged": judged["diverged"],
-            "negative_loss": judged["negative_loss"], "converged": judged["converged"],
-            "device": result.device, "deterministic": result.deterministic, "feed": result.feed,
-            "loss_floor": result.loss_floor, "trivial_miou": result.trivial_miou,
-            "loss_floor_declared": result.loss_floor_declared, "threshold": result.threshold,
-            "scored_epochs": judged["scored_epochs"], "score_note": judged["score_note"],
-            "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2),
-            "featurewise_stats": json.dumps(result.stats), "health.causes": joined(judged["causes"]),
-            "causes": joined(judged["diagnosis"].causes), "symptoms": joined(judged["diagnosis"].symptoms)}
+    tags = {Tag.VERDICT: judged["verdict"], Tag.DIVERGED: judged["diverged"],
+            Tag.NEGATIVE_LOSS: judged["negative_loss"], Tag.CONVERGED: judged["converged"],
+            Tag.DEVICE: result.device, Tag.DETERMINISTIC: result.deterministic, Tag.FEED: result.feed,
+            Tag.LOSS_FLOOR: result.loss_floor, Tag.TRIVIAL_MIOU: result.trivial_miou,
+            Tag.LOSS_FLOOR_DECLARED: result.loss_floor_declared, Tag.THRESHOLD: result.threshold,
+            Tag.SCORED_EPOCHS: judged["scored_epochs"], Tag.SCORE_NOTE: judged["score_note"],
+            Tag.EPOCHS_RUN: result.epochs_run, Tag.SECONDS: round(result.seconds, 2),
+            Tag.FEATUREWISE_STATS: json.dumps(result.stats), Tag.HEALTH_CAUSES: joined(judged["causes"]),
+            Tag.CAUSES: joined(judged["diagnosis"].causes), Tag.SYMPTOMS: joined(judged["diagnosis"].symptoms)}
     if result.diverged_at:
-        tags["diverged_epoch"], tags["diverged_batch"] = result.diverged_at
+        tags[Tag.DIVERGED_EPOCH], tags[Tag.DIVERGED_BATCH] = result.diverged_at
     return tags
 
 
 def check_tags(flags: list[str], predicted: str, details: dict, validation: dict | None = None) -> dict:
     """What `harness check` measured for the run's variant before training; `validation`: how close
     the validation images sit to the training images (harness/leakage.py), and which split."""
-    tags = {"check.flags": ",".join(flags) or "none", "check.predicted": predicted,
-            "check.details": json.dumps(details)[:5000]}
+    tags = {Tag.CHECK_FLAGS: ",".join(flags) or "none", Tag.CHECK_PREDICTED: predicted,
+            Tag.CHECK_DETAILS: json.dumps(details)[:5000]}
     if validation is not None:
         # The report says which split the verdicts were measured on, and how close.
-        tags["check.validation"] = json.dumps(validation)[:5000]
+        tags[Tag.CHECK_VALIDATION] = json.dumps(validation)[:5000]
     return tags
 
 
 def flags_of(tags: dict) -> list[str]:
     """The check's flags from a run's tags (`check.flags`, as check_tags writes it); [] where none."""
-    return [f for f in str(tags.get("check.flags") or "none").split(",") if f and f != "none"]
+    return [f for f in str(tags.get(Tag.CHECK_FLAGS) or "none").split(",") if f and f != "none"]
 
 
 def failure_tags(reason: str, verdict: str) -> dict:
     """A run that ended without a result: `verdict` is "crashed" or "interrupted"."""
-    return {"failure": reason, "verdict": verdict}
+    return {Tag.FAILURE: reason, Tag.VERDICT: verdict}
 
 
 def pruned_tags(reason: str) -> dict:
     """A tune trial stopped by the pruner: a finished run whose verdict is "pruned"."""
-    return {"tune.state": "pruned", "verdict": "pruned", "tune.pruned": reason}
+    return {Tag.TUNE_STATE: "pruned", Tag.VERDICT: "pruned", Tag.TUNE_PRUNED: reason}
 
 
 class TrackedRun:

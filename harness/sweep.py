@@ -18,7 +18,8 @@ from harness.config import Config, Variant
 from harness.points import grid_points
 from harness.progress import Progress
 from harness.runs import TrackedRun, check_tags, flags_of
-from harness.tracking import EXPERIMENT_TAG, Tracker, default_tracking_uri, first_line
+from harness.tracking import (EXPERIMENT_TAG, OPTUNA_STUDY_TAG, OPTUNA_TRIAL_TAG, Tracker, default_tracking_uri,
+                              first_line)
 
 
 @dataclass
@@ -164,7 +165,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
 
     started = time.perf_counter()
     with run.started(variant.name, seed, run_params(cfg, variant, seed, dataset.fingerprint),
-                     tags={"optuna.trial": str(trial.number), "optuna.study": study.study_name, **check_tags}):
+                     tags={OPTUNA_TRIAL_TAG: str(trial.number), OPTUNA_STUDY_TAG: study.study_name, **check_tags}):
         run_id = run.run_id
         log(f"{label} training ({cfg['train']['epochs']} epochs)")
         progress.start_point(variant.name, seed, cfg["train"]["epochs"])

@@ -22,6 +22,12 @@ POINT_TAG = "harness.point"        # "variant/seed" on every nested run
 KIND_TAG = "harness.kind"          # "sweep" (parent) or "point" (nested)
 COMMANDS_TAG = "harness.commands"  # every command that ran the parent's study, one per line
 EXPERIMENT_TAG = "harness.experiment"  # the experiment's name, on a sweep's or a tune's parent run
+OPTUNA_STUDY_TAG = "optuna.study"  # the Optuna study a grid point or tune trial belongs to
+OPTUNA_TRIAL_TAG = "optuna.trial"  # its trial's number in that study
+TUNE_BASE_STUDY_TAG = "tune.base_study"  # a tune trial's grid study: the setting it was tuned from
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # the harness checkout's commit (MLflow's own name)
+GIT_DIRTY_TAG = "mlflow.source.git.dirty"    # "true" where tracked code had uncommitted changes
+TAG_COLUMN = "tags."               # load_runs' column of a tag: "tags." + its name
 # MLflow 3's UI opens an experiment of this kind on its training runs, not on the GenAI (traces) view.
 KIND_OF_EXPERIMENT = ("mlflow.experimentKind", "custom_model_development")
 
@@ -291,8 +297,8 @@ def git_state() -> dict:
         # Only tracked code counts: results and stores written inside the checkout (results/, where
         # the committed reports live and are regenerated) are not code.
         dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results"))
-        return {"mlflow.source.git.commit": commit, "mlflow.source.git.branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-                "mlflow.source.git.dirty": str(dirty).lower()}
+        return {GIT_COMMIT_TAG: commit, "mlflow.source.git.branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+                GIT_DIRTY_TAG: str(dirty).lower()}
     except (OSError, subprocess.SubprocessError):
         return {}
 
@@ -318,8 +324,8 @@ def load_runs(tracking_uri: str, experiment: str, with_history: bool = True, stu
         raise StorageError(f"MLflow tracking store {tracking_uri} is not usable: {first_line(e)}") from None
     if exp is None:
         return pd.DataFrame()
-    where = f"tags.`{KIND_TAG}` = '{kind}'" + (f" and tags.`optuna.study` = '{study}'" if study else "")
-    where += f" and tags.`tune.base_study` = '{base_study}'" if base_study else ""
+    where = f"tags.`{KIND_TAG}` = '{kind}'" + (f" and tags.`{OPTUNA_STUDY_TAG}` = '{study}'" if study else "")
+    where += f" and tags.`{TUNE_BASE_STUDY_TAG}` = '{base_study}'" if base_study else ""
     runs = client.search_runs([exp.experiment_id], filter_string=where,
                               order_by=["attributes.start_time DESC"], max_results=10000)
     rows = []
@@ -328,7 +334,7 @@ def load_runs(tracking_uri: str, experiment: str, with_history: bool = True, stu
                "variant": run.data.tags.get("variant"), "seed": int(run.data.tags.get("seed", -1))}
         row.update({f"params.{k}": v for k, v in run.data.params.items()})
         row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
-        row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+        row.update({TAG_COLUMN + k: v for k, v in run.data.tags.items()})
         if with_history and run.info.status == "FINISHED":
             row["history"] = {key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key),
                                                              key=lambda m: m.step)]

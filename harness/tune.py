@@ -18,9 +18,10 @@ from typing import Callable
 from harness.config import Config, Variant
 from harness.errors import ConfigError
 from harness.grid import Heartbeat, default_storage, fail_stale_trials, open_study, teller
-from harness.runs import TrackedRun
+from harness.runs import Tag, TrackedRun
 from harness.sweep import run_params
-from harness.tracking import EXPERIMENT_TAG, KIND_TAG, Tracker, default_tracking_uri
+from harness.tracking import (EXPERIMENT_TAG, KIND_TAG, OPTUNA_STUDY_TAG, OPTUNA_TRIAL_TAG, TUNE_BASE_STUDY_TAG,
+                              Tracker, default_tracking_uri)
 
 TUNE_KIND = "tune"                 # harness.kind of each trial's run (the parent is "tune-study")
 
@@ -102,7 +103,7 @@ def run_tune(cfg: Config, variant_name: str, trials: int, results: Path, storage
                                  params={"study": study.study_name, "storage": storage, "command": command,
                                          "ranges": str(tune["ranges"])},
                                  tags={EXPERIMENT_TAG: cfg.name, KIND_TAG: "tune-study",
-                                       "variant": variant.name, "tune.base_study": cfg.study_name})
+                                       "variant": variant.name, TUNE_BASE_STUDY_TAG: cfg.study_name})
     study.set_user_attr("mlflow_parent_run_id", parent)
     outcomes, status = [], "KILLED"
     try:
@@ -126,7 +127,7 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
     trial_cfg = cfg.with_overrides(params)
     seed = cfg["tune"]["seed"]
     label = f"[tune {variant.name} #{trial.number}]"
-    run = TrackedRun(tracker, teller(study, trial, log), trial.set_user_attr, log, label, state_tag="tune.state")
+    run = TrackedRun(tracker, teller(study, trial, log), trial.set_user_attr, log, label, state_tag=Tag.TUNE_STATE)
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
     started = time.perf_counter()
 
@@ -147,8 +148,8 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
 
     with run.started(variant.name, seed, {**run_params(trial_cfg, variant, seed, dataset.fingerprint),
                                           **{f"tuned.{k}": v for k, v in params.items()}},
-                     tags={KIND_TAG: TUNE_KIND, "optuna.trial": str(trial.number),
-                           "optuna.study": study.study_name, "tune.base_study": cfg.study_name},
+                     tags={KIND_TAG: TUNE_KIND, OPTUNA_TRIAL_TAG: str(trial.number),
+                           OPTUNA_STUDY_TAG: study.study_name, TUNE_BASE_STUDY_TAG: cfg.study_name},
                      pruned=optuna.TrialPruned):
         log(f"{label} {shown}")
         with Heartbeat(trial):

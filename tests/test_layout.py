@@ -76,3 +76,28 @@ def test_no_harness_module_imports_itself_back():
     graph = import_graph()
     assert {"harness.cli", "harness.train", "harness.sweep"} <= set(graph)
     assert cycles(graph) == []
+
+
+def tag_literals(source: str, names: set[str]) -> list[str]:
+    """The string literals (f-strings' fixed parts too) that name a tag: `names`, or a load_runs
+    column "tags.<name>"."""
+    return [node.value for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and (node.value in names or node.value.startswith("tags."))]
+
+
+def test_tag_names_are_typed_in_one_place():
+    """Every tag is named in harness/runs.py (Tag) or harness/tracking.py (*_TAG); everywhere else
+    reads and writes through those names. Checked for the dotted names and the "tags." columns, the
+    ones no other string in the code can mean (a bare "verdict" is also a column, a key, a word)."""
+    from harness import tracking
+    from harness.runs import Tag
+    names = {v for k, v in vars(Tag).items() if k.isupper()} | {v for k, v in vars(tracking).items() if k.endswith("_TAG")}
+    dotted = {n for n in names if "." in n}
+    assert {"check.flags", "tune.state", "harness.kind", "optuna.trial"} <= dotted
+    owners = {ROOT / "harness" / "runs.py", ROOT / "harness" / "tracking.py"}
+    found = {str(path.relative_to(ROOT)): hits for path in sorted((ROOT / "harness").rglob("*.py"))
+             if path not in owners and (hits := tag_literals(path.read_text(), dotted))}
+    assert found == {}
+    assert tag_literals('x = run.get("tags.loss_floor"); y = f"tags.{n}"; z = {"check.flags": 1}', dotted) == \
+        ["tags.loss_floor", "tags.", "check.flags"]

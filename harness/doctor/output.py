@@ -161,17 +161,18 @@ def tracker_for(results: str | Path | None, tracking_uri: str | None, experiment
 
     def track(diagnosis, record) -> None:
         from harness.health import joined
+        from harness.runs import Tag
         from harness.tracking import log_finished_run
         params = {"fit": diagnosis.index, "site": diagnosis.site, "epochs_asked": diagnosis.epochs_asked,
                   "loss": record.loss_name, "head": record.head, "optimizer": record.optimizer,
                   "batch_size": record.batch_size, "inputs.training": diagnosis.inputs["training"],
                   "inputs.validation": diagnosis.inputs["validation"]}
         findings = json.dumps([{"name": f.name, "kind": f.kind, "where": f.where} for f in diagnosis.findings])
-        tags = {"verdict": diagnosis.verdict, "causes": joined(diagnosis.causes),
-                "health.causes": joined([c for c in diagnosis.causes if c in HEALTH_CAUSES]),
-                "symptoms": joined([f.name for f in diagnosis.findings if f.kind == "symptom"]),
-                "loss_floor": diagnosis.numbers["loss_floor"], "trivial_miou": diagnosis.numbers["trivial_miou"],
-                "doctor.findings": findings[:5000]}
+        tags = {Tag.VERDICT: diagnosis.verdict, Tag.CAUSES: joined(diagnosis.causes),
+                Tag.HEALTH_CAUSES: joined([c for c in diagnosis.causes if c in HEALTH_CAUSES]),
+                Tag.SYMPTOMS: joined([f.name for f in diagnosis.findings if f.kind == "symptom"]),
+                Tag.LOSS_FLOOR: diagnosis.numbers["loss_floor"], Tag.TRIVIAL_MIOU: diagnosis.numbers["trivial_miou"],
+                Tag.DOCTOR_FINDINGS: findings[:5000]}
         log_finished_run(uri, experiment, results, f"fit-{diagnosis.index}", params,
                          plotted_history(diagnosis.history), tags, kind="doctor")
     return track

@@ -12,6 +12,8 @@ from harness import leakage
 from harness.causes import DATA_AND_LOSS_CAUSES, LOSS_CAUSES
 from harness.report.explain import explain, marked_verdicts, split_rule, validation_paragraph
 from harness.health import rules_markdown as health_rules_markdown
+from harness.runs import Tag
+from harness.tracking import GIT_COMMIT_TAG, GIT_DIRTY_TAG, TAG_COLUMN
 from harness.verdict import rules_markdown
 
 
@@ -132,8 +134,8 @@ def sample_lines(samples: list[str]) -> list[str]:
 
 VERSION_PARAMS = {"python": "params.python", "tensorflow": "params.version.tensorflow",
                   "keras": "params.version.keras", "jax": "params.version.jax", "optuna": "params.version.optuna",
-                  "mlflow": "params.version.mlflow", "harness commit": "tags.mlflow.source.git.commit",
-                  "uncommitted changes": "tags.mlflow.source.git.dirty"}
+                  "mlflow": "params.version.mlflow", "harness commit": TAG_COLUMN + GIT_COMMIT_TAG,
+                  "uncommitted changes": TAG_COLUMN + GIT_DIRTY_TAG}
 
 
 def reproduce_section(runs: pd.DataFrame, points: pd.DataFrame, commands: list[str], command: str) -> str:
@@ -150,8 +152,8 @@ def reproduce_section(runs: pd.DataFrame, points: pd.DataFrame, commands: list[s
     found = {name: ", ".join(sorted(set(used[col].dropna().astype(str)))) for name, col in VERSION_PARAMS.items()
              if col in used}
     found["device"] = ", ".join(sorted(set(points["device"].astype(str)))) if "device" in points else ""
-    for name in ("deterministic", "feed"):          # recorded since harness/backend.py and device augmentation
-        col = f"tags.{name}"
+    for name in (Tag.DETERMINISTIC, Tag.FEED):      # recorded since harness/backend.py and device augmentation
+        col = TAG_COLUMN + name
         found[name] = ", ".join(sorted(set(used[col].dropna().astype(str)))) if col in used else ""
     lines += ["Recorded by the runs: " + "; ".join(f"{k} {v}" for k, v in found.items() if v) + ".", "",
               f"This report: `{command}`.", ""]

@@ -13,8 +13,8 @@ import json
 from harness.causes import union
 from harness.health import joined, measured
 from harness.points import runs_of_grid
-from harness.runs import diagnosed, flags_of
-from harness.tracking import load_runs
+from harness.runs import Tag, diagnosed, flags_of, tag, text_tag
+from harness.tracking import TAG_COLUMN, load_runs
 from harness.verdict import HEALTHY, combine, judge
 
 
@@ -49,43 +49,42 @@ def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     rows = []
     for _, run in finished.iterrows():
         history = run.get("history") or {}
-        floor = float(run.get("tags.loss_floor", 0.0))
-        trivial = float(run.get("tags.trivial_miou", 0.5))
-        diverged = run.get("tags.diverged") == "True"
-        diverged_epoch = tag_int(run.get("tags.diverged_epoch"))
+        floor = float(tag(run, Tag.LOSS_FLOOR, 0.0))
+        trivial = float(tag(run, Tag.TRIVIAL_MIOU, 0.5))
+        diverged = tag(run, Tag.DIVERGED) == "True"
+        diverged_epoch = tag_int(tag(run, Tag.DIVERGED_EPOCH))
         judged = judge(history, floor, trivial, cfg["verdict"], diverged=diverged, diverged_epoch=diverged_epoch)
-        epochs = max(1, int(run.get("tags.epochs_run", 1) or 1))
+        epochs = max(1, int(tag(run, Tag.EPOCHS_RUN, 1) or 1))
         recent = cfg["verdict"]["window"]
         # Judged again from the logged health/ history and the check's flags (harness/causes.py).
-        tags = {"check.flags": run.get("tags.check.flags") if isinstance(run.get("tags.check.flags"), str) else ""}
-        measured_causes, diagnosis = diagnosed(history, flags_of(tags), judged["verdict"], trivial, cfg["verdict"],
+        measured_causes, diagnosis = diagnosed(history, flags_of({Tag.CHECK_FLAGS: text_tag(run, Tag.CHECK_FLAGS)}), judged["verdict"], trivial, cfg["verdict"],
                                                cfg["health"], diverged_epoch if diverged else None)
         details = {**check_details_of(run), **measured_causes}
         rows.append({
             "variant": run["variant"], "seed": int(run["seed"]), "run_id": run["run_id"],
             "final_loss": judged["final_loss"], "min_loss": judged["min_loss"], "loss_floor": floor,
-            "loss_floor_declared": tag_float(run.get("tags.loss_floor_declared")),
-            "threshold": tag_float(run.get("tags.threshold")),
+            "loss_floor_declared": tag_float(tag(run, Tag.LOSS_FLOOR_DECLARED)),
+            "threshold": tag_float(tag(run, Tag.THRESHOLD)),
             "val_iou": tail_mean(scored(history, "val_iou", judged), recent),
             "val_miou": judged["final_miou"],
             "val_dice": tail_mean(scored(history, "val_dice", judged), recent),
             "val_as_train_miou": tail_mean(scored(history, "val_as_train_miou", judged), recent),
             "scored_epochs": judged["scored_epochs"], "score_note": judged["score_note"],
             "trivial_miou": trivial,
-            "seconds_per_epoch": float(run.get("tags.seconds", "nan")) / epochs,
+            "seconds_per_epoch": float(tag(run, Tag.SECONDS, "nan")) / epochs,
             "negative_loss": judged["negative_loss"], "diverged": judged["diverged"],
             "converged": judged["converged"], "verdict": judged["verdict"],
             "causes": joined(diagnosis.causes), "symptoms": joined(diagnosis.symptoms),
             "cause_details": {c: details.get(c, "") for c in diagnosis.causes},
             "symptom_details": {s: (cause, details.get(s, "")) for s, cause in diagnosis.symptoms.items()},
             "health_measured": measured(history),
-            "diverged_at": (f"epoch {run.get('tags.diverged_epoch')} batch {run.get('tags.diverged_batch')}"
-                            if diverged and isinstance(run.get("tags.diverged_epoch"), str) else ""),
-            "device": run.get("tags.device", ""), "history": history,
-            "predicted": run.get("tags.check.predicted") if isinstance(run.get("tags.check.predicted"), str) else "",
-            "check_flags": run.get("tags.check.flags") if isinstance(run.get("tags.check.flags"), str) else "",
-            "check_details": run.get("tags.check.details") if isinstance(run.get("tags.check.details"), str) else "",
-            "check_validation": run.get("tags.check.validation") if isinstance(run.get("tags.check.validation"), str) else "",
+            "diverged_at": (f"epoch {tag(run, Tag.DIVERGED_EPOCH)} batch {tag(run, Tag.DIVERGED_BATCH)}"
+                            if diverged and text_tag(run, Tag.DIVERGED_EPOCH) else ""),
+            "device": tag(run, Tag.DEVICE, ""), "history": history,
+            "predicted": text_tag(run, Tag.CHECK_PREDICTED),
+            "check_flags": text_tag(run, Tag.CHECK_FLAGS),
+            "check_details": text_tag(run, Tag.CHECK_DETAILS),
+            "check_validation": text_tag(run, Tag.CHECK_VALIDATION),
         })
     if not rows:
         return pd.DataFrame()
@@ -97,7 +96,7 @@ def point_rows(runs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
 
 def check_details_of(run) -> dict[str, str]:
     """What `harness check` measured for each of the run's flags (tag check.details); {} where absent."""
-    text = run.get("tags.check.details")
+    text = tag(run, Tag.CHECK_DETAILS)
     try:
         return json.loads(text) if isinstance(text, str) else {}
     except json.JSONDecodeError:
@@ -182,8 +181,9 @@ def failures(runs: pd.DataFrame) -> pd.DataFrame:
     failed = runs[(runs["status"] != "FINISHED") & (runs["status"] != "RUNNING")]
     failed = failed[[(v, s) not in finished for v, s in zip(failed["variant"], failed["seed"])]]
     failed = failed.drop_duplicates(["variant", "seed"])
-    cols = [c for c in ("variant", "seed", "status", "tags.failure") if c in failed]
-    return failed[cols].rename(columns={"tags.failure": "reason"})
+    reason = TAG_COLUMN + Tag.FAILURE
+    cols = [c for c in ("variant", "seed", "status", reason) if c in failed]
+    return failed[cols].rename(columns={reason: "reason"})
 
 
 def csv_table(df: pd.DataFrame) -> pd.DataFrame:

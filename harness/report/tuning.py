@@ -10,7 +10,8 @@ from harness import plots
 from harness.config import Config
 from harness.report.markdown import markdown_table
 from harness.report.tables import tag_int
-from harness.tracking import load_runs
+from harness.runs import Tag, tag
+from harness.tracking import OPTUNA_TRIAL_TAG, load_runs
 from harness.verdict import FAILED, HEALTHY, judge
 
 
@@ -25,16 +26,16 @@ def tune_rows(cfg: Config, tracking_uri: str) -> pd.DataFrame:
         history = run.get("history") or {}
         tuned = {k.removeprefix("params.tuned."): v for k, v in run.items()
                  if k.startswith("params.tuned.") and isinstance(v, str)}
-        state = run.get("tags.tune.state", "complete")
-        judged = judge(history, float(run.get("tags.loss_floor", 0.0) or 0.0),
-                       float(run.get("tags.trivial_miou", 0.5) or 0.5), cfg["verdict"],
-                       diverged=run.get("tags.diverged") == "True",
-                       diverged_epoch=tag_int(run.get("tags.diverged_epoch")))
-        rows.append({"variant": run["variant"], "trial": int(run.get("tags.optuna.trial", -1)), "state": state,
+        state = tag(run, Tag.TUNE_STATE, "complete")
+        judged = judge(history, float(tag(run, Tag.LOSS_FLOOR, 0.0) or 0.0),
+                       float(tag(run, Tag.TRIVIAL_MIOU, 0.5) or 0.5), cfg["verdict"],
+                       diverged=tag(run, Tag.DIVERGED) == "True",
+                       diverged_epoch=tag_int(tag(run, Tag.DIVERGED_EPOCH)))
+        rows.append({"variant": run["variant"], "trial": int(tag(run, OPTUNA_TRIAL_TAG, -1)), "state": state,
                      "verdict": judged["verdict"] if state == "complete" else state,
                      "val_miou": judged["final_miou"], "min_loss": judged["min_loss"],
-                     "loss_floor": float(run.get("tags.loss_floor", "nan")),
-                     "trivial_miou": float(run.get("tags.trivial_miou", "nan")),
+                     "loss_floor": float(tag(run, Tag.LOSS_FLOOR, "nan")),
+                     "trivial_miou": float(tag(run, Tag.TRIVIAL_MIOU, "nan")),
                      "epochs_run": len(history.get("loss", [])), "tuned": tuned})
     return pd.DataFrame(rows)
 

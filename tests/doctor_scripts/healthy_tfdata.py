@@ -4,6 +4,7 @@ import tensorflow as tf
 import keras
 from small import make_pairs, unet
 
+keras.utils.set_random_seed(1)          # the same initial weights on every run
 images, masks = make_pairs()
 
 
