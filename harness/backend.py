@@ -86,11 +86,24 @@ def jax_started() -> bool:
         return True                     # cannot tell: assume the flags are already read
 
 
+# TensorFlow turns its oneDNN kernels on by itself on CPUs with AVX512_VNNI, AVX512_BF16 or AMX (the
+# Xeon) and leaves them off on others (the AMD EPYC, AVX2): so the same sweep ran other kernels on the
+# two kinds of CPU, with sums in another order. Measured on the EPYC (the tiny experiment's image_only
+# and seed, docs/record/reports.md): turning oneDNN on there moves 22 of summary.csv's cells, up to
+# 0.06 in val_miou, the size of the difference between the two kinds; off, as TensorFlow leaves it
+# there, every cell is as before. Off everywhere, each kind runs TensorFlow's own (Eigen) kernels,
+# compiled into the wheel for one instruction set. TF_ENABLE_ONEDNN_OPTS=1 in the environment keeps
+# TensorFlow's choice.
+ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
+
+
 def prepare_process() -> None:
-    """Before the first Keras op: under JAX with a GPU visible, ask XLA for deterministic GPU kernels
+    """Before TensorFlow is imported: the same CPU kernels on every kind of CPU (ONEDNN above).
+    Before the first Keras op: under JAX with a GPU visible, ask XLA for deterministic GPU kernels
     while it still can, if they compile the U-Net's ops (`xla_determinism_compiles`). Set for the whole
     process, also for runs with train.deterministic = false: such a run is then deterministic anyway,
     and says so. A flag already in XLA_FLAGS (either way) is the user's choice and kept."""
+    os.environ.setdefault(ONEDNN, "0")
     if backend_name() != "jax" or jax_started() or not accelerator_visible():
         return
     flags = os.environ.get("XLA_FLAGS", "")

@@ -77,3 +77,34 @@ def test_keras_runs_on_the_backend_this_pass_asked_for():
         import jax
         assert keras.ops.convert_to_tensor([1.0]).__class__.__module__.startswith(("jax", "jaxlib"))
         assert jax.devices()
+
+
+# In a fresh process, as a sweep starts: prepare_process, then TensorFlow, then whether it runs oneDNN.
+ONEDNN_IN_A_FRESH_PROCESS = """
+import os
+from harness import backend
+backend.prepare_process()
+import tensorflow  # noqa: F401
+from tensorflow.python.util import _pywrap_util_port
+print(os.environ.get(backend.ONEDNN), _pywrap_util_port.IsMklEnabled())
+"""
+
+
+def test_tensorflow_runs_its_own_kernels_on_every_cpu_kind_unless_the_user_asks_for_onednn():
+    """oneDNN off before TensorFlow starts, where TensorFlow would turn it on by itself (CPUs with
+    AVX512_VNNI or AMX); a user's TF_ENABLE_ONEDNN_OPTS=1 is kept, and TensorFlow then runs oneDNN."""
+    import os
+    import subprocess
+    import sys
+    need_module("tensorflow", "pip install tensorflow")
+
+    def onednn(value):
+        env = {k: v for k, v in os.environ.items() if k != backend.ONEDNN}
+        if value is not None:
+            env[backend.ONEDNN] = value
+        run = subprocess.run([sys.executable, "-c", ONEDNN_IN_A_FRESH_PROCESS], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return run.stdout.split()
+    assert onednn(None) == ["0", "False"]
+    assert onednn("1") == ["1", "True"]
