@@ -12,7 +12,9 @@ from conftest import ROOT, need_module
 from test_cli_e2e import harness
 
 TINY_TOML = ROOT / "tests" / "data" / "tiny.toml"
-TINY = ["data.image_size=32", "data.n_images=40", "model.start_depth=4", "train.epochs=1", "augment.stats_rounds=0",
+# A U-Net of one level: what the bench computes is the same at any depth, and a deeper one only adds
+# compile time (the GPU check's JAX processes: 216 s at four levels, 131 s at one, on 2 cores).
+TINY = ["data.image_size=32", "data.n_images=40", "model.start_depth=4", "model.levels=1", "train.epochs=1", "augment.stats_rounds=0",
         'variants=["image_only"]']
 
 
@@ -95,7 +97,7 @@ def test_gpu_check_runs_under_jax_without_tensorflow_optuna_or_mlflow(tmp_path):
     env = {"KERAS_BACKEND": "jax", "HARNESS_BENCH_REPS": "1", "HARNESS_GPU_CHECK_WORKERS": "1,2",
            "HARNESS_GPU_CHECK_BUDGET_S": "3600",          # every stage runs, however loaded the machine
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
-    sets = ["data.n_images=80", "data.image_size=32", "model.start_depth=4", "train.batch_size=16",
+    sets = ["data.n_images=80", "data.image_size=32", "model.start_depth=4", "model.levels=1", "train.batch_size=16",
             "augment.stats_rounds=1", "train.epochs=6", "train.seeds=[1,2]", 'variants=["image_only","tanh_corrected"]']
     run = harness("bench", TINY_TOML, "--gpu-check", "--results", tmp_path / "r", *[a for o in sets for a in ("--set", o)],
                   cwd=tmp_path, env_extra=env)

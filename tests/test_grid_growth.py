@@ -11,7 +11,9 @@ import pytest
 
 from conftest import QUICK_TAKEOVER, ROOT, TINY, read_until, run_harness, start_harness
 
-FAST = ["--set", "train.epochs=2", "--set", "data.n_images=48", "--set", "augment.stats_rounds=0"]
+# One level of U-Net: these tests count points, runs and trials, never a score, and a shallower
+# model traces in less time.
+FAST = ["--set", "train.epochs=2", "--set", "data.n_images=48", "--set", "augment.stats_rounds=0", "--set", "model.levels=1"]
 MINE = 'masks = "binary"\nimages = "scaled"\nvalidation = "like_training"\n'
 BROKEN = 'masks = "binary"\nloss = "faulty_losses:exploding"\n'
 
