@@ -103,7 +103,7 @@ def test_ci_runs_the_backend_tests_again_under_jax():
     """.ci/run's second pass: the training-path tests, under KERAS_BACKEND=jax (tests/test_backend.py
     asserts, under that pass, that Keras really runs on JAX)."""
     script = (ROOT / ".ci" / "run").read_text()
-    assert "&& KERAS_BACKEND=jax .venv/bin/pytest -q -m backend" in script
+    assert "&& KERAS_BACKEND=jax .venv/bin/pytest -q -n 2 -m backend" in script
 
 
 def test_the_readme_states_the_test_command_ci_runs():
@@ -113,3 +113,23 @@ def test_the_readme_states_the_test_command_ci_runs():
     command = ci[ci.index(".venv/bin/pytest"):]
     assert command in (ROOT / "README.md").read_text()
     assert "--durations=25" in command
+
+
+def test_the_slow_tests_run_first_and_the_longest_at_the_head():
+    """CI's two workers share the end evenly only if the long tests start first (conftest's
+    pytest_collection_modifyitems); the order within each group stays the files' own."""
+    import conftest
+
+    class Item:
+        def __init__(self, nodeid, slow):
+            self.nodeid, self.slow = nodeid, slow
+
+        def get_closest_marker(self, name):
+            return object() if name == "slow" and self.slow else None
+
+    items = [Item("tests/test_a.py::fast_one", False), Item("tests/test_a.py::slow_one", True),
+             Item(f"tests/{conftest.LONGEST}", True), Item("tests/test_b.py::fast_two", False),
+             Item("tests/test_b.py::slow_two", True)]
+    conftest.pytest_collection_modifyitems(None, items)
+    assert [i.nodeid.split("::")[-1] for i in items] == [conftest.LONGEST.split("::")[-1], "slow_one", "slow_two",
+                                                         "fast_one", "fast_two"]
