@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import keras
 import numpy as np
 
 from harness import backend
@@ -77,101 +78,114 @@ def predict_binary(model, images: np.ndarray, threshold: float, chunk: int) -> t
 
 def validation_loss(loss_fn, targets: np.ndarray, pred: np.ndarray) -> float:
     """The training loss on the validation set, as the variant feeds it (mean over images)."""
-    import keras
     value = loss_fn(keras.ops.convert_to_tensor(targets, "float32"),
                     keras.ops.convert_to_tensor(np.asarray(pred, np.float32)))
     return float(keras.ops.mean(value))
 
 
-def make_callbacks(model_eval: dict, on_epoch: Callable | None, on_batch: Callable | None = None):
-    """Callbacks: stop at the first non-finite batch loss; IoU/Dice against binary truth each epoch."""
-    import keras
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops the fit at the first non-finite batch loss and keeps where: `where` = (epoch, batch),
+    1-based, or None. `on_batch(epoch, batch, loss)`: a per-batch listener (a live progress line)."""
 
-    class StopOnNonFinite(keras.callbacks.Callback):
-        # Without a per-batch listener (a live progress line), Keras hands each batch's end to worker
-        # threads (async_safe), so the training loop never waits for a loss to reach the host; they
-        # may finish out of order, and are all done before the epoch ends. A Ctrl-C raised there
-        # reaches the training loop at its next batch: Keras raises a finished worker's exception.
-        async_safe = on_batch is None
+    def __init__(self, on_batch: Callable[[int, int, float], None] | None = None):
+        super().__init__()
+        # Without a per-batch listener, Keras hands each batch's end to worker threads (async_safe),
+        # so the training loop never waits for a loss to reach the host; they may finish out of
+        # order, and are all done before the epoch ends. A Ctrl-C raised there reaches the training
+        # loop at its next batch: Keras raises a finished worker's exception.
+        self.async_safe = on_batch is None
+        self.on_batch = on_batch
+        self.epoch, self.where = 0, None
+        self.lock = threading.Lock()
 
-        def __init__(self):
-            super().__init__()
-            self.epoch, self.where = 0, None
-            self.lock = threading.Lock()
+    def set_model(self, model):
+        super().set_model(model)
+        # Kept apart from `self.model`: under JAX that property syncs the training state into the
+        # model's variables, and from a worker thread it raced the next train step, which had
+        # donated those buffers: the fit then read deleted arrays after the stop ("Array has been
+        # deleted"), and a diverging run crashed instead of being judged diverged.
+        self.trained = model
 
-        def set_model(self, model):
-            super().set_model(model)
-            # Kept apart from `self.model`: under JAX that property syncs the training state into the
-            # model's variables, and from a worker thread it raced the next train step, which had
-            # donated those buffers: the fit then read deleted arrays after the stop ("Array has been
-            # deleted"), and a diverging run crashed instead of being judged diverged.
-            self.trained = model
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        stop_if_interrupted()
+        loss = (logs or {}).get("loss")
+        if self.on_batch is not None:
+            self.on_batch(self.epoch + 1, batch + 1, loss)
+        if loss is not None and not math.isfinite(float(loss)):
+            with self.lock:           # the first non-finite batch, whichever worker sees it first
+                here = (self.epoch + 1, batch + 1)
+                self.where = here if self.where is None else min(self.where, here)
+            self.trained.stop_training = True
 
-        def on_train_batch_end(self, batch, logs=None):
-            stop_if_interrupted()
-            loss = (logs or {}).get("loss")
-            if on_batch is not None:
-                on_batch(self.epoch + 1, batch + 1, loss)
-            if loss is not None and not math.isfinite(float(loss)):
-                with self.lock:           # the first non-finite batch, whichever worker sees it first
-                    here = (self.epoch + 1, batch + 1)
-                    self.where = here if self.where is None else min(self.where, here)
-                self.trained.stop_training = True
 
-    stop = StopOnNonFinite()
-    model_eval.setdefault("scoring_seconds", 0.0)
+@dataclass
+class Validation:
+    """What the scoring compares each epoch: the validation inputs as the variant feeds them ("val")
+    and, where they differ, transformed like training ("val_as_train"); the binary truth; the targets
+    and loss of the variant's validation loss; the threshold that makes a prediction foreground."""
+    inputs: dict[str, np.ndarray]
+    truth: np.ndarray
+    targets: np.ndarray
+    loss_fn: Callable
+    threshold: float
+    batch_size: int
 
-    class SegmentationMetrics(keras.callbacks.Callback):
-        """val_iou, val_bg_iou, val_miou, val_dice on the validation inputs as the variant feeds them,
-        and val_as_train_* with the inputs transformed like training, where the two differ. Once the
-        loss went non-finite the weights are NaN: nothing is scored (NaN), never their predictions."""
 
-        def on_epoch_end(self, epoch, logs=None):
-            stop_if_interrupted()            # before scoring: validation is a long stretch
-            logs = logs if logs is not None else {}
-            truth = model_eval["truth"]
-            if stop.where is not None:
-                for prefix in model_eval["inputs"]:
-                    logs.update({f"{prefix}_{key}": math.nan for key in ("iou", "bg_iou", "miou", "dice")})
-                logs["val_loss"] = math.nan
-                if on_epoch is not None:
-                    on_epoch(epoch + 1, {k: float(v) for k, v in logs.items()})
-                return
+class SegmentationMetrics(keras.callbacks.Callback):
+    """val_iou, val_bg_iou, val_miou, val_dice on the validation inputs as the variant feeds them,
+    and val_as_train_* with the inputs transformed like training, where the two differ. Once the
+    loss went non-finite the weights are NaN: nothing is scored (NaN), never their predictions.
+    Keeps the last epoch's raw predictions (`last_pred`, for the sample figure) and its own time
+    (`seconds`); hands each epoch's logs to `on_epoch(epoch, metrics)`."""
+
+    def __init__(self, scored_model, validation: Validation, stop: StopOnNonFinite,
+                 on_epoch: Callable[[int, dict], None] | None = None):
+        super().__init__()
+        # The inner model: under device augmentation the fitted model (self.model) is the index-fed wrapper.
+        self.scored_model, self.validation, self.stop, self.on_epoch = scored_model, validation, stop, on_epoch
+        self.last_pred, self.seconds = None, 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        stop_if_interrupted()            # before scoring: validation is a long stretch
+        logs = logs if logs is not None else {}
+        if self.stop.where is not None:
+            for prefix in self.validation.inputs:
+                logs.update({f"{prefix}_{key}": math.nan for key in ("iou", "bg_iou", "miou", "dice")})
+            logs["val_loss"] = math.nan
+        else:
             started = time.perf_counter()
-            for prefix, images in model_eval["inputs"].items():
-                # The inner model: under device augmentation self.model is the index-fed wrapper.
-                chunk = scoring_chunk(len(images), int(np.prod(images.shape[1:3])), model_eval["batch_size"])
-                pred, raw = predict_binary(model_eval["model"], images, model_eval["threshold"], chunk)
-                for key, value in metrics.confusion_ious(pred, truth).items():
-                    logs[f"{prefix}_{key}"] = value
-                if prefix == "val":
-                    model_eval["last_pred"] = raw          # the sample figure reuses the last epoch's
-                    # From the same forward pass: Keras' own validation would run the model twice.
-                    logs["val_loss"] = validation_loss(model_eval["loss"], model_eval["targets"], raw)
-            model_eval["scoring_seconds"] += time.perf_counter() - started
-            if on_epoch is not None:
-                on_epoch(epoch + 1, {k: float(v) for k, v in logs.items()})
+            logs.update(self.scores())
+            self.seconds += time.perf_counter() - started
+        if self.on_epoch is not None:
+            self.on_epoch(epoch + 1, {k: float(v) for k, v in logs.items()})
 
-    return stop, SegmentationMetrics()
+    def scores(self) -> dict[str, float]:
+        v, out = self.validation, {}
+        for prefix, images in v.inputs.items():
+            chunk = scoring_chunk(len(images), int(np.prod(images.shape[1:3])), v.batch_size)
+            pred, raw = predict_binary(self.scored_model, images, v.threshold, chunk)
+            for key, value in metrics.confusion_ious(pred, v.truth).items():
+                out[f"{prefix}_{key}"] = value
+            if prefix == "val":
+                self.last_pred = raw          # the sample figure reuses the last epoch's
+                # From the same forward pass: Keras' own validation would run the model twice.
+                out["val_loss"] = validation_loss(v.loss_fn, v.targets, raw)
+        return out
 
 
-def first_epoch_clock():
-    """A callback that times the first epoch (tracing the train step included), scoring included."""
-    import keras
+class FirstEpochClock(keras.callbacks.Callback):
+    """Times the first epoch (tracing the train step included), scoring included: last in the list."""
+    seconds = math.nan
 
-    class Clock(keras.callbacks.Callback):
-        seconds = math.nan
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
 
-        def on_train_begin(self, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 0:
-                self.seconds = time.perf_counter() - self.started
-    return Clock()
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.seconds = time.perf_counter() - self.started
 
 
 def train_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset,
@@ -214,13 +228,23 @@ def training_floor(measured: probe.Measured, loss, dataset: Dataset, batch_size:
     return measured.epoch_floor(dataset.train_images, batch_size)
 
 
-def compiled_model(cfg: Config, variant: Variant, dataset: Dataset, feed, fresh, loss, deterministic: bool):
-    """-> (the model, what fit() trains: the model or the feed's wrapper, fit's data arguments, the
-    optimizer, the loss the train step uses, a cache for the health pass or None). `fresh`: this
-    point's model as built, its weights drawn from the seed. Where the last point compiled the same
-    graph (the variant's previous seed, or a variant with the same head and loss), that model is
-    reused with `fresh`'s values: its train step is not traced again (harness/compiled.py)."""
-    import keras
+@dataclass
+class Compiled:
+    """A point's model ready to fit: `model` (the Keras model it trains and scores), `trained` (what
+    fit() trains: the model, or the feed's index-fed wrapper), `fit_args` (fit's data arguments), its
+    optimizer, the loss the train step uses, and the health pass's kept pieces (or None)."""
+    model: object
+    trained: object
+    fit_args: dict
+    optimizer: object
+    loss: object
+    health_cache: dict | None
+
+
+def compiled_model(cfg: Config, variant: Variant, dataset: Dataset, feed, fresh, loss, deterministic: bool) -> Compiled:
+    """`fresh`: this point's model as built, its weights drawn from the seed. Where the last point
+    compiled the same graph (the variant's previous seed, or a variant with the same head and loss),
+    that model is reused with `fresh`'s values: its train step is not traced again (harness/compiled.py)."""
     train_cfg, speed = cfg["train"], cfg["speed"]
     reuse = compiled.reusable(cfg["model"]["builder"], variant.loss)
     key = compiled.key_of(cfg.raw, variant.head, variant.loss, dataset.train_images.shape[1:], feed.name,
@@ -229,7 +253,7 @@ def compiled_model(cfg: Config, variant: Variant, dataset: Dataset, feed, fresh,
     model = kept.model if kept else fresh
     trained, fit_args = feed.fit_inputs(model, train_cfg["batch_size"])
     if kept:
-        return model, trained, fit_args, kept.optimizer, kept.loss, kept.extras
+        return Compiled(model, trained, fit_args, kept.optimizer, kept.loss, kept.extras)
     # JAX runs a train step op by op unless it is jitted: XLA is how JAX runs at all (its CPU
     # results are deterministic either way), so speed.jit_compile only decides for TensorFlow.
     jit = speed["jit_compile"] or backend.backend_name() == "jax"
@@ -243,8 +267,8 @@ def compiled_model(cfg: Config, variant: Variant, dataset: Dataset, feed, fresh,
     optimizer.build(trained.trainable_variables)
     # Kept only where fit() trains the model itself: a device feed's wrapper holds this seed's data.
     if reuse and trained is model:
-        return model, trained, fit_args, optimizer, loss, compiled.keep(key, model, optimizer, loss).extras
-    return model, trained, fit_args, optimizer, loss, None
+        return Compiled(model, trained, fit_args, optimizer, loss, compiled.keep(key, model, optimizer, loss).extras)
+    return Compiled(model, trained, fit_args, optimizer, loss, None)
 
 
 def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, deterministic: bool,
@@ -252,65 +276,78 @@ def fit_variant(cfg: Config, variant: Variant, seed: int, dataset: Dataset, dete
     from harness.models import build_model
 
     prepare_started = time.perf_counter()
-    train_cfg, speed = cfg["train"], cfg["speed"]
     device = backend.select_device()
-    deterministic = backend.start_clean_session(seed, deterministic, speed["mixed_precision"])
+    deterministic = backend.start_clean_session(seed, deterministic, cfg["speed"]["mixed_precision"])
     head, loss = get_head(variant.head), get_loss(variant.loss, cfg.source_dir)
     # The statistics pass and, for tf.data and the generator pair, the pipeline: before the model is
     # built, as the random draws have always come (harness/feeds/).
     feed = choose_feed(cfg, dataset, variant, seed)
-    transform = feed.transform
     stop_if_interrupted()            # the statistics pass can take a while: a safe point after it
-    val_x, val_y = validation_arrays(dataset, transform, variant.validation)
-    eval_inputs = {"val": val_x}
-    if variant.validation == "raw":
-        eval_inputs["val_as_train"] = validation_arrays(dataset, transform, "like_training")[0]
-
+    val_x, val_y, eval_inputs = validation_inputs(dataset, feed.transform, variant.validation)
     # The floor the verdicts compare with and the threshold that scores predictions, measured on
     # this variant's own targets (harness/probe.py, the same numbers as `harness check`).
-    measured = probe.measure(loss, head.activation, transform.levels(), head.threshold)
+    measured = probe.measure(loss, head.activation, feed.transform.levels(), head.threshold)
     fresh = build_model(cfg, dataset.train_images.shape[1:], head.activation)
-    model, trained, fit_args, optimizer, loss, health_cache = compiled_model(cfg, variant, dataset, feed, fresh, loss,
-                                                                             deterministic)
+    point = compiled_model(cfg, variant, dataset, feed, fresh, loss, deterministic)
     if feed.name == "device augment, streamed" and log is not None:
         log(f"[{variant.name} seed={seed}] note: the training arrays are too large for the device; "
             "host batches are streamed to it and augmented there")
-    model_eval = {"truth": dataset.val_masks > 0.5, "inputs": eval_inputs, "threshold": measured.threshold,
-                  "batch_size": train_cfg["batch_size"], "loss": loss.fn, "targets": val_y, "model": model}
-    stop, scoring = make_callbacks(model_eval, on_epoch, on_batch)
+    validation = Validation(eval_inputs, dataset.val_masks > 0.5, val_y, point.loss.fn, measured.threshold,
+                            cfg["train"]["batch_size"])
+    stop = StopOnNonFinite(on_batch)
+    scoring = SegmentationMetrics(point.model, validation, stop, on_epoch)
     # Before the scoring: its epoch end hands the health/ metrics on with the scores.
-    health = ([health_monitor(cfg["health"], model, optimizer, loss, head, transform, dataset,
-                              async_safe=on_batch is None, cache=health_cache)]
+    health = ([health_monitor(cfg["health"], point.model, point.optimizer, point.loss, head, feed.transform,
+                              dataset, async_safe=on_batch is None, cache=point.health_cache)]
               if cfg["health"]["measure"] else [])
-    first_epoch = first_epoch_clock()          # last: its epoch end comes after the scoring
+    first_epoch = FirstEpochClock()          # last: its epoch end comes after the scoring
 
     stop_if_interrupted()
     started = time.perf_counter()
     try:
-        fit = trained.fit(**fit_args, epochs=train_cfg["epochs"], callbacks=[stop, *health, scoring, first_epoch],
-                          verbose=verbose)
+        fit = point.trained.fit(**point.fit_args, epochs=cfg["train"]["epochs"],
+                                callbacks=[stop, *health, scoring, first_epoch], verbose=verbose)
     except BaseException:
         compiled.forget()            # a fit that raised leaves its model in a state nobody checked
         raise
     seconds = time.perf_counter() - started
-    timings = {"prepare": started - prepare_started, "fit": seconds, "scoring": model_eval["scoring_seconds"],
+    timings = {"prepare": started - prepare_started, "fit": seconds, "scoring": scoring.seconds,
                "first_epoch": first_epoch.seconds}
     # A Ctrl-C during the last batches, or one that ended fit() as if the data ran out.
     stop_if_interrupted()
 
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
-    raw_pred = model_eval.get("last_pred")
-    if raw_pred is None:
-        _, raw_pred = predict_binary(model, eval_inputs["val"][:N_SAMPLES], measured.threshold, N_SAMPLES)
-    raw_pred = raw_pred[:N_SAMPLES]
-    samples = {"images": dataset.val_images[:N_SAMPLES], "truth": dataset.val_masks[:N_SAMPLES],
-               "prediction": raw_pred, "threshold": np.float32(measured.threshold)}
-    stats = {"image_mean": transform.image_stats.mean.tolist(), "image_std": transform.image_stats.std.tolist(),
-             "mask_mean": transform.mask_stats.mean.tolist(), "mask_std": transform.mask_stats.std.tolist()}
     return RunResult(history=history, diverged_at=stop.where, device=device, seconds=seconds,
                      epochs_run=len(history.get("loss", [])),
                      # NaN: not measurable (the loss is NaN at every probe point); -inf: no floor.
-                     loss_floor=training_floor(measured, loss, dataset, train_cfg["batch_size"]),
-                     loss_floor_declared=loss.lower_bound, threshold=measured.threshold,
-                     trivial_miou=metrics.trivial_miou(dataset.val_masks), stats=stats, samples=samples,
-                     deterministic=bool(deterministic), feed=feed.name, model=model, timings=timings)
+                     loss_floor=training_floor(measured, point.loss, dataset, cfg["train"]["batch_size"]),
+                     loss_floor_declared=point.loss.lower_bound, threshold=measured.threshold,
+                     trivial_miou=metrics.trivial_miou(dataset.val_masks), stats=transform_stats(feed.transform),
+                     samples=prediction_samples(point.model, dataset, eval_inputs["val"], scoring.last_pred,
+                                                measured.threshold),
+                     deterministic=bool(deterministic), feed=feed.name, model=point.model, timings=timings)
+
+
+def validation_inputs(dataset: Dataset, transform, validation: str):
+    """-> (validation images and targets as the variant feeds them, the inputs scored each epoch:
+    "val", and "val_as_train" (transformed like training) where the variant feeds validation raw)."""
+    val_x, val_y = validation_arrays(dataset, transform, validation)
+    inputs = {"val": val_x}
+    if validation == "raw":
+        inputs["val_as_train"] = validation_arrays(dataset, transform, "like_training")[0]
+    return val_x, val_y, inputs
+
+
+def prediction_samples(model, dataset: Dataset, val_inputs: np.ndarray, last_pred, threshold: float) -> dict:
+    """The first N_SAMPLES validation images, their truth and the last epoch's predictions (predicted
+    now where no epoch was scored), for the prediction-sample figure."""
+    if last_pred is None:
+        _, last_pred = predict_binary(model, val_inputs[:N_SAMPLES], threshold, N_SAMPLES)
+    return {"images": dataset.val_images[:N_SAMPLES], "truth": dataset.val_masks[:N_SAMPLES],
+            "prediction": last_pred[:N_SAMPLES], "threshold": np.float32(threshold)}
+
+
+def transform_stats(transform) -> dict[str, list[float]]:
+    """The featurewise statistics the run's transform used (what the masks were whitened with, in the case)."""
+    return {"image_mean": transform.image_stats.mean.tolist(), "image_std": transform.image_stats.std.tolist(),
+            "mask_mean": transform.mask_stats.mean.tolist(), "mask_std": transform.mask_stats.std.tolist()}
