@@ -22,8 +22,9 @@ import os
 import sys
 from dataclasses import dataclass
 
+from harness import environment
+
 XLA_DETERMINISM = "--xla_gpu_deterministic_ops=true"
-PROBED = "HARNESS_XLA_DETERMINISM"        # "unavailable" once a probe failed: worker processes inherit it
 # A max-pool gradient (select-and-scatter), jitted: what the U-Net's train step needs from XLA.
 PROBE = ("import jax, jax.numpy as jnp\n"
          "pool = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID').sum()\n"
@@ -107,12 +108,12 @@ def prepare_process() -> None:
     if backend_name() != "jax" or jax_started() or not accelerator_visible():
         return
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_gpu_deterministic_ops" in flags or os.environ.get(PROBED):
+    if "xla_gpu_deterministic_ops" in flags or environment.text(environment.XLA_DETERMINISM):
         return
     if xla_determinism_compiles():
         os.environ["XLA_FLAGS"] = f"{flags} {XLA_DETERMINISM}".strip()
     else:
-        os.environ[PROBED] = "unavailable"
+        os.environ[environment.XLA_DETERMINISM] = "unavailable"     # the processes it starts inherit it
 
 
 def xla_determinism_compiles(timeout: float = 180.0) -> bool:
@@ -175,7 +176,7 @@ def select_tensorflow_device() -> str:
     # warning says nothing useful here.
     tf.get_logger().setLevel("ERROR")
     gpus = tf.config.list_physical_devices("GPU")
-    limit = os.environ.get("HARNESS_GPU_MEMORY_MB")     # set by `sweep --n-jobs` for workers sharing a GPU
+    limit = environment.optional_number(environment.GPU_MEMORY_MB)   # `sweep --n-jobs`: workers sharing a GPU
     for gpu in gpus:
         try:
             if limit:
@@ -188,13 +189,20 @@ def select_tensorflow_device() -> str:
     return f"GPU:0 ({tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')})" if gpus else f"CPU ({host_cpu()})"
 
 
+def set_precision(mixed: bool) -> None:
+    """Keras' global dtype policy, process-wide: mixed_float16 or float32. Set here alone: every
+    session sets it as it starts (start_clean_session), so one session's choice never leaks into the next."""
+    import keras
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+
+
 def start_clean_session(seed: int, deterministic: bool, mixed_precision: bool = False) -> bool:
     """A fresh Keras graph and the same random streams for the same seed. -> whether the run IS
     deterministic (what was asked, as far as this backend and device can give it)."""
     prepare_process()
     import keras
     keras.backend.clear_session()
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+    set_precision(mixed_precision)
     keras.utils.set_random_seed(seed)
     name = backend_name()
     if name == "tensorflow":
@@ -267,7 +275,7 @@ def quiet_native_stderr():
     messages before absl::InitializeLog()` and `I0000 ... cudart_stub` lines there before any Python
     log level applies. What it printed is shown after all if the import fails, or with HARNESS_DEBUG=1."""
     import tempfile
-    if os.environ.get("HARNESS_DEBUG"):
+    if environment.debug():
         yield
         return
     sys.stderr.flush()

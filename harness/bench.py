@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from harness import environment
 from harness.backend import backend_name
 from harness.config import Config, load_config
 
@@ -57,8 +58,8 @@ def bench_rounds(quick: bool) -> dict[str, int]:
     sets the rounds (the tests: 1, with 2 timed epochs). The quick tracking figure takes the most
     rounds: its ratio is what its target judges. The train figure's epochs are interleaved
     (interleaved_epochs), so each run gives as many timed pairs as it has epochs: 3 runs of 20."""
-    if "HARNESS_BENCH_REPS" in os.environ:
-        reps = int(os.environ["HARNESS_BENCH_REPS"])
+    reps = environment.bench_reps()
+    if reps is not None:
         return {**dict.fromkeys(("pipeline", "train", "tracking", "health", "doctor"), reps), "train_epochs": 2,
                 "doctor_epochs": 3}
     return {"pipeline": 3, "train": 3, "train_epochs": 20, "tracking": 5, "health": 3, "doctor": 3,
@@ -177,10 +178,11 @@ def legacy_pair(dataset, aug, bs):
                mask_gen.flow(dataset.train_masks, batch_size=bs, seed=1))
 
 
-def bare_fit_seconds(cfg: Config, dataset, epochs: int, warm_up: bool = True, **compile_kw) -> float:
+def bare_fit_seconds(cfg: Config, dataset, epochs: int, warm_up: bool = True, mixed_precision: bool = False,
+                     **compile_kw) -> float:
     """The upper bound: the same model on pre-computed in-memory tensors, no augmentation, no callbacks."""
     from harness.backend import start_clean_session
-    start_clean_session(1, cfg["train"]["deterministic"])
+    start_clean_session(1, cfg["train"]["deterministic"], mixed_precision)
     fit = bare_fit(cfg, dataset, **compile_kw)
     if warm_up:
         fit(1, ())
@@ -336,16 +338,17 @@ def train_figure(cfg: Config, dataset, reps: int, epochs: int) -> dict:
 
 def options_figure(cfg: Config, dataset, epochs: int) -> dict:
     """What XLA and mixed precision give for the bare fit on this device (ratios to the default)."""
-    import keras
+    from harness.backend import set_precision
     # Keras turns XLA off while op determinism is on: compare both without it.
     cfg = cfg.with_overrides({"train.deterministic": False})
     base = bare_fit_seconds(cfg, dataset, epochs)
     out = {"jit_compile": base / bare_fit_seconds(cfg, dataset, epochs, jit_compile=True)}
-    keras.mixed_precision.set_global_policy("mixed_float16")
+    # The session sets the policy as it starts: mixed precision is asked of it (until 2026-12-07 it
+    # was set before, and the session's start put float32 back: the figure compared float32 twice).
     try:
-        out["mixed_precision"] = base / bare_fit_seconds(cfg, dataset, epochs)
+        out["mixed_precision"] = base / bare_fit_seconds(cfg, dataset, epochs, mixed_precision=True)
     finally:
-        keras.mixed_precision.set_global_policy("float32")
+        set_precision(False)
     return {"option_speedups": out}
 
 
@@ -614,7 +617,7 @@ def other_backends() -> list[str]:
     """Keras backends installed besides the one running (JAX where this runs under TensorFlow);
     HARNESS_BENCH_BACKENDS=current measures this one alone."""
     import importlib.util
-    if os.environ.get("HARNESS_BENCH_BACKENDS") == "current":
+    if environment.text(environment.BENCH_BACKENDS) == "current":
         return []
     return [name for name in ("jax",) if name != backend_name() and importlib.util.find_spec(name)]
 

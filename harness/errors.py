@@ -1,10 +1,11 @@
 """Errors the CLI turns into one clear line and exit code 2 (bad input, unreachable stores), and
 the interrupt request that Ctrl-C sets."""
 import contextlib
-import os
 import signal
 import sys
 import threading
+
+from harness import environment
 
 # Exit codes (docs/guides/troubleshooting.md): a script or CI job tells these apart.
 EXIT_DONE = 0
@@ -105,7 +106,7 @@ def exit_code_of(command) -> int:
         print("harness: interrupted; finished runs are kept, rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line, finished runs are kept
-        if os.environ.get("HARNESS_DEBUG"):
+        if environment.debug():
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"harness: internal error: {type(e).__name__}: {first}"

@@ -30,11 +30,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from harness import environment
 from harness.config import Config, load_config
 
 KINDS = {"sigmoid_bce": "image_only", "tanh": "tanh_corrected"}   # a variant of each head kind
-WORKERS = tuple(int(n) for n in os.environ.get("HARNESS_GPU_CHECK_WORKERS", "1,2,4").split(","))
-BUDGET_S = float(os.environ.get("HARNESS_GPU_CHECK_BUDGET_S", 360))
+WORKERS = environment.gpu_check_workers()
+BUDGET_S = environment.number(environment.GPU_CHECK_BUDGET_S)
 TARGETS = {"estimated_full_sweep_min": "< 5 on one H200", "pipeline_headroom": ">= 2"}
 
 
@@ -113,7 +114,6 @@ def fed_fit_rate(cfg: Config, dataset, epochs: int = 2, mixed_precision: bool = 
                  jit_compile: bool | str = "auto") -> float:
     """Training images/s of a bare fit through the device feed (sigmoid + BCE, image_only's transform),
     no callbacks; one warm-up epoch (it compiles) left out."""
-    import keras
     from harness import backend
     backend.start_clean_session(1, False, mixed_precision)
     try:
@@ -124,7 +124,7 @@ def fed_fit_rate(cfg: Config, dataset, epochs: int = 2, mixed_precision: bool = 
         model.fit(x, batch_size=bs, epochs=epochs, shuffle=True, verbose=0)
         return epochs * len(dataset.train_images) / (time.perf_counter() - start)
     finally:
-        keras.mixed_precision.set_global_policy("float32")
+        backend.set_precision(False)
 
 
 def pipeline_rates(cfg: Config, dataset, reps: int) -> dict:
@@ -220,7 +220,8 @@ def run_gpu_check(results: Path, command: str, log: Callable[[str], None] = prin
                            "batch_size": cfg["train"]["batch_size"]},
                  "targets": TARGETS, "figures": {}, "stage_seconds": {}, "skipped": []}
     figures = out["figures"]
-    reps = int(os.environ.get("HARNESS_BENCH_REPS", 3))
+    reps = environment.bench_reps()
+    reps = 3 if reps is None else reps
 
     def full_sweep():
         sweep = estimate_full_sweep(cfg, dataset, epochs, log)

@@ -1,6 +1,8 @@
 """Everything Optuna: one study per grid, its points as trials, claims, resume (finished points are
-skipped, interrupted ones retrained), heartbeats, and the points' states for `harness status`.
-The sweep that trains the points is harness/sweep.py.
+skipped, interrupted ones retrained), heartbeats, the points' states for `harness status`, and the
+tuning studies of `harness tune` (sampler, pruner, suggested settings). The sweep that trains the
+points is harness/sweep.py, the tuner harness/tune.py: this is the one module that imports Optuna,
+and they hold its studies and trials as handles passed back to the functions here.
 
 Trials name their point in the user attribute `point` (harness/points.py) and suggest no
 parameters: Optuna refuses a categorical parameter whose choices change between trials, and a grid
@@ -17,15 +19,22 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from harness import environment
 from harness.config import Config
 from harness.errors import StorageError
-from harness.tracking import first_line
+from harness.tracking import OPTUNA_STUDY_TAG, OPTUNA_TRIAL_TAG, first_line
 
 # A live worker stamps its trial every HEARTBEAT_S; a trial unstamped for GRACE_S belongs to a dead
 # worker and is marked FAILED, then retrained. Environment overrides serve tests and slow storages.
-HEARTBEAT_S = float(os.environ.get("HARNESS_HEARTBEAT_S", 5))
-GRACE_S = float(os.environ.get("HARNESS_GRACE_S", 20))
+HEARTBEAT_S = environment.number(environment.HEARTBEAT_S)
+GRACE_S = environment.number(environment.GRACE_S)
 HOST = platform.node()
+PARENT_RUN_ATTR = "mlflow_parent_run_id"    # the study's user attribute: its MLflow parent run
+
+
+class Pruned(Exception):
+    """Raised in a tune trial that the pruner stops (`should_prune`); runs.TrackedRun ends its run as
+    pruned and tells the study so through `teller`."""
 
 
 def default_storage(results: Path) -> str:
@@ -249,6 +258,91 @@ def teller(study, trial, log=print) -> Callable[..., None]:
         else:
             tell(study, trial, state=states[state], log=log)
     return tell_trial
+
+
+def point_of(trial) -> str:
+    """The grid point a claimed trial trains (its key in harness/points.py's grid_points)."""
+    return trial.user_attrs["point"]
+
+
+def noter(trial) -> Callable[[str, object], None]:
+    """How harness/runs.py writes on a trial (its MLflow run id, its error, its verdict for
+    `harness status`): note(key, value)."""
+    return trial.set_user_attr
+
+
+def trial_number(trial) -> int:
+    return trial.number
+
+
+def trial_tags(study, trial) -> dict:
+    """The MLflow tags that tie a run to its study and trial."""
+    return {OPTUNA_TRIAL_TAG: str(trial.number), OPTUNA_STUDY_TAG: study.study_name}
+
+
+def study_name(study) -> str:
+    return study.study_name
+
+
+def parent_run_id(study) -> str | None:
+    """The MLflow parent run of the study's sweeps (or tunes), once one started it."""
+    return study.user_attrs.get(PARENT_RUN_ATTR)
+
+
+def keep_parent_run_id(study, run_id: str) -> None:
+    study.set_user_attr(PARENT_RUN_ATTR, run_id)
+
+
+def failed_trials_run_ids(study) -> list[str]:
+    """The MLflow runs of the trials Optuna holds failed (a dead worker's, among others)."""
+    import optuna
+    return [t.user_attrs["mlflow_run_id"] for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.FAIL,)) if "mlflow_run_id" in t.user_attrs]
+
+
+def open_tune_study(cfg: Config, storage_url: str, name: str, warmup_epochs: int, seed: int, trials: int):
+    """`harness tune`'s study: a median pruner (after 3 trials, past `warmup_epochs`), and TPE reseeded
+    by the trials already there, so a resumed tune does not replay the first call's draws."""
+    import optuna
+    study = open_study(cfg, storage_url, study_name=name,
+                       pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_epochs))
+    study.sampler = optuna.samplers.TPESampler(seed=seed * 100_003 + len(study.trials),
+                                               n_startup_trials=min(10, max(3, trials // 3)))
+    return study
+
+
+def counted_trials(study) -> int:
+    """Trials that count towards --trials: finished, pruned, or crashed by their own fault (a trial
+    failed because its worker died is retried, not counted)."""
+    import optuna
+    states = optuna.trial.TrialState
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state in (states.COMPLETE, states.PRUNED) or (t.state == states.FAIL and "error" in t.user_attrs))
+
+
+def new_trial(study):
+    """A new tune trial: the sampler draws its settings through `suggest`."""
+    return study.ask()
+
+
+def suggest(trial, ranges: dict, defaults: Config) -> dict:
+    """Draw one value per declared range; an integer setting draws integers."""
+    params = {}
+    for key, spec in ranges.items():
+        section, name = key.split(".", 1)
+        if "choices" in spec:
+            params[key] = trial.suggest_categorical(key, spec["choices"])
+        elif isinstance(defaults[section][name], int):
+            params[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
+        else:
+            params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+    return params
+
+
+def should_prune(trial, value: float, step: int) -> bool:
+    """Report the trial's value at `step` to the pruner; whether it stops the trial there."""
+    trial.report(value, step)
+    return trial.should_prune()
 
 
 def point_trials(cfg: Config, storage_url: str) -> dict[str, list[dict]] | None:

@@ -4,10 +4,11 @@ plain lines at most every HARNESS_PROGRESS_S seconds (default 30), so logs stay 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from typing import Callable
+
+from harness import environment
 
 
 def clock(seconds: float) -> str:
@@ -25,8 +26,8 @@ class Progress:
         self.now = now              # seconds; injected by tests, so no test depends on the wall clock
         self.stream = stream or sys.stderr
         self.live = (hasattr(self.stream, "isatty") and self.stream.isatty()
-                     and os.environ.get("HARNESS_PROGRESS_LIVE", "1") != "0")
-        self.every_s = float(os.environ.get("HARNESS_PROGRESS_S", 30)) if every_s is None else every_s
+                     and environment.progress_live())
+        self.every_s = environment.number(environment.PROGRESS_S) if every_s is None else every_s
         self.total, self.done = total, done
         self.started = self.now()
         self.point_seconds: list[float] = []       # wall time of points finished by this worker

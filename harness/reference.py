@@ -1,8 +1,8 @@
 """The docs' reference pages, generated from the code so that they cannot drift from it: the CLI from
 the real parser, every configuration key from `config.DEFAULTS` (with the comment beside it in the
 source), the MLflow tags, metrics and report columns from the functions that write them, the
-verdict, flag and cause rules from their tables, and the HARNESS_* environment variables from the
-places that read them.
+verdict, flag and cause rules from their tables, and the HARNESS_* environment variables from
+harness/environment.py, the one place that reads them.
 
     python -m harness.reference docs/reference      # rewrite the committed pages
 
@@ -200,20 +200,14 @@ def causes_page() -> str:
 # ---- environment variables -----------------------------------------------------------------------
 
 def environment_page() -> str:
-    found: dict[str, list[str]] = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if path == Path(__file__).resolve():
-            continue
-        for name in re.findall(r"HARNESS_[A-Z_]+", path.read_text()):
-            where = f"`{path.relative_to(PACKAGE.parent)}`"
-            if where not in found.setdefault(name, []):
-                found[name].append(where)
-    rows = [[f"`{name}`", ", ".join(found[name])] for name in sorted(found)]
+    from harness.environment import VARIABLES
+    rows = [[f"`{name}`", f"`{v.default}`" if v.default else "", v.meaning, v.set_by]
+            for name, v in sorted(VARIABLES.items())]
     return "".join([HEADER, "# Environment variables\n\n",
                     "The configuration is the experiment file and `--set`; these variables are for debugging, "
-                    "tests, the bench and the workers a sweep starts. Each is listed with the modules that name "
-                    "it: read them for what it does. `HARNESS_DEBUG=1` shows the traceback of an internal error.\n\n",
-                    table(["variable", "named in"], rows)])
+                    "tests, the bench and the processes a sweep starts, and none changes a trained number. "
+                    "Each is read in `harness/environment.py` alone, which this table is made from.\n\n",
+                    table(["variable", "default", "what it does", "set by"], rows)])
 
 
 PAGES = {"cli.md": cli_page, "config.md": config_page, "tracking.md": tracking_page,

@@ -18,8 +18,7 @@ from harness.config import Config, Variant
 from harness.points import grid_points
 from harness.progress import Progress
 from harness.runs import TrackedRun, check_tags, flags_of
-from harness.tracking import (EXPERIMENT_TAG, OPTUNA_STUDY_TAG, OPTUNA_TRIAL_TAG, Tracker, default_tracking_uri,
-                              first_line)
+from harness.tracking import EXPERIMENT_TAG, Tracker, default_tracking_uri, first_line
 
 
 @dataclass
@@ -91,7 +90,7 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
                                on_stale=lambda: fail_orphaned_runs(study, tracker))
             if trial is None:
                 break
-            variant, seed = points[trial.user_attrs["point"]]
+            variant, seed = points[grid.point_of(trial)]
             progress.set_done(len(grid.point_states(study)[0] & set(points)))
             # Stamped from the claim to `tell`: judging and the MLflow writes can be slow too, and a
             # trial gone silent is failed and retrained by another worker.
@@ -110,10 +109,10 @@ def run_sweep(cfg: Config, results: Path, storage: str | None = None, tracking_u
 def open_parent_run(study, tracker: Tracker, cfg: Config, storage: str, command: str,
                     record_command: bool = True) -> str:
     """The sweep's MLflow parent run: one per study, reopened on resume."""
-    parent = tracker.start_sweep(study.user_attrs.get("mlflow_parent_run_id"),
-                                 params={"study": study.study_name, "storage": storage, "command": command},
+    parent = tracker.start_sweep(grid.parent_run_id(study),
+                                 params={"study": grid.study_name(study), "storage": storage, "command": command},
                                  tags={EXPERIMENT_TAG: cfg.name}, record_command=record_command)
-    study.set_user_attr("mlflow_parent_run_id", parent)
+    grid.keep_parent_run_id(study, parent)
     tracker.log_config(parent, cfg.raw)
     return parent
 
@@ -150,7 +149,8 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
     from harness.train import train_variant
 
     label = f"[{variant.name} seed={seed}]"
-    run = TrackedRun(tracker, grid.teller(study, trial, log), trial.set_user_attr, log, label)
+    note = grid.noter(trial)
+    run = TrackedRun(tracker, grid.teller(study, trial, log), note, log, label)
     progress = progress or Progress(total=1, done=0)
     last_epoch_end = [time.perf_counter()]
     own_epoch_seconds = [0.0]            # the sweep's work inside the training's wall time
@@ -165,7 +165,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
 
     started = time.perf_counter()
     with run.started(variant.name, seed, run_params(cfg, variant, seed, dataset.fingerprint),
-                     tags={OPTUNA_TRIAL_TAG: str(trial.number), OPTUNA_STUDY_TAG: study.study_name, **check_tags}):
+                     tags={**grid.trial_tags(study, trial), **check_tags}):
         run_id = run.run_id
         log(f"{label} training ({cfg['train']['epochs']} epochs)")
         progress.start_point(variant.name, seed, cfg["train"]["epochs"])
@@ -190,7 +190,7 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
                 log(f"note: figures of run {run_id} not logged: {first_line(e)}")
         # Drawn while the next point trains; the sweep waits for them before it ends.
         (figures.submit(draw_figures) if figures is not None else draw_figures())
-        trial.set_user_attr("verdict", judged["verdict"])          # for `harness status`, without MLflow
+        note("verdict", judged["verdict"])          # for `harness status`, without MLflow
         progress.end_point()
         value = judged["final_miou"]
         run.complete(value if math.isfinite(value) else 0.0)
@@ -206,10 +206,8 @@ def run_point(cfg, study, trial, variant, seed, dataset, tracker: Tracker, log, 
 def fail_orphaned_runs(study, tracker: Tracker) -> int:
     """MLflow runs of trials that Optuna failed as stale (their worker died) are marked FAILED, so no
     run is left RUNNING; live workers' runs are left alone."""
-    import optuna
-    run_ids = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(
-        deepcopy=False, states=(optuna.trial.TrialState.FAIL,)) if "mlflow_run_id" in t.user_attrs]
-    return tracker.fail_if_running(run_ids, "interrupted: the worker training it died or was killed")
+    return tracker.fail_if_running(grid.failed_trials_run_ids(study),
+                                   "interrupted: the worker training it died or was killed")
 
 
 def run_params(cfg: Config, variant: Variant, seed: int, fingerprint: str) -> dict:

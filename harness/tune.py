@@ -17,11 +17,10 @@ from typing import Callable
 
 from harness.config import Config, Variant
 from harness.errors import ConfigError
-from harness.grid import Heartbeat, default_storage, fail_stale_trials, open_study, teller
+from harness import grid
 from harness.runs import Tag, TrackedRun
 from harness.sweep import run_params
-from harness.tracking import (EXPERIMENT_TAG, KIND_TAG, OPTUNA_STUDY_TAG, OPTUNA_TRIAL_TAG, TUNE_BASE_STUDY_TAG,
-                              Tracker, default_tracking_uri)
+from harness.tracking import EXPERIMENT_TAG, KIND_TAG, TUNE_BASE_STUDY_TAG, Tracker, default_tracking_uri
 
 TUNE_KIND = "tune"                 # harness.kind of each trial's run (the parent is "tune-study")
 
@@ -52,33 +51,9 @@ def find_variant(cfg: Config, name: str) -> Variant:
                       f"valid variants: {', '.join(v.name for v in cfg.variants)}")
 
 
-def suggest(trial, ranges: dict, defaults: Config) -> dict:
-    """Draw one value per declared range; an integer setting draws integers."""
-    params = {}
-    for key, spec in ranges.items():
-        section, name = key.split(".", 1)
-        if "choices" in spec:
-            params[key] = trial.suggest_categorical(key, spec["choices"])
-        elif isinstance(defaults[section][name], int):
-            params[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
-        else:
-            params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
-    return params
-
-
-def counted_trials(study) -> int:
-    """Trials that count towards --trials: finished, pruned, or crashed by their own fault (a trial
-    failed because its worker died is retried, not counted)."""
-    import optuna
-    states = optuna.trial.TrialState
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state in (states.COMPLETE, states.PRUNED) or (t.state == states.FAIL and "error" in t.user_attrs))
-
-
 def run_tune(cfg: Config, variant_name: str, trials: int, results: Path, storage: str | None = None,
              tracking_uri: str | None = None, command: str = "",
              log: Callable[[str], None] = print) -> list[TuneOutcome]:
-    import optuna
     from harness.data import load_dataset
     from harness.losses import get_loss
 
@@ -86,28 +61,24 @@ def run_tune(cfg: Config, variant_name: str, trials: int, results: Path, storage
     get_loss(variant.loss, cfg.source_dir)
     tune = cfg["tune"]
     dataset = load_dataset(cfg["data"])
-    storage = storage or default_storage(results)
+    storage = storage or grid.default_storage(results)
     tracking_uri = tracking_uri or default_tracking_uri(results)
-    study = open_study(cfg, storage, study_name=tune_study_name(cfg, variant.name),
-                       pruner=optuna.pruners.MedianPruner(n_startup_trials=3,
-                                                          n_warmup_steps=tune["pruner_warmup_epochs"]))
-    # Reseeded by the trials already there: a resumed tune must not replay the first run's draws.
-    study.sampler = optuna.samplers.TPESampler(seed=tune["seed"] * 100_003 + len(study.trials),
-                                               n_startup_trials=min(10, max(3, trials // 3)))
+    study = grid.open_tune_study(cfg, storage, tune_study_name(cfg, variant.name), tune["pruner_warmup_epochs"],
+                                 tune["seed"], trials)
     tracker = Tracker(tracking_uri, cfg.name, results)
-    fail_stale_trials(study)
-    done = counted_trials(study)
+    grid.fail_stale_trials(study)
+    done = grid.counted_trials(study)
     log(f"tune {variant.name}: {trials} trials over {', '.join(tune['ranges'])}, seed {tune['seed']}, "
-        f"{done} already done; study {study.study_name}")
-    parent = tracker.start_sweep(study.user_attrs.get("mlflow_parent_run_id"),
-                                 params={"study": study.study_name, "storage": storage, "command": command,
+        f"{done} already done; study {grid.study_name(study)}")
+    parent = tracker.start_sweep(grid.parent_run_id(study),
+                                 params={"study": grid.study_name(study), "storage": storage, "command": command,
                                          "ranges": str(tune["ranges"])},
                                  tags={EXPERIMENT_TAG: cfg.name, KIND_TAG: "tune-study",
                                        "variant": variant.name, TUNE_BASE_STUDY_TAG: cfg.study_name})
-    study.set_user_attr("mlflow_parent_run_id", parent)
+    grid.keep_parent_run_id(study, parent)
     outcomes, status = [], "KILLED"
     try:
-        while counted_trials(study) < trials:
+        while grid.counted_trials(study) < trials:
             outcomes.append(run_trial(cfg, variant, study, dataset, tracker, log))
         status = "FINISHED"
     finally:
@@ -118,16 +89,16 @@ def run_tune(cfg: Config, variant_name: str, trials: int, results: Path, storage
 
 
 def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, log) -> TuneOutcome:
-    import optuna
     from harness import plots
     from harness.train import train_variant
 
-    trial = study.ask()
-    params = suggest(trial, cfg["tune"]["ranges"], cfg)
+    trial = grid.new_trial(study)
+    number = grid.trial_number(trial)
+    params = grid.suggest(trial, cfg["tune"]["ranges"], cfg)
     trial_cfg = cfg.with_overrides(params)
     seed = cfg["tune"]["seed"]
-    label = f"[tune {variant.name} #{trial.number}]"
-    run = TrackedRun(tracker, teller(study, trial, log), trial.set_user_attr, log, label, state_tag=Tag.TUNE_STATE)
+    label = f"[tune {variant.name} #{number}]"
+    run = TrackedRun(tracker, grid.teller(study, trial, log), grid.noter(trial), log, label, state_tag=Tag.TUNE_STATE)
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
     started = time.perf_counter()
 
@@ -141,23 +112,22 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
         # The pruner sees what the verdict judges: the mean over the last `window` epochs (a single
         # epoch's mIoU swings by 0.3 and more in this case).
         smoothed = sum(seen[-window:]) / len(seen[-window:])
-        trial.report(smoothed, epoch)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"val_miou {smoothed:.3f} (mean of the last {window} epochs) at epoch "
+        if grid.should_prune(trial, smoothed, epoch):
+            raise grid.Pruned(f"val_miou {smoothed:.3f} (mean of the last {window} epochs) at epoch "
                                      f"{epoch} trails the median of finished trials")
 
     with run.started(variant.name, seed, {**run_params(trial_cfg, variant, seed, dataset.fingerprint),
                                           **{f"tuned.{k}": v for k, v in params.items()}},
-                     tags={KIND_TAG: TUNE_KIND, OPTUNA_TRIAL_TAG: str(trial.number),
-                           OPTUNA_STUDY_TAG: study.study_name, TUNE_BASE_STUDY_TAG: cfg.study_name},
-                     pruned=optuna.TrialPruned):
+                     tags={KIND_TAG: TUNE_KIND, **grid.trial_tags(study, trial),
+                           TUNE_BASE_STUDY_TAG: cfg.study_name},
+                     pruned=grid.Pruned):
         log(f"{label} {shown}")
-        with Heartbeat(trial):
+        with grid.Heartbeat(trial):
             result = train_variant(trial_cfg, variant, seed, dataset, on_epoch=on_epoch)
         judged = run.judge(result, trial_cfg["verdict"], trial_cfg["health"])
         value = judged["final_miou"] if math.isfinite(judged["final_miou"]) else 0.0
         tracker.log_figure(run.run_id, plots.loss_curve(result.history, result.loss_floor,
-                                                        f"{variant.name} #{trial.number}"), "loss_curve.png")
+                                                        f"{variant.name} #{number}"), "loss_curve.png")
         run.end()
         if judged["diverged"]:
             # A diverged trial has no honest score: failed in Optuna, so it is never the study's
@@ -168,5 +138,5 @@ def run_trial(cfg: Config, variant: Variant, study, dataset, tracker: Tracker, l
         log(f"{label} {judged['verdict']}: val_miou {value:.3f} "
             f"(min loss {judged['min_loss']:.4g}, floor {round(result.loss_floor, 4):.4g}), "
             f"{time.perf_counter() - started:.0f}s")
-        return TuneOutcome(trial.number, "complete", value, params)
-    return TuneOutcome(trial.number, run.ended, math.nan, params)       # pruned or crashed
+        return TuneOutcome(number, "complete", value, params)
+    return TuneOutcome(number, run.ended, math.nan, params)       # pruned or crashed

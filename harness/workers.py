@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from harness import environment
 from harness.backend import gpu_count, gpu_memory_mib
 from harness.errors import (EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_DONE, EXIT_INTERNAL, EXIT_INTERRUPTED,
                             HarnessError, exit_code_of, interrupt_handlers)
@@ -67,7 +68,7 @@ def worker_env(i: int, n: int, gpus: int, memory_mib: int | None) -> dict:
     harness/backend.py), so one worker cannot take what the others need."""
     # HARNESS_WORKER: the worker's number, for a user's code that wants to know (the tests break one
     # worker on purpose through it); the harness itself is told in the worker's spec.
-    env = {"HARNESS_PROGRESS_LIVE": "0", "HARNESS_WORKER": str(i + 1)}
+    env = {environment.PROGRESS_LIVE: "0", environment.WORKER: str(i + 1)}
     if not gpus:
         return env
     env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
@@ -76,7 +77,7 @@ def worker_env(i: int, n: int, gpus: int, memory_mib: int | None) -> dict:
         share = 0.9 / sharing                         # a tenth left for the CUDA context and fragmentation
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{share:.3f}"
         if memory_mib:
-            env["HARNESS_GPU_MEMORY_MB"] = str(int(memory_mib * share))
+            env[environment.GPU_MEMORY_MB] = str(int(memory_mib * share))
     return env
 
 

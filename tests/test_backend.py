@@ -4,7 +4,7 @@ import pytest
 
 from conftest import need_module
 
-from harness import backend, train
+from harness import backend, environment, train
 
 
 class UnimplementedError(Exception):
@@ -31,14 +31,14 @@ def test_xla_determinism_is_asked_for_only_where_it_compiles(monkeypatch, compil
     monkeypatch.setattr(backend, "accelerator_visible", lambda: True)
     monkeypatch.setattr(backend, "xla_determinism_compiles", lambda: compiles)
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-    monkeypatch.delenv(backend.PROBED, raising=False)
+    monkeypatch.delenv(environment.XLA_DETERMINISM, raising=False)
     backend.prepare_process()
     import os
     if compiles:
         assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_gpu_deterministic_ops=true"
     else:
         assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
-        assert os.environ[backend.PROBED] == "unavailable"       # workers inherit the answer
+        assert os.environ[environment.XLA_DETERMINISM] == "unavailable"       # workers inherit the answer
 
 
 def test_the_probe_compiles_a_max_pool_gradient_where_jax_is_installed():

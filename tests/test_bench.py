@@ -226,3 +226,24 @@ def test_bench_only_measures_the_stages_it_is_given(cli, tmp_path, monkeypatch):
     assert set(saved["figures"]) == {"option_speedups", "per_backend"}
     assert "jit_compile_speedup: " in out and "train_vs_handwritten" not in out
     assert "wrote " in out and "bench-options.json" in out
+
+
+def test_the_options_figure_fits_each_option_as_it_names_it(monkeypatch):
+    """Each bare fit of the options figure runs under what it measures: the mixed-precision fit under
+    Keras' mixed_float16 policy (until 2026-12-07 the session's start put float32 back, and the figure
+    compared float32 with float32), the XLA fit compiled with jit_compile; float32 again afterwards."""
+    import keras
+    from harness import bench
+    from harness.config import load_config
+    seen = []
+
+    def recording_fit(cfg, dataset, **compile_kw):
+        seen.append((keras.mixed_precision.global_policy().name, compile_kw.get("jit_compile", False),
+                     cfg["train"]["deterministic"]))
+        return lambda epochs, callbacks: time.sleep(0.001)       # a fit: some time, never none
+    monkeypatch.setattr(bench, "bare_fit", recording_fit)
+    cfg = load_config(TINY_TOML, TINY)
+    figure = bench.options_figure(cfg, dataset=None, epochs=1)
+    assert seen == [("float32", False, False), ("float32", True, False), ("mixed_float16", False, False)]
+    assert set(figure["option_speedups"]) == {"jit_compile", "mixed_precision"}
+    assert keras.mixed_precision.global_policy().name == "float32"

@@ -1,7 +1,9 @@
-"""The layout's one rule that a test can hold: imports point one way. No module of the harness
-imports another that imports it back, directly or through others, counting the imports inside
-functions (an import inside a function is still an import)."""
+"""The layout, as far as tests can hold it: imports point one way (no module of the harness imports
+another that imports it back, directly or through others, counting the imports inside functions: an
+import inside a function is still an import); each tag is named in one place; Optuna is spoken in
+harness/grid.py alone."""
 import ast
+import re
 from pathlib import Path
 
 from conftest import ROOT
@@ -101,3 +103,62 @@ def test_tag_names_are_typed_in_one_place():
     assert found == {}
     assert tag_literals('x = run.get("tags.loss_floor"); y = f"tags.{n}"; z = {"check.flags": 1}', dotted) == \
         ["tags.loss_floor", "tags.", "check.flags"]
+
+
+OPTUNA_USE = re.compile(r"^\s*(import optuna|from optuna)|(?<!grid)\.(user_attrs|set_user_attr|suggest_\w+|should_prune)\b"
+                        r"|\bstudy\.(ask|tell|trials|sampler|study_name)\b|\btrial\.(number|report)\b", re.M)
+
+
+def optuna_uses(source: str) -> list[str]:
+    return [m.group(0).strip() for m in OPTUNA_USE.finditer(source)]
+
+
+def test_optuna_is_spoken_in_grid_py_alone():
+    """harness/grid.py is the one module that imports Optuna and reads or writes its studies and
+    trials; the sweep and the tuner hold them as handles and go through its functions."""
+    found = {str(path.relative_to(ROOT)): hits for path in sorted(PACKAGE.rglob("*.py"))
+             if path.name != "grid.py" and (hits := optuna_uses(path.read_text()))}
+    assert found == {}
+    assert optuna_uses("    import optuna\nx = trial.user_attrs['point']\nstudy.ask()\nn = trial.number\n"
+                       "grid.should_prune(trial, 1.0, 2)\ntrial.should_prune()\n") == \
+        ["import optuna", ".user_attrs", "study.ask", "trial.number", ".should_prune"]
+
+
+def environment_reads(source: str) -> list[str]:
+    """What a module reads from the environment: os.environ.get / os.getenv calls, os.environ[...]
+    loads and `in os.environ` tests, and the HARNESS_* names it types as strings."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"HARNESS_[A-Z_]+", node.value):
+            found.append(node.value)
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("os.environ.get", "os.getenv"):
+            found.append(ast.unparse(node))
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and ast.unparse(node.value) == "os.environ":
+            found.append(ast.unparse(node))
+        elif isinstance(node, ast.Compare) and any(ast.unparse(c) == "os.environ" for c in node.comparators):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_the_environment_is_read_in_one_place():
+    """Every HARNESS_* variable is named and read in harness/environment.py; harness/backend.py reads
+    the variables of the frameworks it starts (KERAS_BACKEND, XLA_FLAGS, CUDA_VISIBLE_DEVICES);
+    no other module reads the environment (writing a child's or a library's settings is not reading)."""
+    readers = {PACKAGE / "environment.py", PACKAGE / "backend.py"}
+    found = {str(path.relative_to(ROOT)): hits for path in sorted(PACKAGE.rglob("*.py"))
+             if path not in readers and (hits := environment_reads(path.read_text()))}
+    assert found == {}
+    backend = environment_reads((PACKAGE / "backend.py").read_text())
+    assert not [h for h in backend if h.startswith("HARNESS_") or "HARNESS_" in h]
+    assert sorted(environment_reads('import os\nx = os.environ.get("A")\ny = os.environ["B"]\nz = "C" in os.environ\n'
+                                    'os.environ["D"] = "1"\nw = "HARNESS_DEBUG"\nv = "see HARNESS_DEBUG=1"\n')) == \
+        sorted(["HARNESS_DEBUG", "os.environ.get('A')", "os.environ['B']", "'C' in os.environ"])
+
+
+def test_keras_process_settings_are_set_in_backend_py_alone():
+    """Keras' process-wide settings (the dtype policy, the random seed, a cleared session) are set in
+    harness/backend.py alone, so one measurement's setting never leaks into another's run."""
+    settings = re.compile(r"\b(set_global_policy|set_random_seed|clear_session|set_floatx)\(")
+    found = {str(path.relative_to(ROOT)): settings.findall(path.read_text()) for path in sorted(PACKAGE.rglob("*.py"))
+             if path.name != "backend.py" and settings.search(path.read_text())}
+    assert found == {}

@@ -11,12 +11,11 @@ takes host batches of images and masks instead (streamed by Keras from NumPy, sh
 """
 from __future__ import annotations
 
-import os
-
 import keras
 import numpy as np
 from keras import ops
 
+from harness import environment
 from harness.data import Dataset
 from harness.feeds.base import Feed, fit_transform
 from harness.transforms import Transform, augment_affine, seeded_uniform
@@ -75,8 +74,9 @@ class FedModel(keras.Model):
 
 def device_data_limit_bytes() -> int:
     from harness.backend import device_memory_bytes
-    if os.environ.get("HARNESS_DEVICE_DATA_MB"):
-        return int(float(os.environ["HARNESS_DEVICE_DATA_MB"]) * 2 ** 20)
+    mib = environment.optional_number(environment.DEVICE_DATA_MB)
+    if mib is not None:
+        return int(mib * 2 ** 20)
     memory = device_memory_bytes()
     return int(memory * DEVICE_SHARE) if memory else DEFAULT_LIMIT_MB * 2 ** 20
 
