@@ -98,13 +98,18 @@ def jax_started() -> bool:
 ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
 
 
+def same_cpu_kernels() -> None:
+    """oneDNN off before TensorFlow starts (ONEDNN above), unless the environment already says."""
+    os.environ.setdefault(ONEDNN, "0")
+
+
 def prepare_process() -> None:
     """Before TensorFlow is imported: the same CPU kernels on every kind of CPU (ONEDNN above).
     Before the first Keras op: under JAX with a GPU visible, ask XLA for deterministic GPU kernels
     while it still can, if they compile the U-Net's ops (`xla_determinism_compiles`). Set for the whole
     process, also for runs with train.deterministic = false: such a run is then deterministic anyway,
     and says so. A flag already in XLA_FLAGS (either way) is the user's choice and kept."""
-    os.environ.setdefault(ONEDNN, "0")
+    same_cpu_kernels()
     if backend_name() != "jax" or jax_started() or not accelerator_visible():
         return
     flags = os.environ.get("XLA_FLAGS", "")

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# As harness/backend.py prepare_process sets it for every harness process: the tests that train in
-# their own process run the kernels the harness runs, on every kind of CPU.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# As every harness process does (harness/backend.py prepare_process): the tests that train in their
+# own process run the kernels the harness runs, on every kind of CPU.
+from harness.backend import same_cpu_kernels  # noqa: E402 - light: the standard library alone
+
+same_cpu_kernels()
 
 ROOT = Path(__file__).resolve().parent.parent
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012-membrane"
