@@ -12,7 +12,8 @@ MLflow adds to it, measured inside the sweep, over the direct point; with the tw
 beside it, and where the point's time went),
 health_overhead (one point at the experiment's own size with its per-epoch health measurements vs
 without them), sweep_vs_bound (a real sweep's wall time vs the bare fits of its points), peak_memory (a real sweep's
-peak RSS), plus what mixed precision and XLA give on this device.
+peak RSS), imagedatagenerator_vs_tfdata_epoch (the case's feed against tf.data, each in a sweep of
+its own, training running), plus what mixed precision and XLA give on this device.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from harness.config import Config, load_config
 TARGETS = {"pipeline_speedup": ">= 10", "pipeline_headroom": ">= 2", "train_vs_handwritten": ">= 0.97",
            "train_vs_bound": ">= 0.85 on the CPU, >= 0.9 on a GPU",
            "tracking_overhead": "<= 1.05", "health_overhead": "<= 1.03", "peak_memory_gib": "< 4 on the CPU",
-           "doctor_overhead": "<= 1.05"}
+           "doctor_overhead": "<= 1.05", "imagedatagenerator_vs_tfdata_epoch": "<= 1.2"}
 
 
 def bench_config(quick: bool, experiment: Path, overrides: list[str] = ()) -> Config:
@@ -60,11 +61,12 @@ def bench_rounds(quick: bool) -> dict[str, int]:
     (interleaved_epochs), so each run gives as many timed pairs as it has epochs: 3 runs of 20."""
     reps = environment.bench_reps()
     if reps is not None:
-        return {**dict.fromkeys(("pipeline", "train", "tracking", "health", "doctor"), reps), "train_epochs": 2,
+        return {**dict.fromkeys(("pipeline", "train", "tracking", "health", "doctor", "feeds"), reps), "train_epochs": 2,
                 "doctor_epochs": 3}
     return {"pipeline": 3, "train": 3, "train_epochs": 20, "tracking": 5, "health": 3, "doctor": 3,
-            "doctor_epochs": 8} if quick else \
-        {"pipeline": 5, "train": 3, "train_epochs": 6, "tracking": 3, "health": 3, "doctor": 3, "doctor_epochs": 8}
+            "doctor_epochs": 8, "feeds": 2} if quick else \
+        {"pipeline": 5, "train": 3, "train_epochs": 6, "tracking": 3, "health": 3, "doctor": 3, "doctor_epochs": 8,
+         "feeds": 3}
 
 
 def median_rates(contenders: dict[str, Callable[[], int]], reps: int) -> dict[str, float]:
@@ -526,6 +528,32 @@ def timed_sweep(experiment: Path, sets: list[str], n_jobs: int = 1) -> float:
         return time.perf_counter() - start
 
 
+def point_epoch_seconds(experiment: Path, sets: list[str]) -> float:
+    """A real `harness sweep` of one point in a child process (a process of its own, so a setting one
+    feed leaves behind reaches no other): its fit's seconds per epoch, from the report's runs.csv
+    (the fit's wall time over its epochs: the first epoch's trace and fit's return included)."""
+    import pandas as pd
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(experiment), "--results", tmp, *sets],
+                       check=True, capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        (runs,) = Path(tmp).glob("*/runs.csv")
+        return float(pd.read_csv(runs)["seconds_per_epoch"].iloc[0])
+
+
+def feeds_figure(experiment: Path, overrides: list[str] = (), reps: int = 1) -> dict:
+    """The case's feed (the zipped ImageDataGenerators) against tf.data with training running: one
+    point of the experiment at its own size swept on each feed, in turn, `reps` times; the figure is the
+    median of each turn's ratio of seconds per epoch (point_epoch_seconds)."""
+    sets = [arg for o in list(overrides) + ['variants=["image_only"]', "train.seeds=[1]"] for arg in ("--set", o)]
+    feeds = {"tfdata": [], "imagedatagenerator": []}
+    for rep in range(reps):
+        for feed in in_turn(list(feeds), rep):
+            feeds[feed].append(point_epoch_seconds(experiment, sets + ["--set", f'pipeline="{feed}"']))
+    ratios = [g / t for g, t in zip(feeds["imagedatagenerator"], feeds["tfdata"])]
+    return {"imagedatagenerator_vs_tfdata_epoch": statistics.median(ratios), "feeds_ratios": ratios,
+            "feeds_seconds_per_epoch": feeds}
+
+
 def memory_and_jobs_figure(experiment: Path, quick: bool, overrides: list[str] = ()) -> dict:
     """Peak resident memory of a real `harness sweep` of the default experiment, then the same sweep
     with --n-jobs 2 against it (wall-time ratio: what a second worker process gives on this device)."""
@@ -580,6 +608,7 @@ def run_bench(experiment: Path, results: Path, quick: bool, command: str, log=pr
                           ("health", lambda: health_figure(experiment, overrides, rounds["health"])),
                           ("doctor", lambda: doctor_figure(experiment, overrides, rounds["doctor"], rounds["doctor_epochs"])),
                           ("options", lambda: options_figure(cfg, dataset, cfg["train"]["epochs"])),
+                          ("feeds", lambda: feeds_figure(experiment, overrides, rounds["feeds"])),
                           ("memory and --n-jobs", lambda: memory_and_jobs_figure(
                               experiment, quick if sweep_quick is None else sweep_quick, overrides))):
         if only and stage.split()[0] not in only:
@@ -705,6 +734,12 @@ def common_lines(f: dict) -> list[str]:
     if "option_speedups" in f:
         lines += [f"jit_compile_speedup: {f['option_speedups']['jit_compile']:.2f} (on when > 1)",
                   f"mixed_precision_speedup: {f['option_speedups']['mixed_precision']:.2f} (on when > 1)"]
+    if "imagedatagenerator_vs_tfdata_epoch" in f:
+        seconds = {k: statistics.median(v) for k, v in f["feeds_seconds_per_epoch"].items()}
+        lines.append(f"imagedatagenerator_vs_tfdata_epoch: {f['imagedatagenerator_vs_tfdata_epoch']:.2f} (target "
+                     f"{TARGETS['imagedatagenerator_vs_tfdata_epoch']}; one point swept on each feed in turn, "
+                     f"{len(f['feeds_ratios'])} turns, ratios {min(f['feeds_ratios']):.2f} to {max(f['feeds_ratios']):.2f}; "
+                     f"{seconds['imagedatagenerator']:.2f} s against {seconds['tfdata']:.2f} s per epoch)")
     if "n_jobs_2_speedup" in f:
         lines.append(f"n_jobs_2_speedup: {f['n_jobs_2_speedup']:.2f} (--n-jobs 2 over 1 for the same sweep; use when > 1)")
     return lines

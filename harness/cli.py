@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a value of the benchmarked experiment")
     bench.add_argument("--only", action="append", default=[], metavar="STAGE",
-                       choices=("pipeline", "train", "tracking", "health", "doctor", "options", "memory"),
-                       help="measure only this stage (repeatable): pipeline, train, tracking, health, doctor, options, "
+                       choices=("pipeline", "train", "tracking", "health", "doctor", "options", "feeds", "memory"),
+                       help="measure only this stage (repeatable): pipeline, train, tracking, health, doctor, options, feeds, "
                             "memory; writes <results>/bench/bench-<stages>.json and .md")
     bench.add_argument("--gpu-check", action="store_true",
                        help="for a GPU machine: device, every figure at full size, and whitening-full's sweep "

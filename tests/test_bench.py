@@ -66,7 +66,14 @@ def test_bench_command_writes_every_figure(tmp_path, monkeypatch):
     assert "pipeline_headroom under jax: device_augment" in run.stdout
     assert set(saved["figures"]["n_jobs_seconds"]) == {"1", "2"}
     assert {"platform", "cpus", "device", "version.tensorflow"} <= set(saved["machine"])
-    assert {"pipeline", "train", "tracking", "health", "doctor", "options", "memory and --n-jobs"} <= set(saved["stage_seconds"])
+    assert {"pipeline", "train", "tracking", "health", "doctor", "options", "feeds",
+            "memory and --n-jobs"} <= set(saved["stage_seconds"])
+    # The feeds figure: one point swept on each feed (one turn), the ratio of their seconds per epoch.
+    feeds = saved["figures"]["feeds_seconds_per_epoch"]
+    assert all(len(seconds) == 1 and seconds[0] > 0 for seconds in feeds.values()), feeds
+    assert saved["figures"]["feeds_ratios"] == pytest.approx([feeds["imagedatagenerator"][0] / feeds["tfdata"][0]])
+    assert saved["figures"]["imagedatagenerator_vs_tfdata_epoch"] == pytest.approx(saved["figures"]["feeds_ratios"][0])
+    assert "imagedatagenerator_vs_tfdata_epoch: " in run.stdout
     # The doctor figure: the default point's fit with and without the doctor, epochs in turn (one run
     # of 3 epochs, the first left out), and the preflight timed alone.
     doctor = saved["figures"]

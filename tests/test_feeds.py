@@ -151,3 +151,47 @@ def test_a_seeds_statistics_are_computed_once_for_all_its_variants(monkeypatch):
     assert base.augmented_stats(x, {**aug, "shift": 0}, 2, 1, augment_array) is not first
     assert base.augmented_stats(x.reshape(2, 4, 2, 6), aug, 2, 1, augment_array) is not first   # same bytes
     assert len(passes) == 10
+
+
+# Larger than any free block a test process's heap is likely to hold, smaller than the threshold the
+# feed puts back (backend.MMAP_THRESHOLD_MAX): mapped under TensorFlow's setting, from the heap after.
+BELOW_GLIBC_MAX = 30 * 2 ** 20
+
+
+def mmapped_by_malloc(nbytes: int) -> bool | None:
+    """Whether glibc serves a malloc of `nbytes` by mmap (its mmap threshold is below it), read from
+    mallinfo2's mmapped bytes around one allocation by this (the main) thread; None where this C
+    library has no mallinfo2."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                         "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype, libc.malloc.restype, libc.free.argtypes = MallInfo2, ctypes.c_void_p, [ctypes.c_void_p]
+    libc.malloc_trim(0)              # the heap's free top given back: it cannot serve the request
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(nbytes)
+    try:
+        return libc.mallinfo2().hblkhd - before >= nbytes
+    finally:
+        libc.free(block)
+
+
+@pytest.mark.skipif(backend.backend_name() != "tensorflow", reason="the generator pair needs TensorFlow")
+def test_the_generator_pair_leaves_large_buffers_to_the_heap():
+    """TensorFlow's generator dataset sets glibc's mmap threshold to 128 KiB under Python 3.11, and
+    training then maps and unmaps its buffers at every step (harness/backend.py, about twice as slow
+    an epoch on the AMD EPYC). The case's feed puts the threshold back once its generator starts."""
+    import tensorflow as tf
+    need_module("tf_keras", "pip install tf-keras")
+    bare = tf.data.Dataset.from_generator(lambda: iter([np.zeros(1, np.float32)]),
+                                          output_signature=tf.TensorSpec((1,), tf.float32))
+    next(iter(bare))
+    if not mmapped_by_malloc(BELOW_GLIBC_MAX):
+        pytest.skip("this TensorFlow, Python or C library leaves malloc's thresholds alone")
+    cfg, dataset = setup("pipeline=imagedatagenerator")
+    next(iter(choose_feed(cfg, dataset, cfg.variants[0], 1).pipeline))
+    assert mmapped_by_malloc(BELOW_GLIBC_MAX) is False

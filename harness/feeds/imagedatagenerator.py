@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from harness import backend
 from harness.data import Dataset
 from harness.errors import ConfigError
 from harness.feeds.base import Feed, identity_stats
@@ -35,6 +36,14 @@ def generator_stats(gen, channels: int) -> Stats:
     return Stats(gen.mean.ravel().astype(np.float32), gen.std.ravel().astype(np.float32))
 
 
+def untuned():
+    """tf.data options without autotuning (see harness/feeds/tfdata.py: fit_inputs)."""
+    import tensorflow as tf
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
+
+
 def legacy_pipeline(dataset: Dataset, images: str, masks: str, aug: dict, batch_size: int, seed: int):
     """The case's pair: two generators from one argument dict, each fit(augment=True, rounds, seed),
     flow(seed) with one seed, zipped. -> (tf.data.Dataset, steps per epoch, Transform).
@@ -54,6 +63,9 @@ def legacy_pipeline(dataset: Dataset, images: str, masks: str, aug: dict, batch_
     signed = masks == "signed"
 
     def zipped():
+        # Runs once the generator dataset's op is built, which has just set glibc's malloc for
+        # generators; put back, training's large buffers are reused (harness/backend.py).
+        backend.keep_large_buffers_reused()
         flows = zip(image_gen.flow(dataset.train_images, batch_size=batch_size, seed=seed),
                     mask_gen.flow(dataset.train_masks, batch_size=batch_size, seed=seed))
         for x, m in flows:
@@ -61,7 +73,7 @@ def legacy_pipeline(dataset: Dataset, images: str, masks: str, aug: dict, batch_
 
     size, channels = dataset.train_images.shape[1], dataset.train_images.shape[-1]
     spec = (tf.TensorSpec((None, size, size, channels), tf.float32), tf.TensorSpec((None, size, size, 1), tf.float32))
-    ds = tf.data.Dataset.from_generator(zipped, output_signature=spec).prefetch(2)
+    ds = tf.data.Dataset.from_generator(zipped, output_signature=spec).prefetch(2).with_options(untuned())
     return ds, math.ceil(len(dataset.train_images) / batch_size), transform
 
 
