@@ -167,9 +167,9 @@ def test_bench_rounds_give_the_quick_ratios_the_most_and_one_variable_sets_them_
     quick = bench_rounds(True)
     assert quick["train"] == 3 and quick["train_epochs"] == 20 and quick["tracking"] == 5
     assert quick["pipeline"] == 3 and quick["health"] == 3
-    assert quick["doctor"] == 3 and quick["doctor_epochs"] == 8
+    assert quick["doctor"] == 3 and quick["doctor_epochs"] == 8 and quick["feeds"] == 2
     assert bench_rounds(False) == {"pipeline": 5, "train": 3, "train_epochs": 6, "tracking": 3, "health": 3,
-                                   "doctor": 3, "doctor_epochs": 8}
+                                   "doctor": 3, "doctor_epochs": 8, "feeds": 3}
     monkeypatch.setenv("HARNESS_BENCH_REPS", "3")
     rounds = bench_rounds(True)
     # The doctor's fits: 3 epochs, the first (tracing) left out, so 2 timed pairs, as the train figure's.
