@@ -518,13 +518,18 @@ def doctor_figure(experiment: Path, overrides: list[str] = (), reps: int = 3, ep
             "doctor_seconds_per_epoch": {label: statistics.median(s) for label, s in seconds.items()}}
 
 
+def child_sweep(experiment: Path, results: str, sets: list[str], n_jobs: int = 1) -> None:
+    """A real `harness sweep` in a child process, into `results`."""
+    subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(experiment), "--results", results,
+                    "--n-jobs", str(n_jobs), *sets], check=True, capture_output=True,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
 def timed_sweep(experiment: Path, sets: list[str], n_jobs: int = 1) -> float:
     """Wall seconds of a real `harness sweep` in a child process, in a fresh results folder."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(experiment), "--results", tmp,
-                        "--n-jobs", str(n_jobs), *sets], check=True, capture_output=True,
-                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        child_sweep(experiment, tmp, sets, n_jobs)
         return time.perf_counter() - start
 
 
@@ -534,8 +539,7 @@ def point_epoch_seconds(experiment: Path, sets: list[str]) -> float:
     (the fit's wall time over its epochs: the first epoch's trace and fit's return included)."""
     import pandas as pd
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(experiment), "--results", tmp, *sets],
-                       check=True, capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        child_sweep(experiment, tmp, sets)
         (runs,) = Path(tmp).glob("*/runs.csv")
         return float(pd.read_csv(runs)["seconds_per_epoch"].iloc[0])
 

@@ -12,6 +12,16 @@ from harness.data import Dataset
 from harness.transforms import Stats, Transform, featurewise_stats, make_augmenter
 
 
+def untuned_fit_options():
+    """tf.data options without autotuning, for a pipeline fit() reads (TensorFlow only): with it, fit
+    was seen to take seconds more to return after its last epoch, tearing the iterator down
+    (harness/feeds/tfdata.py: fit_inputs). The batches are the same."""
+    import tensorflow as tf
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
+
+
 class Feed:
     """How one variant's training batches reach the model.
 

@@ -9,7 +9,7 @@ import numpy as np
 from harness import backend
 from harness.data import Dataset
 from harness.errors import ConfigError
-from harness.feeds.base import Feed, identity_stats
+from harness.feeds.base import Feed, identity_stats, untuned_fit_options
 from harness.transforms import Stats, Transform
 
 
@@ -34,14 +34,6 @@ def generator_stats(gen, channels: int) -> Stats:
     if not gen.featurewise_center:
         return identity_stats(channels)
     return Stats(gen.mean.ravel().astype(np.float32), gen.std.ravel().astype(np.float32))
-
-
-def untuned():
-    """tf.data options without autotuning (see harness/feeds/tfdata.py: fit_inputs)."""
-    import tensorflow as tf
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return options
 
 
 def legacy_pipeline(dataset: Dataset, images: str, masks: str, aug: dict, batch_size: int, seed: int):
@@ -73,7 +65,7 @@ def legacy_pipeline(dataset: Dataset, images: str, masks: str, aug: dict, batch_
 
     size, channels = dataset.train_images.shape[1], dataset.train_images.shape[-1]
     spec = (tf.TensorSpec((None, size, size, channels), tf.float32), tf.TensorSpec((None, size, size, 1), tf.float32))
-    ds = tf.data.Dataset.from_generator(zipped, output_signature=spec).prefetch(2).with_options(untuned())
+    ds = tf.data.Dataset.from_generator(zipped, output_signature=spec).prefetch(2).with_options(untuned_fit_options())
     return ds, math.ceil(len(dataset.train_images) / batch_size), transform
 
 

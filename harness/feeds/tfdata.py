@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness.data import Dataset
-from harness.feeds.base import Feed, fit_transform
+from harness.feeds.base import Feed, fit_transform, untuned_fit_options
 from harness.transforms import Transform, augment_affine, make_augmenter, seeded_uniform
 
 
@@ -95,11 +95,9 @@ class TFDataFeed(Feed):
         # Without tf.data's autotuning: with it, in 6 of 20 runs of a 5-epoch point, fit took 4.4 to
         # 5.1 s more to return after its last epoch, tearing the iterator down; without it, 0 of 10.
         # The batches are the same (tests/test_feeds.py).
-        import tensorflow as tf
-        options = tf.data.Options()
-        options.autotune.enabled = False
         steps = -(-len(self.dataset.train_images) // self.batch_size)
-        return model, {"x": self.pipeline.repeat().with_options(options), "steps_per_epoch": steps, "shuffle": False}
+        return model, {"x": self.pipeline.repeat().with_options(untuned_fit_options()), "steps_per_epoch": steps,
+                       "shuffle": False}
 
     def sample_batches(self, max_batches: int):
         return sample_batches(self.dataset, self.aug, self.batch_size, self.seed, max_batches)
